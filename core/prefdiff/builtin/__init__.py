@@ -1,0 +1,1 @@
+"""The core's built-in plugins (loaded like any other, see plugins.DEFAULT_PLUGINS)."""

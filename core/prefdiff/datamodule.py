@@ -1,0 +1,74 @@
+"""The LightningDataModule that `prefdiff fit` and the benchmark runner feed trainers with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from prefdiff.data import EpochSampler, PairDataset, collate
+from prefdiff.errors import UserError
+from prefdiff.plugins import get_manager
+
+
+class PrefDataModule(pl.LightningDataModule):
+    """Conditions (and SFT targets) from a registered dataset, or pairs from a pair file.
+
+    :param dataset: registered dataset name (`prefdiff plugins` lists them).
+    :param dataset_options: keyword options for its factory (``root``, ``size``, ...).
+    :param pairs: a JSONL pair file; trains pair objectives (dpo, kto) on it.
+    :param batch_size: items per batch and process.
+    :param val_size: validation items scored each validation run (0: none).
+    :param seed: seeds the shuffle.
+    :param num_workers: DataLoader worker processes.
+    """
+
+    def __init__(self, dataset: str | None = None, dataset_options: dict | None = None,
+                 pairs: str | None = None, batch_size: int = 16, val_size: int = 16,
+                 seed: int = 0, num_workers: int = 0) -> None:
+        super().__init__()
+        if dataset is None and pairs is None:
+            raise UserError("give --data.dataset (a registered dataset) or --data.pairs (a pair file)")
+        if batch_size < 1:
+            raise UserError(f"--data.batch_size must be >= 1, got {batch_size}")
+        self.dataset_name, self.options, self.pairs = dataset, dict(dataset_options or {}), pairs
+        self.batch_size, self.val_size, self.seed, self.num_workers = batch_size, val_size, seed, num_workers
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @classmethod
+    def from_datasets(cls, train: Dataset, val: Dataset | None = None, **kwargs: Any) -> "PrefDataModule":
+        """A data module over ready datasets (the benchmark runner's mined data)."""
+        module = cls(dataset="<in-memory>", **kwargs)
+        module.train_set, module.val_set = train, val
+        return module
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        manager = get_manager()
+        self.train_set = (PairDataset(self.pairs) if self.pairs
+                          else manager.dataset(self.dataset_name, split="train", **self.options))
+        if len(self.train_set) == 0:
+            raise UserError(f"the training data ({self.pairs or self.dataset_name}) is empty; "
+                            f"check --data.dataset_options")
+        if self.dataset_name and self.val_size > 0:
+            val = manager.dataset(self.dataset_name, split="val", **self.options)
+            self.val_set = Subset(val, range(min(self.val_size, len(val))))
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = EpochSampler(len(self.train_set), self.seed, rank, world)
+        if len(sampler) < self.batch_size:
+            raise UserError(f"the training data has {len(self.train_set)} items, fewer than one batch of "
+                            f"{self.batch_size} per process; lower --data.batch_size")
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          collate_fn=collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> Any:
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=collate,
+                          num_workers=self.num_workers)

@@ -1,0 +1,247 @@
+"""The plugin manager: loads plugins, collects what they register, hands it out.
+
+Modelled on tox's ``manager.py``: one small class loads the built-in plugins
+and the ``prefdiff`` entry points, calls ``check_pending()`` so a misspelt hook
+fails loudly, honours the ``PREFDIFF_PLUGINS`` allow-list, and gives the rest
+of the core typed look-ups instead of raw ``pm.hook.*`` calls. A plugin that
+fails to import, to validate or to register is isolated: it is listed with its
+error and everything the other plugins registered stays available.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable
+
+import pluggy
+
+from prefdiff import hookspecs
+from prefdiff.errors import PluginError, UserError
+
+ENTRY_POINT_GROUP = "prefdiff"
+ALLOW_LIST_VARIABLE = "PREFDIFF_PLUGINS"
+KINDS = ("datasets", "conditioners", "rewards", "benchmarks")
+
+#: The core's own generic pieces, loaded like any plugin (pytest's default_plugins).
+DEFAULT_PLUGINS = {"example": "prefdiff.builtin.example"}
+
+
+@dataclass
+class Entry:
+    """One registered thing: its name, the plugin that gave it, its factory."""
+
+    kind: str
+    name: str
+    plugin: str
+    factory: Callable[..., Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PluginInfo:
+    """What `prefdiff plugins` shows for one plugin."""
+
+    name: str
+    version: str
+    source: str
+    registered: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "source": self.source,
+                **self.registered, "errors": self.errors}
+
+
+def _allow_list() -> set[str] | None:
+    raw = os.environ.get(ALLOW_LIST_VARIABLE)
+    if raw is None or not raw.strip():
+        return None
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+class PluginManager:
+    """Loads prefdiff plugins and keeps the registries of what they provide."""
+
+    def __init__(self, *, load_entry_points: bool = True) -> None:
+        self._pm = pluggy.PluginManager("prefdiff")
+        self._pm.add_hookspecs(hookspecs)
+        self._infos: dict[str, PluginInfo] = {}
+        self._registry: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        self._clashes: dict[tuple[str, str], list[str]] = {}
+        self._collected = False
+        allowed = _allow_list()
+        for name, module in DEFAULT_PLUGINS.items():
+            if allowed is None or name in allowed:
+                self._load(name, "builtin", __import__("prefdiff").__version__,
+                           lambda module=module: importlib.import_module(module))
+        if load_entry_points:
+            for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+                if allowed is not None and ep.name not in allowed:
+                    continue
+                version = ep.dist.version if ep.dist is not None else "unknown"
+                self._load(ep.name, f"entry point {ep.value}", version, ep.load)
+        if allowed is not None:
+            for name in sorted(allowed - set(self._infos)):
+                self._infos[name] = PluginInfo(name, "-", "missing", errors=[
+                    f"{ALLOW_LIST_VARIABLE} names plugin '{name}' but no such plugin is installed; "
+                    f"installed: {', '.join(self._known_names()) or 'none'}"])
+
+    # ----------------------------------------------------------- loading ----
+
+    def _known_names(self) -> list[str]:
+        names = set(DEFAULT_PLUGINS)
+        names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
+        return sorted(names)
+
+    def _load(self, name: str, source: str, version: str, load: Callable[[], Any]) -> None:
+        info = PluginInfo(name, version, source)
+        self._infos[name] = info
+        try:
+            plugin = load()
+        except Exception as exc:  # a plugin's import error must not hide the others
+            info.errors.append(f"import failed: {type(exc).__name__}: {exc}")
+            return
+        self.add(plugin, name, info=info)
+
+    def add(self, plugin: Any, name: str, *, info: PluginInfo | None = None) -> None:
+        """Register a plugin object (a module or any object with hookimpls)."""
+        if name in self._infos and info is None:
+            raise UserError(f"a plugin named '{name}' is already registered; pick another name")
+        info = info or PluginInfo(name, getattr(plugin, "__version__", "-"), "registered in-process")
+        self._infos[name] = info
+        try:
+            self._pm.register(plugin, name=name)
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self._pm.is_registered(plugin):
+                self._pm.unregister(plugin)
+            info.errors.append(f"invalid hook: {exc}; hooks are listed in prefdiff.hookspecs")
+            return
+        self._collected = False
+
+    def remove(self, name: str) -> None:
+        """Unregister a plugin added with :meth:`add` (tests do this in a finally)."""
+        plugin = self._pm.get_plugin(name)
+        if plugin is not None:
+            self._pm.unregister(plugin)
+        self._infos.pop(name, None)
+        self._collected = False
+
+    def _collect(self) -> None:
+        if self._collected:
+            return
+        self._registry = {k: {} for k in KINDS}
+        self._clashes = {}
+        for info in self._infos.values():
+            info.registered = {k: [] for k in KINDS}
+            info.errors = [e for e in info.errors if not e.startswith(("registration", "registers"))]
+        for kind in KINDS:
+            caller = getattr(self._pm.hook, f"prefdiff_register_{kind}")
+            # Call each implementation alone so a failure is pinned on its plugin.
+            for impl in reversed(caller.get_hookimpls()):
+                self._collect_one(kind, impl)
+        self._collected = True
+
+    def _collect_one(self, kind: str, impl: pluggy.HookImpl) -> None:
+        plugin = impl.plugin_name
+        info = self._infos[plugin]
+        added: list[str] = []
+
+        def register(name: str, factory: Callable[..., Any], **meta: Any) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin '{plugin}' registered a {kind[:-1]} with an invalid name {name!r}")
+            if not callable(factory):
+                raise PluginError(f"plugin '{plugin}' registered {kind[:-1]} '{name}' with a factory "
+                                  f"that is not callable ({type(factory).__name__})")
+            existing = self._registry[kind].get(name)
+            if existing is not None:
+                self._clashes.setdefault((kind, name), [existing.plugin]).append(plugin)
+                info.errors.append(f"registers {kind[:-1]} '{name}', already registered by plugin "
+                                   f"'{existing.plugin}'; rename one of them")
+                return
+            self._registry[kind][name] = Entry(kind, name, plugin, factory, meta)
+            added.append(name)
+
+        try:
+            impl.function(*[register for _ in impl.argnames])
+        except Exception as exc:
+            for name in added:
+                del self._registry[kind][name]
+            added.clear()
+            info.errors.append(f"registration of {kind} failed: {type(exc).__name__}: {exc}")
+        info.registered[kind].extend(added)
+
+    # ----------------------------------------------------------- look-ups ----
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every plugin that was loaded or tried, with what it registered."""
+        self._collect()
+        return list(self._infos.values())
+
+    def names(self, kind: str) -> list[str]:
+        """Registered names of one kind, sorted."""
+        self._collect()
+        return sorted(self._registry[kind])
+
+    def entry(self, kind: str, name: str) -> Entry:
+        """The entry registered under ``name``; a clear error when there is none."""
+        self._collect()
+        if (kind, name) in self._clashes:
+            plugins = " and ".join(f"'{p}'" for p in self._clashes[(kind, name)])
+            raise PluginError(f"{kind[:-1]} '{name}' is registered by plugins {plugins}; uninstall one "
+                              f"or limit {ALLOW_LIST_VARIABLE}")
+        try:
+            return self._registry[kind][name]
+        except KeyError:
+            known = ", ".join(self.names(kind)) or "none"
+            raise UserError(f"unknown {kind[:-1]} '{name}'; known {kind}: {known} "
+                            f"(`prefdiff plugins` lists what each plugin provides)") from None
+
+    def build(self, kind: str, name: str, **options: Any) -> Any:
+        """Call the factory registered under ``name`` with ``options``."""
+        entry = self.entry(kind, name)
+        try:
+            return entry.factory(**options)
+        except UserError:
+            raise
+        except TypeError as exc:
+            raise UserError(f"{kind[:-1]} '{name}' (plugin '{entry.plugin}') rejected its options "
+                            f"{sorted(options)}: {exc}") from exc
+
+    def dataset(self, name: str, **options: Any) -> Any:
+        """Build the dataset registered under ``name``."""
+        return self.build("datasets", name, **options)
+
+    def conditioner(self, name: str, **options: Any) -> Any:
+        """Build the conditioner registered under ``name``."""
+        return self.build("conditioners", name, **options)
+
+    def reward(self, spec: str, **options: Any):
+        """Build a checked reward from a name or a weighted sum ``"0.7*a + 0.3*b"``."""
+        from prefdiff.rewards import build_reward
+
+        return build_reward(self, spec, **options)
+
+    def benchmark(self, name: str, *, quick: bool = False):
+        """Build the benchmark recipe registered under ``name``."""
+        return self.build("benchmarks", name, quick=quick)
+
+
+_manager: PluginManager | None = None
+
+
+def get_manager() -> PluginManager:
+    """The process-wide manager, created on first use."""
+    global _manager
+    if _manager is None:
+        _manager = PluginManager()
+    return _manager
+
+
+def reset_manager() -> None:
+    """Forget the process-wide manager (tests, and after `plugins install`)."""
+    global _manager
+    _manager = None

@@ -1,0 +1,490 @@
+"""DDIM sampling written out step by step, with the hooks preference alignment needs.
+
+One loop serves every trainer: DDPO/DPOK/D3PO keep the trajectory and the
+log-probability of each transition, DRaFT/AlignProp/ReFL backpropagate a reward
+through the last denoising steps, and SDEdit and inpainting run the same loop
+from a partly noised start. The update is DDIM eq. 12 (Song et al. 2021),
+spelled out in :func:`ddim_step`; the diffusers ``DDIMScheduler`` supplies only
+the noise schedule (``alphas_cumprod``, ``final_alpha_cumprod``) and the
+timestep spacing.
+
+Conventions:
+
+- ``model(x_t, t, cond) -> eps`` predicts the noise; ``t`` is a LongTensor
+  ``[B]`` and ``cond`` is passed through untouched (tensor, dict or None).
+- Tensors are ``[B, ...]``: images ``[B, C, H, W]`` and trajectories
+  ``[B, C, T]`` go through the same code.
+- The scheduler's own ``clip_sample`` and ``thresholding`` settings are not
+  used; pass ``clip_sample=`` here to clamp the predicted x_0.
+- :func:`ddim_timesteps` (called by :func:`sample`) sets
+  ``scheduler.num_inference_steps``, which fixes the step size ``t -> t_prev``
+  that :func:`ddim_step` and :func:`step_log_prob` use afterwards.
+- With ``timestep_spacing="leading"``, ``steps_offset=0`` and
+  ``set_alpha_to_one=False`` the last timestep is 0 and its step lands on
+  ``alphas_cumprod[0]`` again: it is the identity, with log-prob 0 and no
+  gradient to the model, so DRaFT-1 would learn nothing. Use
+  ``steps_offset=1``, ``set_alpha_to_one=True`` or ``"trailing"`` spacing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.utils.checkpoint
+from torch import Tensor
+
+Model = Callable[[Tensor, Tensor, Any], Tensor]
+
+__all__ = [
+    "SampleOutput",
+    "add_noise",
+    "ddim_step",
+    "ddim_timesteps",
+    "inpaint",
+    "predict_x0",
+    "sample",
+    "sdedit",
+    "step_log_prob",
+]
+
+
+@dataclass
+class SampleOutput:
+    """What :func:`sample` returns."""
+
+    samples: Tensor
+    """x_0, ``[B, ...]``; carries the graph of the steps run with grad."""
+    timesteps: Tensor
+    """``[S]`` the timesteps used, in denoising order (high to low)."""
+    latents: Tensor | None
+    """``[B, S+1, ...]`` x_T .. x_0, detached; with ``return_trajectory=True``."""
+    log_probs: Tensor | None
+    """``[B, S]`` log-prob of each transition taken, detached; with ``return_trajectory=True``."""
+    means: Tensor | None = None
+    """``[B, S, ...]`` the mean of each transition, detached; with ``return_trajectory=True``."""
+
+
+# ------------------------------------------------------------ schedule
+
+
+def ddim_timesteps(scheduler, num_steps: int) -> Tensor:
+    """Set ``scheduler`` to ``num_steps`` DDIM steps and return its timesteps.
+
+    :param scheduler: a diffusers ``DDIMScheduler``; ``set_timesteps`` is called on it.
+    :param num_steps: number of denoising steps S.
+
+    Returns a LongTensor ``[S]``, high to low, in the scheduler's own
+    ``timestep_spacing``.
+    """
+    scheduler.set_timesteps(num_steps)
+    return scheduler.timesteps.clone()
+
+
+def add_noise(scheduler, x0: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
+    """Draw x_t from q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I) with the given noise.
+
+    :param x0: clean sample, ``[B, ...]``.
+    :param t: timestep, an int or a LongTensor ``[B]``.
+    :param noise: standard normal noise broadcastable to ``x0``.
+    """
+    alpha = _alpha_bar(scheduler, _batch_timesteps(t, x0), x0)
+    return alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
+
+
+def predict_x0(scheduler, x_t: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
+    """Return the x_0 implied by a noise prediction (DDIM eq. 12, "predicted x_0").
+
+    :param x_t: noisy sample, ``[B, ...]``.
+    :param eps: predicted noise, same shape.
+    :param t: timestep, an int or a LongTensor ``[B]``.
+    """
+    alpha = _alpha_bar(scheduler, _batch_timesteps(t, x_t), x_t)
+    return (x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+
+
+def _check_scheduler(scheduler) -> None:
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type != "epsilon":
+        raise ValueError(f"prefdiff.sampling supports prediction_type='epsilon' only, got {prediction_type!r}")
+
+
+def _step_ratio(scheduler) -> int:
+    """Distance from t to the previous DDIM timestep, as diffusers' DDIMScheduler.step has it."""
+    if scheduler.num_inference_steps is None:
+        raise ValueError("the scheduler has no step count: call ddim_timesteps(scheduler, num_steps) first")
+    return scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+
+
+def _batch_timesteps(t: int | Tensor, x: Tensor) -> Tensor:
+    """Return ``t`` as a LongTensor ``[B]`` on ``x``'s device."""
+    t = torch.as_tensor(t, device=x.device).long()
+    if t.dim() == 0:
+        return t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t must be an int or have shape [{x.shape[0]}], got {tuple(t.shape)}")
+    return t
+
+
+def _alpha_bar(scheduler, t: Tensor, x: Tensor) -> Tensor:
+    """alpha-bar at each row's timestep, shaped ``[B, 1, ...]`` in ``x``'s device and dtype.
+
+    A negative ``t`` is the end of the sampling chain and uses ``final_alpha_cumprod``.
+    """
+    alphas = scheduler.alphas_cumprod.to(device=x.device, dtype=x.dtype)
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, device=x.device, dtype=x.dtype)
+    alpha = torch.where(t >= 0, alphas[t.clamp(min=0)], final)
+    return alpha.view(-1, *([1] * (x.dim() - 1)))
+
+
+# ---------------------------------------------------------------- step
+
+
+def ddim_step(
+    scheduler,
+    eps: Tensor,
+    t: int | Tensor,
+    x_t: Tensor,
+    eta: float,
+    *,
+    prev_sample: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    clip_sample: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Take one DDIM step x_t -> x_{t_prev} and return its log-probability.
+
+    :param scheduler: a ``DDIMScheduler`` on which :func:`ddim_timesteps` was called.
+    :param eps: predicted noise at ``(x_t, t)``.
+    :param t: current timestep, an int or a LongTensor ``[B]``; the previous one
+        is ``t - num_train_timesteps // num_inference_steps``.
+    :param x_t: current sample, ``[B, ...]``.
+    :param eta: 0 is deterministic DDIM, 1 the DDPM posterior variance.
+    :param prev_sample: a stored x_{t_prev}; when given nothing is drawn and the
+        log-prob of that transition is returned (DDPO's recomputation).
+    :param noise: standard normal noise for the step; drawn from ``generator`` when None.
+    :param generator: source of the step noise.
+    :param clip_sample: clamp the predicted x_0 to ``[-clip_sample, clip_sample]``.
+
+    Returns ``(x_prev, log_prob, mean, std)``: ``log_prob`` is ``[B]``, the
+    Gaussian log density of ``x_prev`` averaged over the non-batch dims (as
+    ddpo-pytorch, so its scale does not depend on resolution), with ``x_prev``
+    held constant so gradients flow through ``mean`` only; ``std`` is
+    ``[B, 1, ...]``. A step with ``std == 0`` (``eta=0``, or a last step onto
+    ``final_alpha_cumprod = 1``) is deterministic: ``x_prev = mean`` and its
+    log-prob is 0.
+    """
+    _check_scheduler(scheduler)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    t = _batch_timesteps(t, x_t)
+    alpha_t = _alpha_bar(scheduler, t, x_t)
+    alpha_prev = _alpha_bar(scheduler, t - _step_ratio(scheduler), x_t)
+
+    x0 = predict_x0(scheduler, x_t, eps, t)
+    if clip_sample is not None:
+        x0 = x0.clamp(-clip_sample, clip_sample)
+
+    # sigma_t(eta) of DDIM eq. 16: sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev).
+    variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
+    std = eta * variance.sqrt()
+    # DDIM eq. 12: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z.
+    # The clamp keeps rounding from turning a zero "direction to x_t" into NaN.
+    mean = alpha_prev.sqrt() * x0 + (1 - alpha_prev - std**2).clamp(min=0).sqrt() * eps
+
+    if prev_sample is None:
+        if eta > 0:
+            if noise is None:
+                noise = _randn(x_t, generator)
+            prev_sample = mean + std * noise
+        else:
+            prev_sample = mean
+    log_prob = _gaussian_log_prob(prev_sample.detach(), mean, std)
+    return prev_sample, log_prob, mean, std
+
+
+def _gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """log N(x; mean, std^2) averaged over the non-batch dims; 0 where std == 0."""
+    deterministic = std == 0
+    safe_std = torch.where(deterministic, torch.ones_like(std), std)
+    log_prob = -((x - mean) ** 2) / (2 * safe_std**2) - safe_std.log() - 0.5 * math.log(2 * math.pi)
+    log_prob = torch.where(deterministic, torch.zeros_like(log_prob), log_prob)
+    return log_prob.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    # Draw on the generator's device so one CPU seed reproduces the same noise on any device.
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _predict_eps(model: Model, x: Tensor, t: Tensor, cond: Any, guidance_scale: float, uncond: Any) -> Tensor:
+    if guidance_scale == 1:
+        return model(x, t, cond)
+    # Classifier-free guidance, Ho & Salimans 2022 eq. 6 with w = guidance_scale - 1:
+    # eps = (1 + w) eps(c) - w eps(0) = eps(0) + guidance_scale * (eps(c) - eps(0)).
+    if torch.is_tensor(cond) and torch.is_tensor(uncond) and cond.shape == uncond.shape:
+        eps_uncond, eps_cond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond])).chunk(2)
+    else:
+        eps_uncond, eps_cond = model(x, t, uncond), model(x, t, cond)
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def _check_guidance(guidance_scale: float, uncond: Any) -> None:
+    if guidance_scale != 1 and uncond is None:
+        raise ValueError(f"guidance_scale={guidance_scale} needs uncond (the unconditional cond)")
+
+
+def step_log_prob(
+    model: Model,
+    scheduler,
+    x_t: Tensor,
+    t: int | Tensor,
+    x_prev: Tensor,
+    cond: Any,
+    *,
+    eta: float = 1.0,
+    guidance_scale: float = 1.0,
+    uncond: Any = None,
+    clip_sample: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Log-prob of a stored transition x_t -> x_prev under the current model, with grad.
+
+    The training-time recomputation of DDPO (Black et al. 2023), DPOK and D3PO.
+    The scheduler must still be set to the step count the trajectory was
+    sampled with, and ``eta``, guidance and ``clip_sample`` must match the
+    sampling call for the result to reproduce :attr:`SampleOutput.log_probs`.
+
+    :param x_t: ``latents[:, i]``.
+    :param t: ``timesteps[i]``, an int or a LongTensor ``[B]``.
+    :param x_prev: ``latents[:, i + 1]``.
+
+    Returns ``(log_prob [B], mean, std)`` as :func:`ddim_step`.
+    """
+    _check_guidance(guidance_scale, uncond)
+    t = _batch_timesteps(t, x_t)
+    eps = _predict_eps(model, x_t, t, cond, guidance_scale, uncond)
+    _, log_prob, mean, std = ddim_step(scheduler, eps, t, x_t, eta, prev_sample=x_prev, clip_sample=clip_sample)
+    return log_prob, mean, std
+
+
+# ---------------------------------------------------------------- loop
+
+
+def sample(
+    model: Model,
+    scheduler,
+    noise: Tensor,
+    cond: Any,
+    *,
+    num_steps: int = 20,
+    eta: float = 1.0,
+    guidance_scale: float = 1.0,
+    uncond: Any = None,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+    grad_last_k: int = 0,
+    truncate_random: bool = False,
+    checkpoint: bool = False,
+    known: Tensor | None = None,
+    keep_mask: Tensor | None = None,
+    start_step: int = 0,
+    clip_sample: float | None = None,
+) -> SampleOutput:
+    """Run the DDIM loop from ``noise`` to x_0.
+
+    :param model: ``model(x_t, t, cond) -> eps``.
+    :param scheduler: a ``DDIMScheduler``; it is set to ``num_steps`` steps.
+    :param noise: the start x_T, ``[B, ...]`` (or x at ``timesteps[start_step]``).
+    :param cond: conditioning, passed to the model untouched.
+    :param num_steps: number of DDIM steps of the full schedule.
+    :param eta: step stochasticity, see :func:`ddim_step`; its noise comes from ``generator``.
+    :param guidance_scale: classifier-free guidance weight; 1 means no guidance.
+    :param uncond: the unconditional cond, required when ``guidance_scale != 1``.
+        Tensor cond and uncond of equal shape go through one call of doubled batch.
+    :param generator: source of every random draw in the loop.
+    :param return_trajectory: also return latents, log-probs and means.
+    :param grad_last_k: 0 runs every step without grad; K > 0 keeps grad in the
+        last K steps only (DRaFT-K, Clark et al. 2023; ReFL, Xu et al. 2023,
+        backpropagates one step); -1 keeps grad in all of them (full
+        backprop, as in DRaFT). The input to the first grad step is detached.
+    :param truncate_random: draw K uniformly from 1..grad_last_k with
+        ``generator`` on each call (AlignProp's randomized truncation,
+        Prabhudesai et al. 2023).
+    :param checkpoint: recompute each grad step's model call in backward
+        (``torch.utils.checkpoint``) to save memory.
+    :param known: values to keep, broadcastable to x; with ``keep_mask``.
+    :param keep_mask: 1 where ``known`` is kept, broadcastable to x. After
+        every step the kept region is replaced by ``known`` noised to the new
+        timestep (RePaint, Lugmayr et al. 2022, without resampling), and by
+        ``known`` itself after the last step. Also pins trajectory start/goal.
+    :param start_step: skip the first ``start_step`` timesteps (editing).
+    :param clip_sample: clamp the predicted x_0, see :func:`ddim_step`.
+
+    With ``known``, the stored log-probs are those of the stored (replaced)
+    transitions, so :func:`step_log_prob` reproduces them.
+    """
+    _check_scheduler(scheduler)
+    _check_guidance(guidance_scale, uncond)
+    if (known is None) != (keep_mask is None):
+        raise ValueError("known and keep_mask must be given together")
+    if not 0 <= start_step < num_steps:
+        raise ValueError(f"start_step must be in [0, {num_steps}), got {start_step}")
+    timesteps = ddim_timesteps(scheduler, num_steps)[start_step:].to(noise.device)
+    step_ratio = _step_ratio(scheduler)
+    num_grad_steps = _num_grad_steps(len(timesteps), grad_last_k, truncate_random, generator)
+    first_grad_step = len(timesteps) - num_grad_steps
+
+    x = noise
+    latents, log_probs, means = [x.detach()], [], []
+    for i, t in enumerate(timesteps):
+        t_batch = t.expand(x.shape[0])
+        with_grad = i >= first_grad_step
+        if i == first_grad_step:
+            x = x.detach()
+        with torch.set_grad_enabled(with_grad):
+            if with_grad and checkpoint:
+                eps = torch.utils.checkpoint.checkpoint(
+                    _predict_eps, model, x, t_batch, cond, guidance_scale, uncond, use_reentrant=False
+                )
+            else:
+                eps = _predict_eps(model, x, t_batch, cond, guidance_scale, uncond)
+            x, log_prob, mean, std = ddim_step(
+                scheduler, eps, t_batch, x, eta, generator=generator, clip_sample=clip_sample
+            )
+            if known is not None:
+                if i == len(timesteps) - 1:
+                    known_now = known
+                else:
+                    known_now = add_noise(scheduler, known, t - step_ratio, _randn(x, generator))
+                x = keep_mask * known_now + (1 - keep_mask) * x
+                log_prob = _gaussian_log_prob(x.detach(), mean, std)
+        if return_trajectory:
+            latents.append(x.detach())
+            log_probs.append(log_prob.detach())
+            means.append(mean.detach())
+
+    if not return_trajectory:
+        return SampleOutput(samples=x, timesteps=timesteps, latents=None, log_probs=None)
+    return SampleOutput(
+        samples=x,
+        timesteps=timesteps,
+        latents=torch.stack(latents, dim=1),
+        log_probs=torch.stack(log_probs, dim=1),
+        means=torch.stack(means, dim=1),
+    )
+
+
+def _num_grad_steps(num_steps: int, grad_last_k: int, truncate_random: bool, generator) -> int:
+    if grad_last_k < -1:
+        raise ValueError(f"grad_last_k must be -1 (all steps), 0 (none) or a step count, got {grad_last_k}")
+    k = num_steps if grad_last_k == -1 else min(grad_last_k, num_steps)
+    if truncate_random:
+        if k == 0:
+            raise ValueError("truncate_random=True needs grad_last_k != 0")
+        device = generator.device if generator is not None else "cpu"
+        k = int(torch.randint(1, k + 1, (1,), generator=generator, device=device))
+    return k
+
+
+# ------------------------------------------------------------- editing
+
+
+def _edit_start_step(num_steps: int, strength: float) -> int:
+    """First step of an edit that runs the last ``strength`` fraction of the schedule (at least one step)."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return num_steps - max(1, round(strength * num_steps))
+
+
+def _edit_start(scheduler, x0: Tensor, noise: Tensor, num_steps: int, start_step: int) -> Tensor:
+    # From the first timestep the start is pure noise, so x0 is ignored exactly,
+    # as in unconditional sampling; otherwise noise x0 with q(x_t | x_0) (SDEdit).
+    if start_step == 0:
+        return noise
+    return add_noise(scheduler, x0, ddim_timesteps(scheduler, num_steps)[start_step], noise)
+
+
+def sdedit(
+    model: Model,
+    scheduler,
+    x0: Tensor,
+    cond: Any,
+    strength: float,
+    *,
+    num_steps: int = 20,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    guidance_scale: float = 1.0,
+    uncond: Any = None,
+) -> Tensor:
+    """Edit ``x0`` towards ``cond`` by noising and denoising it (SDEdit, Meng et al. 2022).
+
+    :param x0: the sample to edit, ``[B, ...]``.
+    :param strength: fraction in (0, 1] of the ``num_steps`` schedule to run:
+        the last ``max(1, round(strength * num_steps))`` steps. Small keeps
+        ``x0`` close; 1 starts from pure noise and ignores ``x0``.
+
+    The start noise and any step noise come from ``generator``. Returns the edited x_0.
+    """
+    start_step = _edit_start_step(num_steps, strength)
+    x_t = _edit_start(scheduler, x0, _randn(x0, generator), num_steps, start_step)
+    return sample(
+        model,
+        scheduler,
+        x_t,
+        cond,
+        num_steps=num_steps,
+        eta=eta,
+        guidance_scale=guidance_scale,
+        uncond=uncond,
+        generator=generator,
+        start_step=start_step,
+    ).samples
+
+
+def inpaint(
+    model: Model,
+    scheduler,
+    known: Tensor,
+    keep_mask: Tensor,
+    cond: Any,
+    *,
+    num_steps: int = 20,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    strength: float = 1.0,
+    guidance_scale: float = 1.0,
+    uncond: Any = None,
+) -> Tensor:
+    """Fill in the region where ``keep_mask`` is 0, keeping ``known`` where it is 1.
+
+    :param known: ``[B, ...]``; its kept region is returned exactly.
+    :param keep_mask: 1 = keep, broadcastable to ``known``.
+    :param noise: the start noise; drawn from ``generator`` when None.
+    :param strength: 1 starts from pure noise; below 1 starts from ``known``
+        noised as in :func:`sdedit`, so the filled region stays close to it.
+
+    Uses :func:`sample` with ``known=`` and ``keep_mask=`` (RePaint-style replacement).
+    """
+    start_step = _edit_start_step(num_steps, strength)
+    if noise is None:
+        noise = _randn(known, generator)
+    x_t = _edit_start(scheduler, known, noise, num_steps, start_step)
+    return sample(
+        model,
+        scheduler,
+        x_t,
+        cond,
+        num_steps=num_steps,
+        eta=eta,
+        guidance_scale=guidance_scale,
+        uncond=uncond,
+        generator=generator,
+        known=known,
+        keep_mask=keep_mask,
+        start_step=start_step,
+    ).samples

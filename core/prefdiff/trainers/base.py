@@ -1,0 +1,206 @@
+"""What every alignment LightningModule shares: model, schedule, reward, RNG, validation."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from prefdiff.errors import UserError
+from prefdiff.models import LoraOptions, ModelPreset, add_lora, build_denoiser, load_model
+from prefdiff.plugins import get_manager
+from prefdiff.sampling import sample
+from prefdiff.schedulers import build_scheduler, load_scheduler
+
+
+class AlignmentModule(pl.LightningModule):
+    """Base of the trainers: builds the denoiser, the noise schedule and the reward.
+
+    :param model: a fresh model preset (see :class:`prefdiff.models.ModelPreset`).
+    :param base: folder of a saved base model to start from (instead of ``model``).
+    :param conditioner: registered conditioner name, or None for raw conditions.
+    :param conditioner_options: keyword options for the conditioner factory.
+    :param lora_rank: LoRA rank; 0 trains every weight (full fine-tune).
+    :param lora_alpha: LoRA scale numerator (default: the rank).
+    :param reward: registered reward name or weighted sum ``"0.7*a + 0.3*b"``.
+    :param reward_options: keyword options for the reward factory.
+    :param num_steps: DDIM steps for sampling.
+    :param eta: DDIM eta; 1 makes every step stochastic (needed for log-probs).
+    :param guidance_scale: classifier-free guidance weight; 1 turns it off.
+    :param lr: AdamW learning rate.
+    :param max_grad_norm: gradient clipping norm; 0 turns it off.
+    :param seed: seeds every random draw the module makes.
+    :param scheduler: DDIMScheduler options for a fresh model.
+    """
+
+    def __init__(self, model: dict | None = None, base: str | None = None,
+                 conditioner: str | None = None, conditioner_options: dict | None = None,
+                 lora_rank: int = 8, lora_alpha: float | None = None,
+                 reward: str | None = None, reward_options: dict | None = None,
+                 num_steps: int = 20, eta: float = 1.0, guidance_scale: float = 1.0,
+                 lr: float = 1e-4, max_grad_norm: float = 1.0, seed: int = 0,
+                 scheduler: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if (model is None) == (base is None):
+            raise UserError("give exactly one of --model.model (a fresh preset) or --model.base "
+                            "(a saved model folder)")
+        if num_steps < 1:
+            raise UserError(f"--model.num_steps must be >= 1, got {num_steps}")
+        if not 0.0 <= eta <= 1.0:
+            raise UserError(f"--model.eta must be in [0, 1], got {eta}")
+        if lr <= 0:
+            raise UserError(f"--model.lr must be > 0, got {lr}")
+        manager = get_manager()
+        cond_module = (manager.conditioner(conditioner, **(conditioner_options or {}))
+                       if conditioner else None)
+        if base is not None:
+            self.denoiser = load_model(base, cond_module)
+            self.noise_scheduler = load_scheduler(base)
+        else:
+            self.denoiser = build_denoiser(ModelPreset(**model), cond_module)
+            self.noise_scheduler = build_scheduler(scheduler)
+        if lora_rank > 0:
+            add_lora(self.denoiser, LoraOptions(r=lora_rank, alpha=lora_alpha or float(lora_rank)))
+        self.reward_fn = manager.reward(reward, **(reward_options or {})) if reward else None
+        self.reward_queries = 0
+
+    # ------------------------------------------------------------ helpers ----
+
+    def require_reward(self, differentiable: bool = False):
+        """The reward, with a clear error when the method needs one it lacks."""
+        method = type(self).__name__
+        if self.reward_fn is None:
+            raise UserError(f"{method} needs --model.reward; `prefdiff plugins` lists the rewards")
+        if differentiable and not self.reward_fn.differentiable:
+            raise UserError(f"{method} backpropagates through the reward but "
+                            f"{self.reward_fn.describe()} is not differentiable; pick a "
+                            f"differentiable reward or a policy-gradient method (ddpo, grpo)")
+        return self.reward_fn
+
+    def score(self, samples: torch.Tensor, cond: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Score samples with the (checked) reward and count the queries."""
+        scores, info = self.require_reward()(samples, cond)
+        self.reward_queries += samples.shape[0]
+        return scores, info
+
+    def step_generator(self, salt: int = 0) -> torch.Generator:
+        """A generator fixed by (seed, global step, rank): resumed runs draw the same noise."""
+        seed = (self.hparams.seed * 1_000_003 + self.global_step * 7_919 + salt * 104_729
+                + self.global_rank * 15_485_863)
+        return torch.Generator(device="cpu").manual_seed(seed % (2**63))
+
+    def sample_shape(self) -> tuple[int, ...]:
+        from prefdiff.data import infer_sample_shape
+
+        return infer_sample_shape(self.denoiser)
+
+    def draw_noise(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn((batch, *self.sample_shape()), generator=generator).to(self.device)
+
+    def run_sampler(self, cond: Any, batch: int, generator: torch.Generator, **kwargs):
+        """Sample from the current policy with the module's DDIM settings."""
+        hp = self.hparams
+        uncond = self.denoiser.null_condition(cond) if hp.guidance_scale != 1.0 else None
+        kwargs.setdefault("eta", hp.eta)
+        return sample(self.denoiser, self.noise_scheduler, self.draw_noise(batch, generator), cond,
+                      num_steps=hp.num_steps, guidance_scale=hp.guidance_scale, uncond=uncond,
+                      generator=generator, **kwargs)
+
+    def add_noise(self, x0: torch.Tensor, generator: torch.Generator):
+        """``(x_t, t, eps)`` with t uniform over the training timesteps."""
+        n = x0.shape[0]
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator)
+        eps = torch.randn(x0.shape, generator=generator).to(x0)
+        t = t.to(x0.device)
+        return self.noise_scheduler.add_noise(x0, eps, t), t, eps
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        params = self.trainable_parameters()
+        if not params:
+            raise UserError("the model has no trainable parameters; set --model.lora_rank > 0 "
+                            "or train the full model with --model.lora_rank 0")
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.0)
+
+    def clip_and_step(self, optimizer) -> None:
+        """Clip gradients and step (manual optimization)."""
+        if self.hparams.max_grad_norm > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm,
+                                gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def log_metrics(self, metrics: dict[str, Any], prefix: str = "train") -> None:
+        values = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
+        self.log_dict(values, prog_bar=False, on_step=True, on_epoch=False,
+                      batch_size=1, sync_dist=False)
+
+    # --------------------------------------------------------- validation ----
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.reward_fn is None:
+            return
+        cond = batch["cond"]
+        n = _batch_size(batch)
+        generator = torch.Generator().manual_seed(self.hparams.seed + 10_000 + batch_idx)
+        with torch.no_grad():
+            out = self.run_sampler(cond, n, generator, eta=0.0)
+            scores, _ = self.reward_fn(out.samples, cond)
+        self.log("val/reward", scores.mean(), prog_bar=True, batch_size=n, sync_dist=True)
+        if batch_idx == 0:
+            self._last_val_samples = out.samples.detach().cpu()
+
+    def on_validation_epoch_end(self) -> None:
+        samples = getattr(self, "_last_val_samples", None)
+        if samples is None or self.trainer.log_dir is None or self.global_rank != 0:
+            return
+        from prefdiff.viz import save_grid
+
+        if samples.ndim == 4 and samples.shape[1] in (1, 3):
+            save_grid(samples, f"{self.trainer.log_dir}/samples/epoch{self.current_epoch:03d}.png")
+
+    # -------------------------------------------------------- checkpoints ----
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Everything a resumed run needs to draw the same numbers as an uninterrupted one.
+        np_state = np.random.get_state()
+        checkpoint["prefdiff"] = {
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": list(random.getstate()[1]),
+            "python_rng_pos": random.getstate()[2],
+            "numpy_rng": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_rng_pos": int(np_state[2]),
+            "reward_queries": self.reward_queries,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("prefdiff")
+        if state is None:
+            return
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate((3, tuple(state["python_rng"]), state["python_rng_pos"]))
+        np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32),
+                             state["numpy_rng_pos"], 0, 0.0))
+        self.reward_queries = int(state["reward_queries"])
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    cond = batch["cond"]
+    while isinstance(cond, dict):
+        cond = next(iter(cond.values()))
+    return int(cond.shape[0])
+
+
+def repeat_condition(cond: Any, times: int) -> Any:
+    """Repeat each condition ``times`` times along the batch (consecutive copies)."""
+    if times == 1:
+        return cond
+    if isinstance(cond, dict):
+        return {k: repeat_condition(v, times) for k, v in cond.items()}
+    return cond.repeat_interleave(times, dim=0)

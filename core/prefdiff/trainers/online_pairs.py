@@ -1,0 +1,76 @@
+"""D3PO: DPO on denoising steps of online pairs ranked by a reward (Yang et al. 2024)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prefdiff.errors import UserError
+from prefdiff.losses import d3po_loss
+from prefdiff.models import reference_mode
+from prefdiff.sampling import step_log_prob
+from prefdiff.trainers.base import AlignmentModule, repeat_condition
+
+
+class D3POModule(AlignmentModule):
+    """Each step samples two trajectories per condition, lets the reward pick the winner,
+    and applies the DPO loss to the ratio of per-step log-probs against the reference.
+
+    :param beta: DPO temperature on the log-prob ratios.
+    :param timestep_fraction: fraction of the denoising steps trained per batch.
+    """
+
+    def __init__(self, *args: Any, beta: float = 0.1, timestep_fraction: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if beta <= 0:
+            raise UserError(f"--model.beta must be > 0, got {beta}")
+        if not 0 < timestep_fraction <= 1:
+            raise UserError(f"--model.timestep_fraction must be in (0, 1], got {timestep_fraction}")
+        if self.hparams.eta <= 0:
+            raise UserError("D3PO needs stochastic steps for log-probs: set --model.eta > 0")
+        self.automatic_optimization = False
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        generator = self.step_generator()
+        cond = repeat_condition(batch["cond"], 2)
+        n = 2 * _count(batch["cond"])
+        with torch.no_grad():
+            out = self.run_sampler(cond, n, generator, return_trajectory=True)
+        scores, _ = self.score(out.samples, cond)
+        pairs = scores.view(-1, 2)
+        first_wins = pairs[:, 0] >= pairs[:, 1]
+        idx = torch.arange(0, n, 2, device=scores.device)
+        win, lose = torch.where(first_wins, idx, idx + 1), torch.where(first_wins, idx + 1, idx)
+        order = torch.cat([win, lose])
+        latents, cond_wl = out.latents[order], _index(cond, order)
+        steps = len(out.timesteps)
+        chosen = torch.randperm(steps, generator=generator)[:max(1, int(steps * self.hparams.timestep_fraction))]
+        half = n // 2
+        uncond = self.denoiser.null_condition(cond_wl) if self.hparams.guidance_scale != 1 else None
+        kw = dict(eta=self.hparams.eta, guidance_scale=self.hparams.guidance_scale, uncond=uncond)
+        for j in chosen.tolist():
+            t = out.timesteps[j]
+            lp, _, _ = step_log_prob(self.denoiser, self.noise_scheduler, latents[:, j], t,
+                                     latents[:, j + 1], cond_wl, **kw)
+            with torch.no_grad(), reference_mode(self.denoiser):
+                ref, _, _ = step_log_prob(self.denoiser, self.noise_scheduler, latents[:, j], t,
+                                          latents[:, j + 1], cond_wl, **kw)
+            loss, metrics = d3po_loss(lp[:half], lp[half:], ref[:half], ref[half:], self.hparams.beta)
+            self.manual_backward(loss / len(chosen))
+        self.clip_and_step(optimizer)
+        self.log("train/reward", scores.mean(), prog_bar=True, batch_size=n)
+        self.log_metrics({**metrics, "reward_queries": self.reward_queries})
+
+
+def _count(cond: Any) -> int:
+    while isinstance(cond, dict):
+        cond = next(iter(cond.values()))
+    return int(cond.shape[0])
+
+
+def _index(cond: Any, order: torch.Tensor) -> Any:
+    if isinstance(cond, dict):
+        return {k: _index(v, order) for k, v in cond.items()}
+    return cond[order.to(cond.device)]

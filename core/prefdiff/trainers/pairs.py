@@ -1,0 +1,62 @@
+"""Offline preference pairs: Diffusion-DPO and Diffusion-KTO."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prefdiff.errors import UserError
+from prefdiff.losses import diffusion_dpo_loss, kto_loss, per_sample_mse
+from prefdiff.models import reference_mode
+from prefdiff.trainers.base import AlignmentModule
+
+OBJECTIVES = ("dpo", "kto")
+
+
+class PairModule(AlignmentModule):
+    """Trains on ``{"x_w", "x_l", "cond"}`` pairs; the reference is the adapter-disabled model.
+
+    :param objective: ``dpo`` (Wallace et al. 2023) or ``kto`` (Li et al. 2024; the
+        winner is a desirable sample, the loser an undesirable one).
+    :param beta: the KL strength of the implicit reward.
+    """
+
+    def __init__(self, *args: Any, objective: str = "dpo", beta: float = 2000.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if objective not in OBJECTIVES:
+            raise UserError(f"--model.objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
+        if beta <= 0:
+            raise UserError(f"--model.beta must be > 0, got {beta}")
+        if self.hparams.lora_rank <= 0:
+            raise UserError("pair objectives use the adapter-disabled model as reference; "
+                            "set --model.lora_rank > 0")
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x_w, x_l, cond = batch["x_w"], batch["x_l"], batch["cond"]
+        n = x_w.shape[0]
+        generator = self.step_generator()
+        # Winner and loser share the timestep and the noise (Wallace et al. 2023, sec. 4).
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator)
+        eps = torch.randn(x_w.shape, generator=generator).to(x_w)
+        t2, eps2 = torch.cat([t, t]).to(x_w.device), torch.cat([eps, eps])
+        x_t = self.noise_scheduler.add_noise(torch.cat([x_w, x_l]), eps2, t2)
+        cond2 = _cat(cond, cond)
+        model_err = per_sample_mse(self.denoiser(x_t, t2, cond2), eps2)
+        with torch.no_grad(), reference_mode(self.denoiser):
+            ref_err = per_sample_mse(self.denoiser(x_t, t2, cond2), eps2)
+        if self.hparams.objective == "dpo":
+            loss, metrics = diffusion_dpo_loss(model_err[:n], model_err[n:], ref_err[:n], ref_err[n:],
+                                               self.hparams.beta)
+        else:
+            desirable = torch.cat([torch.ones(n), torch.zeros(n)]).bool().to(x_w.device)
+            loss, metrics = kto_loss(model_err, ref_err, desirable, self.hparams.beta)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_metrics(metrics)
+        return loss
+
+
+def _cat(a: Any, b: Any) -> Any:
+    if isinstance(a, dict):
+        return {k: _cat(a[k], b[k]) for k in a}
+    return torch.cat([a, b])

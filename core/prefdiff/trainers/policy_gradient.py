@@ -1,0 +1,106 @@
+"""Policy gradient over the denoising MDP: DDPO, DPOK and GRPO."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prefdiff.errors import UserError
+from prefdiff.losses import (gaussian_kl, group_advantages, per_condition_advantages,
+                             policy_gradient_kl_loss, ppo_clip_loss)
+from prefdiff.models import reference_mode
+from prefdiff.sampling import step_log_prob
+from prefdiff.trainers.base import AlignmentModule, repeat_condition
+from prefdiff.trainers.online_pairs import _count
+
+VARIANTS = ("ddpo", "dpok", "grpo")
+
+
+class PolicyGradientModule(AlignmentModule):
+    """Samples trajectories with their log-probs, scores them, and updates the policy.
+
+    * ``ddpo`` (Black et al. 2023): PPO-clip, advantages normalised per condition.
+    * ``dpok`` (Fan et al. 2023): REINFORCE with a KL to the reference per step.
+    * ``grpo`` (Flow-GRPO, Liu et al. 2025; DanceGRPO): PPO-clip with advantages
+      relative to the group of samples of the same condition, optional KL.
+
+    Rewards and advantages are gathered across processes, so DDP trains as one batch.
+
+    :param method: ddpo, dpok or grpo.
+    :param samples_per_condition: trajectories per condition in a batch (the group size).
+    :param clip_range: PPO clip range.
+    :param adv_clip_max: advantages are clamped to [-adv_clip_max, adv_clip_max].
+    :param inner_epochs: passes over each sampled batch.
+    :param timestep_fraction: fraction of the denoising steps trained per pass.
+    :param kl_coef: weight of the per-step KL to the reference (dpok, grpo).
+    """
+
+    def __init__(self, *args: Any, method: str = "ddpo", samples_per_condition: int = 4,
+                 clip_range: float = 1e-4, adv_clip_max: float = 5.0, inner_epochs: int = 1,
+                 timestep_fraction: float = 1.0, kl_coef: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if method not in VARIANTS:
+            raise UserError(f"--model.method must be one of {', '.join(VARIANTS)}, got '{method}'")
+        if samples_per_condition < 2 and method == "grpo":
+            raise UserError("--model.samples_per_condition must be >= 2 for grpo")
+        if not 0 < timestep_fraction <= 1:
+            raise UserError(f"--model.timestep_fraction must be in (0, 1], got {timestep_fraction}")
+        if self.hparams.eta <= 0:
+            raise UserError("policy gradient needs stochastic steps: set --model.eta > 0")
+        if kl_coef > 0 and self.hparams.lora_rank <= 0:
+            raise UserError("the KL term uses the adapter-disabled reference; set --model.lora_rank > 0")
+        self.automatic_optimization = False
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hp = self.hparams
+        optimizer = self.optimizers()
+        generator = self.step_generator()
+        k = hp.samples_per_condition
+        cond = repeat_condition(batch["cond"], k)
+        n = k * _count(batch["cond"])
+        with torch.no_grad():
+            out = self.run_sampler(cond, n, generator, return_trajectory=True)
+        rewards, info = self.score(out.samples, cond)
+        advantages = self.advantages(rewards.float(), k).clamp(-hp.adv_clip_max, hp.adv_clip_max)
+        steps = len(out.timesteps)
+        uncond = self.denoiser.null_condition(cond) if hp.guidance_scale != 1 else None
+        kw = dict(eta=hp.eta, guidance_scale=hp.guidance_scale, uncond=uncond)
+        for _ in range(hp.inner_epochs):
+            chosen = torch.randperm(steps, generator=generator)[:max(1, int(steps * hp.timestep_fraction))]
+            for j in chosen.tolist():
+                t = out.timesteps[j]
+                lp, mean, std = step_log_prob(self.denoiser, self.noise_scheduler, out.latents[:, j], t,
+                                              out.latents[:, j + 1], cond, **kw)
+                kl = None
+                if hp.method == "dpok" or hp.kl_coef > 0:
+                    with torch.no_grad(), reference_mode(self.denoiser):
+                        _, ref_mean, _ = step_log_prob(self.denoiser, self.noise_scheduler,
+                                                       out.latents[:, j], t, out.latents[:, j + 1], cond, **kw)
+                    kl = gaussian_kl(mean, ref_mean, std)
+                if hp.method == "dpok":
+                    loss, metrics = policy_gradient_kl_loss(lp, advantages, kl, hp.kl_coef)
+                else:
+                    loss, metrics = ppo_clip_loss(lp, out.log_probs[:, j], advantages, hp.clip_range)
+                    if kl is not None:
+                        loss = loss + hp.kl_coef * kl.mean()
+                        metrics["kl"] = kl.mean().detach()
+                self.manual_backward(loss / len(chosen))
+            self.clip_and_step(optimizer)
+        self.log("train/reward", rewards.mean(), prog_bar=True, batch_size=n)
+        self.log_metrics({**metrics, **{k_: v for k_, v in info.items() if isinstance(v, (int, float))},
+                          "reward_queries": self.reward_queries})
+
+    def advantages(self, rewards: torch.Tensor, k: int) -> torch.Tensor:
+        """Normalised advantages over the rewards of every process."""
+        n = rewards.shape[0]
+        world, rank = self.trainer.world_size if self._trainer else 1, self.global_rank
+        everything = self.all_gather(rewards).reshape(-1) if world > 1 else rewards
+        if self.hparams.method == "grpo":
+            adv = group_advantages(everything, k)
+        elif self.hparams.method == "ddpo":
+            ids = torch.arange(everything.shape[0], device=rewards.device) // k
+            adv = per_condition_advantages(everything, ids)
+        else:
+            adv = (everything - everything.mean()) / (everything.std(correction=0) + 1e-6)
+        return adv[rank * n:(rank + 1) * n] if world > 1 else adv

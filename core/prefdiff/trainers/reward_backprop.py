@@ -1,0 +1,93 @@
+"""Reward backpropagation through the sampler: DRaFT-K, AlignProp and ReFL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prefdiff.errors import UserError
+from prefdiff.losses import per_sample_mse, reward_backprop_loss
+from prefdiff.models import reference_mode
+from prefdiff.sampling import predict_x0
+from prefdiff.trainers.base import AlignmentModule
+from prefdiff.trainers.online_pairs import _count
+
+VARIANTS = ("draft", "alignprop", "refl")
+
+
+class RewardBackpropModule(AlignmentModule):
+    """Maximises a differentiable reward of the sampled x_0 by backpropagation.
+
+    * ``draft`` (Clark et al. 2023, DRaFT-K): gradients through the last K steps.
+    * ``alignprop`` (Prabhudesai et al. 2023): K drawn at random from 1..k per
+      batch, with gradient checkpointing.
+    * ``refl`` (Xu et al. 2023): sample to a random late step without gradients,
+      then predict x_0 in one step with gradients.
+
+    :param method: draft, alignprop or refl.
+    :param k: gradient steps (draft), or their maximum (alignprop).
+    :param checkpoint: gradient checkpointing of the steps that keep gradients.
+    :param drift_coef: weight of the drift penalty ||eps_theta - eps_ref||^2 at
+        the last step's input, a KL between the step Gaussians (as DPOK's).
+    :param refl_window: ReFL draws its step from the last fraction of the schedule.
+    """
+
+    def __init__(self, *args: Any, method: str = "draft", k: int = 1, checkpoint: bool = True,
+                 drift_coef: float = 0.0, refl_window: float = 0.25, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if method not in VARIANTS:
+            raise UserError(f"--model.method must be one of {', '.join(VARIANTS)}, got '{method}'")
+        if k < 1 or k > self.hparams.num_steps:
+            raise UserError(f"--model.k must be in [1, num_steps={self.hparams.num_steps}], got {k}")
+        if drift_coef < 0:
+            raise UserError(f"--model.drift_coef must be >= 0, got {drift_coef}")
+        if drift_coef > 0 and self.hparams.lora_rank <= 0:
+            raise UserError("the drift penalty uses the adapter-disabled reference; set --model.lora_rank > 0")
+        self.automatic_optimization = False
+
+    def on_fit_start(self) -> None:
+        self.require_reward(differentiable=True)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hp = self.hparams
+        optimizer = self.optimizers()
+        generator = self.step_generator()
+        cond = batch["cond"]
+        n = _count(cond)
+        want_drift = hp.drift_coef > 0
+        if hp.method == "refl":
+            with torch.no_grad():
+                out = self.run_sampler(cond, n, generator, return_trajectory=True)
+            steps = len(out.timesteps)
+            first = int(steps * (1 - hp.refl_window))
+            j = int(torch.randint(min(first, steps - 1), steps, (1,), generator=generator))
+            x_t, t = out.latents[:, j], out.timesteps[j]
+            eps = self._eps(x_t, t, cond)
+            x0 = predict_x0(self.noise_scheduler, x_t, eps, t)
+        else:
+            out = self.run_sampler(cond, n, generator, grad_last_k=hp.k,
+                                   truncate_random=hp.method == "alignprop",
+                                   checkpoint=hp.checkpoint, return_trajectory=want_drift)
+            x0 = out.samples
+            j = len(out.timesteps) - 1
+        drift = None
+        if want_drift:
+            x_t, t = out.latents[:, j], out.timesteps[j]
+            with torch.no_grad(), reference_mode(self.denoiser):
+                eps_ref = self._eps(x_t, t, cond)
+            drift = per_sample_mse(self._eps(x_t, t, cond), eps_ref)
+        scores, info = self.score(x0, cond)
+        loss, metrics = reward_backprop_loss(scores, drift, hp.drift_coef)
+        self.manual_backward(loss)
+        self.clip_and_step(optimizer)
+        self.log("train/reward", scores.mean(), prog_bar=True, batch_size=n)
+        self.log_metrics({**metrics, "reward_queries": self.reward_queries})
+
+    def _eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        tt = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+        eps = self.denoiser(x_t, tt, cond)
+        if self.hparams.guidance_scale != 1:
+            eps_u = self.denoiser(x_t, tt, self.denoiser.null_condition(cond))
+            eps = eps_u + self.hparams.guidance_scale * (eps - eps_u)
+        return eps

@@ -1,0 +1,58 @@
+"""Supervised fine-tuning: plain (pretraining the base model) and reward-weighted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prefdiff.errors import UserError
+from prefdiff.losses import rwr_weights, sft_loss
+from prefdiff.trainers.base import AlignmentModule
+
+
+class SFTModule(AlignmentModule):
+    """Noise-prediction training on ``{"x0", "cond"}`` batches (DDPM, Ho et al. 2020).
+
+    :param reward_weighted: weight each sample by softmax(reward / temperature)
+        (reward-weighted regression, Lee et al. 2023); batches then carry ``"reward"``.
+    :param temperature: RWR temperature.
+    :param p_uncond: probability of dropping the condition (trains CFG's unconditional model).
+    """
+
+    def __init__(self, *args: Any, reward_weighted: bool = False, temperature: float = 0.1,
+                 p_uncond: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= p_uncond < 1.0:
+            raise UserError(f"--model.p_uncond must be in [0, 1), got {p_uncond}")
+        if reward_weighted and temperature <= 0:
+            raise UserError(f"--model.temperature must be > 0, got {temperature}")
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        generator = self.step_generator()
+        x0, cond = batch["x0"], batch.get("cond")
+        x_t, t, eps = self.add_noise(x0, generator)
+        if self.hparams.p_uncond > 0 and cond is not None:
+            cond = self._drop_condition(cond, generator)
+        weights = None
+        if self.hparams.reward_weighted:
+            if "reward" not in batch:
+                raise UserError("reward-weighted SFT needs batches with 'reward' (mined samples)")
+            weights = rwr_weights(batch["reward"].float(), self.hparams.temperature)
+        loss, metrics = sft_loss(self.denoiser(x_t, t, cond), eps, weights)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        self.log_metrics(metrics)
+        return loss
+
+    def _drop_condition(self, cond: Any, generator: torch.Generator) -> Any:
+        null = self.denoiser.null_condition(cond)
+        first = cond if not isinstance(cond, dict) else next(iter(cond.values()))
+        drop = torch.rand(first.shape[0], generator=generator) < self.hparams.p_uncond
+
+        def pick(c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+            mask = drop.to(c.device).view(-1, *([1] * (c.ndim - 1)))
+            return torch.where(mask, n, c)
+
+        if isinstance(cond, dict):
+            return {k: pick(cond[k], null[k]) for k in cond}
+        return pick(cond, null)
