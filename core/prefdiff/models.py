@@ -179,7 +179,7 @@ def _unet2d_condition(p: ModelPreset):
     if p.conditioning != "controlnet":
         return unet
     controlnet = ControlNetModel.from_unet(unet, conditioning_channels=p.cond_channels,
-                                           conditioning_embedding_out_channels=(16, 32))
+                                           conditioning_embedding_out_channels=(16,))  # same resolution as x
     return unet, controlnet
 
 
@@ -317,9 +317,12 @@ def save_model(denoiser: Denoiser, directory: str | Path) -> Path:
     net_state = {k.replace(".base_layer.", "."): v.contiguous() for k, v in net_state.items()}
     if denoiser.preset.kind == "monai":
         save_file(net_state, str(directory / "net.safetensors"))
+    elif not lora:
+        denoiser.net.save_pretrained(directory / "net", safe_serialization=True)
     else:
-        # save_pretrained writes config.json + safetensors; strip the adapter for a clean base.
-        denoiser.net.save_pretrained(directory / "net", state_dict=net_state, safe_serialization=True)
+        # The same layout save_pretrained writes, with the adapter stripped for a clean base.
+        denoiser.net.save_config(directory / "net")
+        save_file(net_state, str(directory / "net" / "diffusion_pytorch_model.safetensors"))
     for part in ("conditioner", "controlnet"):
         module = getattr(denoiser, part)
         if module is not None:
@@ -365,9 +368,9 @@ def load_model(directory: str | Path, conditioner: nn.Module | None = None) -> D
             path = directory / f"{part}.safetensors"
             if module is not None and path.is_file():
                 _load_strict(module, load_file(str(path)), directory)
-    except (OSError, RuntimeError, ValueError) as exc:
-        if isinstance(exc, UserError):
-            raise
+    except UserError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
         raise UserError(f"cannot read the weights in {directory}: {exc}; the files are truncated "
                         f"or corrupt, re-create them") from exc
     if (directory / "lora" / LORA_WEIGHTS).is_file():
@@ -429,12 +432,14 @@ def load_lora(denoiser: Denoiser, directory: str | Path) -> Denoiser:
 def save_lora_for_pipeline(denoiser: Denoiser, directory: str | Path) -> Path:
     """Write the UNet adapter the way diffusers' ``pipeline.load_lora_weights`` reads it."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import get_peft_model_state_dict
 
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser.net))
+    state = get_peft_model_state_dict(denoiser.net)
+    # The adapter's config travels as metadata so the loader uses the same alpha / r scale.
+    metadata = denoiser.lora_config.to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])
     StableDiffusionPipeline.save_lora_weights(save_directory=str(directory), unet_lora_layers=state,
-                                              safe_serialization=True)
+                                              safe_serialization=True, unet_lora_adapter_metadata=metadata)
     return Path(directory)
 
 

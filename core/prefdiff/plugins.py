@@ -141,7 +141,7 @@ class PluginManager:
         for kind in KINDS:
             caller = getattr(self._pm.hook, f"prefdiff_register_{kind}")
             # Call each implementation alone so a failure is pinned on its plugin.
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in caller.get_hookimpls():  # registration order: built-ins first
                 self._collect_one(kind, impl)
         self._collected = True
 

@@ -145,7 +145,7 @@ def example_recipe(quick: bool = False):
         methods={"dpo": {"beta": 500.0, "lr": 1e-3}, "ddpo": {"lr": 3e-4},
                  "draft": {"reward": "smoothness", "lr": 3e-4}},
         default_methods=["dpo", "ddpo"] if quick else ["rwr", "dpo", "kto", "ddpo", "grpo", "draft"],
-        pretrain_steps=150 if quick else 1500, pretrain_batch=32, align_steps=12 if quick else 80,
+        pretrain_steps=400 if quick else 2000, pretrain_batch=32, align_steps=12 if quick else 80,
         align_batch=8, n_eval=16 if quick else 128, num_steps=8 if quick else 20,
         mine_conditions=48 if quick else 256, mine_per_condition=4,
         train_size=4096)

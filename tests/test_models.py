@@ -1,0 +1,139 @@
+"""Builders, LoRA with the adapter-disabled reference, save and load."""
+
+import json
+
+import pytest
+import torch
+
+from prefdiff.errors import UserError
+from prefdiff.models import (LoraOptions, ModelPreset, add_lora, build_denoiser, has_lora,
+                             load_lora, load_model, load_pipeline_unet, reference_mode, save_lora,
+                             save_lora_for_pipeline, save_model)
+from prefdiff.testing import tiny_denoiser
+
+T = torch.tensor([10, 500])
+
+
+@pytest.mark.parametrize("preset, x, cond", [
+    (dict(kind="unet2d", sample_size=8, channels=1, block_out_channels=(8, 16)),
+     torch.randn(2, 1, 8, 8), None),
+    (dict(kind="unet2d", sample_size=8, channels=1, conditioning="class", num_classes=3,
+          block_out_channels=(8, 16)), torch.randn(2, 1, 8, 8), torch.tensor([0, 2])),
+    (dict(kind="unet2d", sample_size=8, channels=1, conditioning="concat", cond_channels=2,
+          block_out_channels=(8, 16), attention=True), torch.randn(2, 1, 8, 8), torch.randn(2, 2, 8, 8)),
+    (dict(kind="unet2d_condition", sample_size=8, channels=4, conditioning="cross_attention",
+          cross_attention_dim=16, block_out_channels=(16, 32)), torch.randn(2, 4, 8, 8), torch.randn(2, 5, 16)),
+    (dict(kind="unet2d_condition", sample_size=8, channels=4, conditioning="controlnet", cond_channels=1,
+          cross_attention_dim=16, block_out_channels=(16, 32)), torch.randn(2, 4, 8, 8),
+     {"context": torch.randn(2, 5, 16), "image": torch.randn(2, 1, 8, 8)}),
+    (dict(kind="unet1d", sample_size=16, channels=6, conditioning="concat", cond_channels=4,
+          block_out_channels=(16, 32)), torch.randn(2, 6, 16), torch.randn(2, 4)),
+])
+def test_builders_predict_noise_of_input_shape(preset, x, cond):
+    denoiser = build_denoiser(preset)
+    assert denoiser(x, T, cond).shape == x.shape
+    null = denoiser.null_condition(cond)
+    assert denoiser(x, T, null).shape == x.shape
+
+
+def test_monai_denoiser():
+    pytest.importorskip("monai")
+    denoiser = build_denoiser(dict(kind="monai", sample_size=8, channels=1, conditioning="concat",
+                                   cond_channels=1, block_out_channels=(8, 16)))
+    assert denoiser(torch.randn(2, 1, 8, 8), T, torch.randn(2, 1, 8, 8)).shape == (2, 1, 8, 8)
+
+
+def test_bad_preset_is_a_user_error():
+    with pytest.raises(UserError, match="--model.kind must be one of"):
+        ModelPreset(kind="transformer")
+    with pytest.raises(UserError, match="norm_num_groups=8 must divide"):
+        ModelPreset(block_out_channels=(12, 24))
+
+
+def test_fresh_lora_equals_reference_and_reference_ignores_training():
+    denoiser = tiny_denoiser()
+    x, c = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    before = denoiser(x, T, c).detach()
+    add_lora(denoiser, LoraOptions(r=4))
+    assert has_lora(denoiser)
+    torch.testing.assert_close(denoiser(x, T, c), before)  # B starts at zero
+    trainable = [p for p in denoiser.parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, p in denoiser.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        for p in trainable:
+            p.add_(0.05 * torch.randn_like(p))
+    assert not torch.allclose(denoiser(x, T, c), before)
+    with reference_mode(denoiser):
+        torch.testing.assert_close(denoiser(x, T, c), before)
+    assert all(p.requires_grad for p in trainable)  # re-enabled afterwards
+
+
+def _perturbed_lora(seed=0):
+    denoiser = add_lora(tiny_denoiser(seed), LoraOptions(r=4))
+    with torch.no_grad():
+        for p in denoiser.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return denoiser
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    denoiser = _perturbed_lora()
+    x, c = torch.randn(2, 3, 16, 16), torch.tensor([0, 3])
+    expected = denoiser(x, T, c)
+    save_model(denoiser, tmp_path / "m")
+    assert (tmp_path / "m/net/config.json").is_file()
+    assert (tmp_path / "m/lora/adapter_model.safetensors").is_file()
+    config = json.loads((tmp_path / "m/lora/adapter_config.json").read_text())
+    assert config["r"] == 4 and config["peft_type"] == "LORA"
+    from safetensors.torch import load_file
+
+    keys = list(load_file(str(tmp_path / "m/lora/adapter_model.safetensors")))
+    assert all(k.startswith("base_model.model.") and ".lora_" in k for k in keys)
+    torch.testing.assert_close(load_model(tmp_path / "m")(x, T, c), expected)
+    # An adapter alone onto a plain base.
+    save_lora(denoiser, tmp_path / "adapter")
+    base = tiny_denoiser()
+    torch.testing.assert_close(load_lora(base, tmp_path / "adapter")(x, T, c), expected)
+
+
+def test_truncated_or_foreign_weights_are_user_errors(tmp_path):
+    save_model(tiny_denoiser(), tmp_path / "m")
+    weights = next((tmp_path / "m/net").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_model(tmp_path / "m")
+    save_model(tiny_denoiser(), tmp_path / "a")
+    save_model(build_denoiser(dict(kind="unet2d", sample_size=16, channels=3, conditioning="class",
+                                   num_classes=4, block_out_channels=(8, 16))), tmp_path / "b")
+    (tmp_path / "a/net").rename(tmp_path / "a/net-old")
+    (tmp_path / "b/net").rename(tmp_path / "a/net")
+    with pytest.raises(UserError, match="from another model"):
+        load_model(tmp_path / "a")
+    with pytest.raises(UserError, match="not a prefdiff model folder"):
+        load_model(tmp_path)
+
+
+def test_stable_diffusion_lora_loads_with_diffusers(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    preset = dict(kind="unet2d_condition", sample_size=8, channels=4, conditioning="cross_attention",
+                  cross_attention_dim=16, block_out_channels=(16, 32))
+    torch.manual_seed(0)
+    denoiser = build_denoiser(preset)
+    pipeline = tmp_path / "pipe"
+    denoiser.net.save_pretrained(pipeline / "unet")
+    (pipeline / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    loaded = load_pipeline_unet(pipeline)
+    add_lora(loaded, LoraOptions(r=4))
+    with torch.no_grad():
+        for p in loaded.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    save_lora_for_pipeline(loaded, tmp_path / "sd-lora")
+    x, ctx = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 16)
+    expected = loaded(x, T[:1], ctx)
+    unet = UNet2DConditionModel.from_pretrained(pipeline / "unet")
+    unet.load_lora_adapter(str(tmp_path / "sd-lora"), prefix="unet",
+                           weight_name="pytorch_lora_weights.safetensors")
+    torch.testing.assert_close(unet(x, T[:1], encoder_hidden_states=ctx).sample, expected, atol=1e-5, rtol=1e-4)
