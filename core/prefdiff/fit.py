@@ -71,6 +71,16 @@ def _check_checkpoint(path: str, model) -> None:
                         f"'{example}'); resume with the config that wrote it")
 
 
+def _user_error_in_chain(exc: BaseException) -> UserError | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def fit(argv: list[str]) -> int:
     """Run `prefdiff fit ARGS`; returns the exit code."""
     from jsonargparse import ArgumentError
@@ -96,20 +106,26 @@ def fit(argv: list[str]) -> int:
     except ArgumentError as exc:
         message = " ".join(str(exc).split())
         raise UserError(f"bad fit arguments or config: {message}") from None
+    except Exception as exc:
+        # jsonargparse wraps errors raised while instantiating; surface a user's own mistake.
+        cause = _user_error_in_chain(exc)
+        if cause is None:
+            raise
+        raise cause from None
     ckpt = _resolve_checkpoint(cli.config.get("ckpt_path"), cli.trainer.default_root_dir)
     if ckpt is not None:
         _check_checkpoint(ckpt, cli.model)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    root = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)  # a collective: every rank asks
     if cli.trainer.global_rank == 0:
-        _export(cli)
+        _export(cli, root)
     return 0
 
 
-def _export(cli) -> None:
+def _export(cli, root: Path) -> None:
     """Write the trained model where users and `prefdiff sample` expect it."""
     from prefdiff.models import has_lora, save_lora, save_model
 
-    root = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)
     denoiser = cli.model.denoiser
     if has_lora(denoiser):
         save_lora(denoiser, root / "lora")

@@ -81,8 +81,7 @@ class RewardBackpropModule(AlignmentModule):
         loss, metrics = reward_backprop_loss(scores, drift, hp.drift_coef)
         self.manual_backward(loss)
         self.clip_and_step(optimizer)
-        self.log("train/reward", scores.mean(), prog_bar=True, batch_size=n)
-        self.log_metrics({**metrics, "reward_queries": self.reward_queries})
+        self.log_metrics({**metrics, "reward_queries": self.reward_queries})  # holds train/reward
 
     def _eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         tt = t.expand(x_t.shape[0]) if t.ndim == 0 else t
