@@ -131,3 +131,33 @@ def test_empty_dataset(tmp_path):
     args = _tiny_fit_args(tmp_path)
     args[args.index("--data.dataset_options") + 1] = '{"resolution": 8, "size": 0}'
     assert_user_error(run(*args), "size must be > 0")
+
+
+def test_sample_and_edit(tmp_path):
+    from prefdiff.models import build_denoiser, save_model
+
+    torch.manual_seed(0)
+    save_model(build_denoiser({"kind": "unet2d", "sample_size": 8, "conditioning": "class", "num_classes": 4,
+                               "block_out_channels": [8, 16]}), tmp_path / "model")
+    common = ["--model", tmp_path / "model", "--dataset", "synthetic_textures", "--dataset-option", "resolution=8",
+              "--conditioner", "class_label", "--steps", "3"]
+    result = run("sample", *common, "--n", "4", "--out", tmp_path / "s")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_file(str(tmp_path / "s/samples.safetensors"))["samples"].shape == (4, 3, 8, 8)
+    assert (tmp_path / "s/samples.png").is_file()
+    result = run("edit", *common, "--index", "1", "--cond-from", "2", "--strength", "0.5", "--out", tmp_path / "e")
+    assert result.returncode == 0, result.stderr[-2000:]
+    edited = load_file(str(tmp_path / "e/edit.safetensors"))["samples"]
+    assert edited.shape == (2, 3, 8, 8) and not torch.equal(edited[0], edited[1])
+    keep = torch.ones(1, 1, 8, 8)
+    keep[..., 2:6, 2:6] = 0
+    from safetensors.torch import save_file
+
+    save_file({"keep": keep}, str(tmp_path / "mask.safetensors"))
+    result = run("edit", *common, "--index", "1", "--mask", tmp_path / "mask.safetensors", "--out", tmp_path / "i")
+    assert result.returncode == 0, result.stderr[-2000:]
+    original, inpainted = load_file(str(tmp_path / "i/edit.safetensors"))["samples"]
+    torch.testing.assert_close(inpainted * keep[0], original * keep[0])
+    assert_user_error(run("edit", *common, "--strength", "1.5", "--out", tmp_path / "x"), "--strength")
+    assert_user_error(run("sample", "--model", tmp_path, "--dataset", "synthetic_textures", "--out", tmp_path / "y"),
+                      "not a prefdiff model folder")

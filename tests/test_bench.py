@@ -1,0 +1,79 @@
+"""The benchmark runner on a tiny recipe: the results.json contract, atomic output."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from prefdiff import hookimpl
+from prefdiff.bench import Recipe, paired_bootstrap_ci, run_benchmark, sliced_wasserstein
+from prefdiff.errors import PluginError
+from prefdiff.testing import registered_plugin
+
+TINY = Recipe(
+    domain="tiny", dataset="synthetic_textures", dataset_options={"resolution": 8},
+    model={"kind": "unet2d", "sample_size": 8, "channels": 3, "conditioning": "class", "num_classes": 4,
+           "block_out_channels": (8, 16)},
+    conditioner="class_label", reward="jpeg_compressibility", judge="jpeg_incompressibility",
+    methods={"draft": {"reward": "smoothness", "k": 2}, "ddpo": {"samples_per_condition": 2}},
+    default_methods=["dpo", "ddpo", "draft"], pretrain_steps=6, pretrain_batch=8, align_steps=2,
+    align_batch=4, n_eval=8, num_steps=3, mine_conditions=6, mine_per_condition=2, train_size=64)
+
+
+class TinyBench:
+    def __init__(self, recipe):
+        self.recipe = recipe
+
+    @hookimpl
+    def prefdiff_register_benchmarks(self, register):
+        register(self.recipe.domain, lambda quick: self.recipe)
+
+    @hookimpl
+    def prefdiff_register_rewards(self, register):
+        register("nan_reward", lambda: lambda s, c: (torch.full((s.shape[0],), float("nan")), {}))
+
+
+def test_tiny_benchmark_writes_the_contract(tmp_path):
+    with registered_plugin(TinyBench(TINY), "tiny-bench"):
+        results = run_benchmark("tiny", quick=True, out=tmp_path / "out", log=lambda m: None)
+    on_disk = json.loads((tmp_path / "out/results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert {"domain", "reward", "quick", "seed", "n_eval", "base", "methods", "env"} <= set(on_disk)
+    assert on_disk["n_eval"] == 8 and set(on_disk["methods"]) == {"dpo", "ddpo", "draft"}
+    for entry in on_disk["methods"].values():
+        assert {"reward_mean", "reward_std", "improvement", "improvement_ci95", "drift", "reward_queries",
+                "train_wall_s", "peak_rss_mb"} <= set(entry)
+        lo, hi = entry["improvement_ci95"]
+        assert lo <= entry["improvement"] <= hi
+        assert entry["improvement"] == pytest.approx(entry["reward_mean"] - on_disk["base"]["reward_mean"], abs=1e-5)
+    assert on_disk["methods"]["dpo"]["reward_queries"] == 12  # mining: 6 conditions x 2 samples
+    assert (tmp_path / "out/report.md").read_text().startswith("# Benchmark: tiny")
+    assert (tmp_path / "out/samples.png").stat().st_size > 0
+    assert (tmp_path / "out/mined/pairs.jsonl").is_file()
+
+
+def test_failed_run_leaves_the_earlier_output_intact(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"earlier": true}')
+    broken = replace(TINY, reward="nan_reward", default_methods=["ddpo"], methods={})
+    with registered_plugin(TinyBench(broken), "tiny-bench"):
+        with pytest.raises(PluginError, match="nan_reward"):
+            run_benchmark("tiny", quick=True, out=out, log=lambda m: None)
+    assert json.loads((out / "results.json").read_text()) == {"earlier": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_paired_bootstrap_interval_covers_the_mean():
+    diff = torch.tensor([0.1, 0.2, 0.15, 0.05, 0.12, 0.18, 0.09, 0.11])
+    lo, hi = paired_bootstrap_ci(diff)
+    assert 0.05 < lo < diff.mean() < hi < 0.2
+    lo, hi = paired_bootstrap_ci(torch.zeros(16))
+    assert lo == hi == 0.0
+
+
+def test_sliced_wasserstein_separates_distributions():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 12, generator=g), torch.randn(256, 12, generator=g)
+    assert sliced_wasserstein(a, b) < 0.2 < sliced_wasserstein(a, b + 1.0)
