@@ -64,6 +64,10 @@ class Recipe:
     """drift(samples, real) -> float; default: sliced Wasserstein-1 distance."""
     render: Callable[[dict[str, torch.Tensor], Any, Path], None] | None = None
     """render({row name: samples}, conditions, png path): the before/after figure."""
+    edit: Callable[[Any, Any, Path], dict] | None = None
+    """edit(denoiser, scheduler, out_dir) -> {"reward_mean", "preservation", ...}: the
+    field's editing task, run on the aligned model with the best judge improvement
+    (the base model when no method ran); it may write figures into out_dir."""
 
 
 # ----------------------------------------------------------- statistics ----
@@ -273,6 +277,7 @@ class Benchmark:
             "methods": {},
         }
         rows = {"base": base_samples}
+        aligned_models: dict[str, Any] = {}
         mined = None
         for method in methods:
             cls, fixed = METHODS[method]
@@ -293,9 +298,15 @@ class Benchmark:
                 entry["drift"] = drift(samples, real)
             results["methods"][method] = entry
             rows[method] = samples
+            aligned_models[method] = aligned
             self.log(f"  {method}: judge {entry['reward_mean']:.4f} (base {results['base']['reward_mean']:.4f}), "
                      f"improvement {entry['improvement']:+.4f} CI95 "
                      f"[{entry['improvement_ci95'][0]:+.4f}, {entry['improvement_ci95'][1]:+.4f}]")
+        if r.edit is not None:
+            best = max(results["methods"], key=lambda m: results["methods"][m]["improvement"], default=None)
+            model = aligned_models.get(best, base)
+            self.log(f"editing with the {best or 'base'} model")
+            results["edit"] = {"model": best or "base", **r.edit(model, scheduler, out)}
         results["env"] = {"torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads(),
                           "machine": platform.machine(), "python": platform.python_version()}
         self.write_figures(rows, cond, out)
