@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 
+from prefdiff.data import select
 from prefdiff.errors import UserError
 
 CACHE_VARIABLE = "PREFDIFF_CACHE"
@@ -53,6 +54,9 @@ class Recipe:
     lora_rank: int = 8
     n_eval: int = 64
     num_steps: int = 20
+    eta: float = 1.0
+    """DDIM eta of evaluation and mining: the stochastic sampler the policy-gradient
+    methods optimise; fixed noise keeps base and aligned samples paired."""
     mine_conditions: int = 128
     mine_per_condition: int = 4
     train_size: int | None = None
@@ -227,15 +231,17 @@ class Benchmark:
         from prefdiff.sampling import sample
 
         denoiser.eval()
+        # The same step noise for every model: base and aligned samples stay paired.
+        generator = torch.Generator().manual_seed(self.seed + 778)
         chunks = []
         for start in range(0, len(noise), 64):
-            part = _slice(cond, start, start + 64)
-            chunks.append(sample(denoiser, scheduler, noise[start:start + 64], part,
-                                 num_steps=self.recipe.num_steps, eta=0.0).samples)
+            part = select(cond, slice(start, start + 64))
+            chunks.append(sample(denoiser, scheduler, noise[start:start + 64], part, generator=generator,
+                                 num_steps=self.recipe.num_steps, eta=self.recipe.eta).samples)
         return torch.cat(chunks)
 
     def score(self, reward, samples: torch.Tensor, cond) -> torch.Tensor:
-        scores = [reward(samples[s:s + 64], _slice(cond, s, s + 64))[0].detach().float()
+        scores = [reward(samples[s:s + 64], select(cond, slice(s, s + 64)))[0].detach().float()
                   for s in range(0, len(samples), 64)]
         return torch.cat(scores).cpu()
 
@@ -323,7 +329,7 @@ class Benchmark:
         train = self.dataset("train", r.train_size)
         conds = [train[i]["cond"] for i in range(min(r.mine_conditions, len(train)))]
         mined = mine(base, scheduler, self.reward, conds, per_condition=r.mine_per_condition,
-                     num_steps=r.num_steps, eta=1.0, seed=self.seed + 1)
+                     num_steps=r.num_steps, eta=r.eta, seed=self.seed + 1)
         self.pair_file = write_best_worst_pairs(mined, out / "mined", labeler=f"reward:{r.reward}")
         return mined
 
@@ -366,12 +372,6 @@ class Benchmark:
 
 def _summary(scores: torch.Tensor) -> dict[str, float]:
     return {"reward_mean": float(scores.mean()), "reward_std": float(scores.std(correction=0))}
-
-
-def _slice(cond: Any, start: int, stop: int) -> Any:
-    if isinstance(cond, dict):
-        return {k: _slice(v, start, stop) for k, v in cond.items()}
-    return cond[start:stop]
 
 
 def report_markdown(results: dict[str, Any], recipe: Recipe) -> str:

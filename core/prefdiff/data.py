@@ -241,6 +241,40 @@ def infer_sample_shape(denoiser) -> tuple[int, ...]:
     return (p.channels, p.sample_size, p.sample_size)
 
 
+def condition_count(cond: Any) -> int:
+    """Batch size of a collated condition (a tensor or a dict of tensors)."""
+    while isinstance(cond, dict):
+        cond = next(iter(cond.values()))
+    return int(cond.shape[0])
+
+
+def select(cond: Any, index: Any) -> Any:
+    """Index or slice a collated condition along the batch (dicts recurse; None stays None)."""
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {k: select(v, index) for k, v in cond.items()}
+    if isinstance(index, torch.Tensor):
+        index = index.to(cond.device)
+    return cond[index]
+
+
+def concat(a: Any, b: Any) -> Any:
+    """Concatenate two collated conditions along the batch."""
+    if isinstance(a, dict):
+        return {k: concat(a[k], b[k]) for k in a}
+    return torch.cat([a, b])
+
+
+def repeat_condition(cond: Any, times: int) -> Any:
+    """Repeat each condition ``times`` times along the batch (consecutive copies)."""
+    if times == 1:
+        return cond
+    if isinstance(cond, dict):
+        return {k: repeat_condition(v, times) for k, v in cond.items()}
+    return cond.repeat_interleave(times, dim=0)
+
+
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack a list of items (dicts of tensors, nested dicts allowed)."""
     return default_collate(items)

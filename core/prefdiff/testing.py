@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
+from prefdiff.data import select
 from prefdiff.models import Denoiser, ModelPreset, build_denoiser
 from prefdiff.plugins import PluginManager, get_manager
 from prefdiff.rewards import Reward, check_reward_output
@@ -57,14 +58,6 @@ def condition_batch(batch: int = 4, num_classes: int = 4, seed: int = 0) -> torc
     return torch.randint(num_classes, (batch,), generator=torch.Generator().manual_seed(seed))
 
 
-def _slice(cond: Any, i: int) -> Any:
-    if cond is None:
-        return None
-    if isinstance(cond, dict):
-        return {k: _slice(v, i) for k, v in cond.items()}
-    return cond[i:i + 1]
-
-
 def check_reward(reward: Reward | Any, conditions: Any, samples: torch.Tensor, *,
                  differentiable: bool | None = None, atol: float = 1e-5) -> torch.Tensor:
     """Assert the reward contract on ``samples``; returns the scores.
@@ -81,7 +74,7 @@ def check_reward(reward: Reward | Any, conditions: Any, samples: torch.Tensor, *
     scores, _ = check_reward_output(fn(samples, conditions), b, who)
     again, _ = check_reward_output(fn(samples.clone(), conditions), b, who)
     assert torch.allclose(scores, again, atol=atol), f"{who} is not deterministic: {scores} vs {again}"
-    one_by_one = torch.cat([check_reward_output(fn(samples[i:i + 1], _slice(conditions, i)), 1, who)[0]
+    one_by_one = torch.cat([check_reward_output(fn(samples[i:i + 1], select(conditions, slice(i, i + 1))), 1, who)[0]
                             for i in range(b)])
     assert torch.allclose(scores, one_by_one, atol=atol), (
         f"{who} scores a batch differently from its items one by one: {scores} vs {one_by_one}")

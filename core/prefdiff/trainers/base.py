@@ -9,6 +9,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from prefdiff.data import condition_count
 from prefdiff.errors import UserError
 from prefdiff.models import LoraOptions, ModelPreset, add_lora, build_denoiser, load_model
 from prefdiff.plugins import get_manager
@@ -147,7 +148,7 @@ class AlignmentModule(pl.LightningModule):
         if self.reward_fn is None:
             return
         cond = batch["cond"]
-        n = _batch_size(batch)
+        n = condition_count(cond)
         generator = torch.Generator().manual_seed(self.hparams.seed + 10_000 + batch_idx)
         with torch.no_grad():
             out = self.run_sampler(cond, n, generator, eta=0.0)
@@ -188,19 +189,3 @@ class AlignmentModule(pl.LightningModule):
         np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32),
                              state["numpy_rng_pos"], 0, 0.0))
         self.reward_queries = int(state["reward_queries"])
-
-
-def _batch_size(batch: dict[str, Any]) -> int:
-    cond = batch["cond"]
-    while isinstance(cond, dict):
-        cond = next(iter(cond.values()))
-    return int(cond.shape[0])
-
-
-def repeat_condition(cond: Any, times: int) -> Any:
-    """Repeat each condition ``times`` times along the batch (consecutive copies)."""
-    if times == 1:
-        return cond
-    if isinstance(cond, dict):
-        return {k: repeat_condition(v, times) for k, v in cond.items()}
-    return cond.repeat_interleave(times, dim=0)

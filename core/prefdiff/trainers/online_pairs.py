@@ -6,11 +6,12 @@ from typing import Any
 
 import torch
 
+from prefdiff.data import condition_count, repeat_condition, select
 from prefdiff.errors import UserError
 from prefdiff.losses import d3po_loss
 from prefdiff.models import reference_mode
 from prefdiff.sampling import step_log_prob
-from prefdiff.trainers.base import AlignmentModule, repeat_condition
+from prefdiff.trainers.base import AlignmentModule
 
 
 class D3POModule(AlignmentModule):
@@ -35,7 +36,7 @@ class D3POModule(AlignmentModule):
         optimizer = self.optimizers()
         generator = self.step_generator()
         cond = repeat_condition(batch["cond"], 2)
-        n = 2 * _count(batch["cond"])
+        n = 2 * condition_count(batch["cond"])
         with torch.no_grad():
             out = self.run_sampler(cond, n, generator, return_trajectory=True)
         scores, _ = self.score(out.samples, cond)
@@ -44,7 +45,7 @@ class D3POModule(AlignmentModule):
         idx = torch.arange(0, n, 2, device=scores.device)
         win, lose = torch.where(first_wins, idx, idx + 1), torch.where(first_wins, idx + 1, idx)
         order = torch.cat([win, lose])
-        latents, cond_wl = out.latents[order], _index(cond, order)
+        latents, cond_wl = out.latents[order], select(cond, order)
         steps = len(out.timesteps)
         chosen = torch.randperm(steps, generator=generator)[:max(1, int(steps * self.hparams.timestep_fraction))]
         half = n // 2
@@ -62,15 +63,3 @@ class D3POModule(AlignmentModule):
         self.clip_and_step(optimizer)
         self.log("train/reward", scores.mean(), prog_bar=True, batch_size=n)
         self.log_metrics({**metrics, "reward_queries": self.reward_queries})
-
-
-def _count(cond: Any) -> int:
-    while isinstance(cond, dict):
-        cond = next(iter(cond.values()))
-    return int(cond.shape[0])
-
-
-def _index(cond: Any, order: torch.Tensor) -> Any:
-    if isinstance(cond, dict):
-        return {k: _index(v, order) for k, v in cond.items()}
-    return cond[order.to(cond.device)]

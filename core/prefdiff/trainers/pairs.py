@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from prefdiff.data import concat
 from prefdiff.errors import UserError
 from prefdiff.losses import diffusion_dpo_loss, kto_loss, per_sample_mse
 from prefdiff.models import reference_mode
@@ -41,7 +42,7 @@ class PairModule(AlignmentModule):
         eps = torch.randn(x_w.shape, generator=generator).to(x_w)
         t2, eps2 = torch.cat([t, t]).to(x_w.device), torch.cat([eps, eps])
         x_t = self.noise_scheduler.add_noise(torch.cat([x_w, x_l]), eps2, t2)
-        cond2 = _cat(cond, cond)
+        cond2 = concat(cond, cond)
         model_err = per_sample_mse(self.denoiser(x_t, t2, cond2), eps2)
         with torch.no_grad(), reference_mode(self.denoiser):
             ref_err = per_sample_mse(self.denoiser(x_t, t2, cond2), eps2)
@@ -54,9 +55,3 @@ class PairModule(AlignmentModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_metrics(metrics)
         return loss
-
-
-def _cat(a: Any, b: Any) -> Any:
-    if isinstance(a, dict):
-        return {k: _cat(a[k], b[k]) for k in a}
-    return torch.cat([a, b])

@@ -6,13 +6,13 @@ from typing import Any
 
 import torch
 
+from prefdiff.data import condition_count, repeat_condition
 from prefdiff.errors import UserError
 from prefdiff.losses import (gaussian_kl, group_advantages, per_condition_advantages,
                              policy_gradient_kl_loss, ppo_clip_loss)
 from prefdiff.models import reference_mode
 from prefdiff.sampling import step_log_prob
-from prefdiff.trainers.base import AlignmentModule, repeat_condition
-from prefdiff.trainers.online_pairs import _count
+from prefdiff.trainers.base import AlignmentModule
 
 VARIANTS = ("ddpo", "dpok", "grpo")
 
@@ -58,7 +58,7 @@ class PolicyGradientModule(AlignmentModule):
         generator = self.step_generator()
         k = hp.samples_per_condition
         cond = repeat_condition(batch["cond"], k)
-        n = k * _count(batch["cond"])
+        n = k * condition_count(batch["cond"])
         with torch.no_grad():
             out = self.run_sampler(cond, n, generator, return_trajectory=True)
         rewards, info = self.score(out.samples, cond)

@@ -6,12 +6,12 @@ from typing import Any
 
 import torch
 
+from prefdiff.data import condition_count
 from prefdiff.errors import UserError
 from prefdiff.losses import per_sample_mse, reward_backprop_loss
 from prefdiff.models import reference_mode
 from prefdiff.sampling import predict_x0
 from prefdiff.trainers.base import AlignmentModule
-from prefdiff.trainers.online_pairs import _count
 
 VARIANTS = ("draft", "alignprop", "refl")
 
@@ -54,7 +54,7 @@ class RewardBackpropModule(AlignmentModule):
         optimizer = self.optimizers()
         generator = self.step_generator()
         cond = batch["cond"]
-        n = _count(cond)
+        n = condition_count(cond)
         want_drift = hp.drift_coef > 0
         if hp.method == "refl":
             with torch.no_grad():
