@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="output folder (default runs/bench-DOMAIN)")
     bench.add_argument("--cache", default=None, help="cache folder for base models and data")
 
+    new = sub.add_parser("new-plugin", help="write a pip-installable plugin package to start from")
+    new.add_argument("name", help="plugin name: lower-case letters, digits, underscores")
+    new.add_argument("--dir", default=None, help="target folder (default ./prefdiff-NAME)")
+
     sub.add_parser("fit", help="train with LightningCLI conventions (--config FILE.yaml)", add_help=False)
 
     sample = sub.add_parser("sample", help="sample a saved model on a dataset's conditions")
@@ -96,6 +100,12 @@ def _dispatch(argv: list[str]) -> int:
         run_benchmark(args.domain, methods=args.method, quick=args.quick, seed=args.seed, out=out,
                       cache=Path(args.cache) if args.cache else None)
         print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}\nsamples: {out / 'samples.png'}")
+        return 0
+    if args.command == "new-plugin":
+        from prefdiff.scaffold import new_plugin
+
+        root = new_plugin(args.name, args.dir)
+        print(f"wrote {root}; install it with: prefdiff plugins install -e {root}")
         return 0
     if args.command in ("sample", "edit"):
         from prefdiff.generate import edit, sample_to_folder

@@ -1,0 +1,201 @@
+"""Demonstrations in robomimic's HDF5 layout, written and read.
+
+The layout (robomimic's dataset format, one group per demonstration)::
+
+    data                     attrs: total, env_args (JSON: env_name, type, env_kwargs)
+    data/demo_N              attrs: num_samples (and, here, kind: expert/perturbed/failing)
+    data/demo_N/obs/robot_pos    [T, 2] position (m)
+    data/demo_N/obs/goal_pos     [T, 2] goal (m), constant over the demo
+    data/demo_N/obs/obstacles    [T, 16] per slot x, y, radius, present (m)
+    data/demo_N/next_obs/...     the same, one step later
+    data/demo_N/actions      [T, 2] commanded velocity over the speed limit, in [-1, 1]
+    data/demo_N/states       [T, 4] MuJoCo qpos and qvel (x, y, vx, vy; qvel zero if unknown)
+    data/demo_N/rewards, dones   [T]
+    mask/train, mask/valid, mask/test   names of the demos in each split
+
+Any file in this layout with matching dimensions can be read; a file without
+masks is split 80/10/10 in demo order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from prefdiff.errors import UserError
+from prefdiff_robotics.scene import (ACTION_DIM, COND_DIM, DT, GOAL_TOLERANCE, HORIZON, MAX_OBSTACLES,
+                                     ROOM, STATE_DIM, VMAX, Layout, encode_trajectory)
+
+ENV_ID = "prefdiff_robotics/PointRoom-v0"
+SPLITS = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
+MAKE = "make one with `prefdiff-robotics make-data FILE`"
+
+
+def write_robomimic(path: str | Path, demos, splits=(0.8, 0.1, 0.1)) -> Path:
+    """Write ``demos`` (see :mod:`prefdiff_robotics.expert`) as a robomimic HDF5 file, atomically."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    demos = list(demos)
+    names = [f"demo_{i}" for i in range(len(demos))]
+    try:
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            data.attrs["total"] = sum(len(d.positions) for d in demos)
+            data.attrs["env_args"] = json.dumps({
+                "env_name": ENV_ID, "type": 2,  # robomimic's EnvType.GYM_TYPE
+                "env_kwargs": {"horizon": HORIZON, "dt": DT, "vmax": VMAX, "room_half_size": ROOM,
+                               "max_obstacles": MAX_OBSTACLES, "goal_tolerance": GOAL_TOLERANCE}})
+            for name, demo in zip(names, demos):
+                g = data.create_group(name)
+                t = len(demo.positions)
+                g.attrs["num_samples"] = t
+                g.attrs["kind"] = demo.kind
+                slots = demo.layout.to_vector()[4:] * ROOM
+                obs = {"robot_pos": demo.positions, "goal_pos": np.repeat(demo.layout.goal[None], t, 0),
+                       "obstacles": np.repeat(slots[None], t, 0)}
+                for key, value in obs.items():
+                    g.create_dataset(f"obs/{key}", data=np.asarray(value, dtype=np.float64))
+                    g.create_dataset(f"next_obs/{key}", data=np.concatenate([value[1:], value[-1:]]))
+                g.create_dataset("actions", data=demo.actions)
+                velocity = np.concatenate([np.diff(demo.positions, axis=0) / DT, np.zeros((1, 2))])
+                g.create_dataset("states", data=np.concatenate([demo.positions, velocity], axis=1))
+                dist = np.linalg.norm(demo.positions - demo.layout.goal, axis=1)
+                g.create_dataset("rewards", data=(dist < GOAL_TOLERANCE).astype(np.float64))
+                g.create_dataset("dones", data=np.arange(t) == t - 1)
+            cut = np.cumsum(np.round(np.asarray(splits) / np.sum(splits) * len(names)).astype(int))
+            for key, part in zip(("train", "valid", "test"), np.split(np.array(names), cut[:2])):
+                f.create_dataset(f"mask/{key}", data=np.array([n.encode() for n in part]))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@lru_cache(maxsize=8)
+def _read(path: str, mtime: float, size: int, horizon: int, state_dim: int, action_dim: int):
+    """Every demo of the file as (x0 [N, C, H], cond [N, K], names, split masks); cached per file version."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise UserError(f"{path} is not a readable HDF5 file ({exc}); {MAKE}") from None
+    with f:
+        data = f.get("data")
+        demos = sorted((k for k in (data.keys() if isinstance(data, h5py.Group) else []) if k.startswith("demo_")),
+                       key=lambda k: int(k.split("_")[1]) if k.split("_")[1].isdigit() else -1)
+        if not demos:
+            raise UserError(f"{path} is not in the robomimic layout (no data/demo_N groups); {MAKE}")
+        x0, cond, names, dropped = [], [], [], 0
+        for name in demos:
+            g = data[name]
+            arrays = {}
+            for key, cols, meaning in (("obs/robot_pos", state_dim, "state (x, y)"),
+                                       ("obs/goal_pos", 2, "goal (x, y)"),
+                                       ("obs/obstacles", 4 * MAX_OBSTACLES, f"obstacle slots ({MAX_OBSTACLES} x "
+                                                                            "x, y, radius, present)"),
+                                       ("actions", action_dim, "action (vx, vy)")):
+                if key not in g:
+                    raise UserError(f"{path}: data/{name}/{key} is missing; the robomimic layout needs "
+                                    f"obs/robot_pos, obs/goal_pos, obs/obstacles and actions per demo; {MAKE}")
+                a = np.asarray(g[key], dtype=np.float64)
+                if a.ndim != 2 or a.shape[1] != cols or len(a) == 0:
+                    raise UserError(f"{path}: data/{name}/{key} has shape {list(a.shape)} but the model expects "
+                                    f"[T, {cols}] ({meaning}); convert the file or build the model for its dimensions")
+                arrays[key] = a
+            t = len(arrays["actions"])
+            if len(arrays["obs/robot_pos"]) != t:
+                raise UserError(f"{path}: data/{name} has {len(arrays['obs/robot_pos'])} observations and {t} "
+                                f"actions; each step needs both")
+            if not all(np.isfinite(a).all() for a in arrays.values()):
+                dropped += 1
+                continue
+            positions, actions = arrays["obs/robot_pos"][:horizon], arrays["actions"][:horizon]
+            if t < horizon:  # a short demo waits at its last position
+                positions = np.concatenate([positions, np.repeat(positions[-1:], horizon - t, 0)])
+                actions = np.concatenate([actions, np.zeros((horizon - t, action_dim))])
+            layout_vec = np.concatenate([arrays["obs/robot_pos"][0], arrays["obs/goal_pos"][0],
+                                         arrays["obs/obstacles"][0]]) / ROOM
+            x0.append(encode_trajectory(positions, actions))
+            cond.append(layout_vec.astype(np.float32))
+            names.append(name)
+        masks = {}
+        if "mask" in f:
+            for key in ("train", "valid", "test"):
+                if key in f["mask"]:
+                    masks[key] = {n.decode() if isinstance(n, bytes) else str(n) for n in f["mask"][key][()]}
+    if dropped:
+        warnings.warn(f"{path}: skipped {dropped} demo(s) holding NaN or Inf", stacklevel=3)
+    if not x0:
+        raise UserError(f"{path}: every demo holds NaN or Inf; re-create the file ({MAKE})")
+    return np.stack(x0), np.stack(cond), names, masks, dropped
+
+
+class RobotDemos(Dataset):
+    """Demonstrations of a robomimic HDF5 file as ``{"x0": [4, H], "cond": [20]}`` items.
+
+    ``x0`` holds position over the room's half-size and action over the speed
+    limit (both in [-1, 1]); ``cond`` the start, the goal and the obstacle
+    slots (see :mod:`prefdiff_robotics.scene`). Demos longer than the horizon
+    are cut to it, shorter ones wait at their last position.
+
+    :param split: train, val or test (the file's mask/train, mask/valid, mask/test).
+    :param size: at most this many items (the first ones of the split).
+    :param path: the HDF5 file; or ``root``, a folder holding ``demos.hdf5``.
+    :param horizon: trajectory length the model generates.
+    :param state_dim: state columns the model expects (obs/robot_pos).
+    :param action_dim: action columns the model expects.
+    """
+
+    def __init__(self, split: str = "train", size: int | None = None, path: str | None = None,
+                 root: str | None = None, horizon: int = HORIZON, state_dim: int = STATE_DIM,
+                 action_dim: int = ACTION_DIM) -> None:
+        if split not in SPLITS:
+            raise UserError(f"--data.split must be one of train, val, test; got '{split}'")
+        if (state_dim, action_dim) != (STATE_DIM, ACTION_DIM):
+            raise UserError(f"the point robot has state_dim={STATE_DIM} and action_dim={ACTION_DIM}; "
+                            f"got state_dim={state_dim}, action_dim={action_dim}")
+        if path is None and root is None:
+            raise UserError(f"robot_demos needs path= (a robomimic HDF5 file) or root= (a folder with "
+                            f"demos.hdf5); {MAKE}")
+        file = Path(path) if path is not None else Path(root) / "demos.hdf5"
+        if not file.is_file():
+            raise UserError(f"demonstration file {file} does not exist; {MAKE}")
+        stat = file.stat()
+        x0, cond, names, masks, self.dropped = _read(str(file.resolve()), stat.st_mtime, stat.st_size,
+                                                     horizon, STATE_DIM, ACTION_DIM)
+        key = SPLITS[split]
+        if key in masks:
+            keep = [i for i, n in enumerate(names) if n in masks[key]]
+        else:
+            n = len(names)
+            bounds = {"train": (0, int(0.8 * n)), "valid": (int(0.8 * n), int(0.9 * n)), "test": (int(0.9 * n), n)}
+            keep = list(range(*bounds[key]))
+        if size is not None:
+            keep = keep[:size]
+        self.x0 = torch.from_numpy(x0[keep])
+        self.cond = torch.from_numpy(cond[keep])
+        if self.cond.shape[1] != COND_DIM:
+            raise UserError(f"{file}: conditions have {self.cond.shape[1]} numbers, expected {COND_DIM}")
+        self.path = file
+
+    def __len__(self) -> int:
+        return len(self.x0)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"x0": self.x0[index], "cond": self.cond[index]}
+
+    def layouts(self) -> list[Layout]:
+        """Every item's layout."""
+        return [Layout.from_vector(c) for c in self.cond.numpy()]

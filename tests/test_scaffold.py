@@ -1,0 +1,45 @@
+"""`prefdiff new-plugin` writes a package that installs, lists and passes its own tests."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefdiff.errors import UserError
+from prefdiff.scaffold import new_plugin
+
+BIN = Path(sys.executable).parent
+
+
+def test_bad_names_and_occupied_folders(tmp_path):
+    with pytest.raises(UserError, match="lower-case"):
+        new_plugin("Bad-Name", tmp_path / "x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full/file").write_text("x")
+    with pytest.raises(UserError, match="not empty"):
+        new_plugin("fine", tmp_path / "full")
+
+
+def test_generated_plugin_installs_lists_and_passes_its_tests(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    target = tmp_path / "prefdiff-vessel"
+    made = subprocess.run([BIN / "prefdiff", "new-plugin", "vessel", "--dir", target], env=env,
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    install = subprocess.run([BIN / "prefdiff", "plugins", "install", "-e", target], env=env,
+                             capture_output=True, text=True, timeout=300)
+    try:
+        assert install.returncode == 0, install.stderr[-2000:]
+        listed = subprocess.run([BIN / "prefdiff", "plugins"], env=env, capture_output=True, text=True)
+        assert "vessel 0.1.0" in listed.stdout and "vessel_contrast" in listed.stdout, listed.stdout
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target / "tests"],
+                               env=env, capture_output=True, text=True, cwd=target, timeout=300)
+        assert tests.returncode == 0, tests.stdout[-3000:]
+        assert "3 passed" in tests.stdout
+    finally:
+        subprocess.run([BIN / "prefdiff", "plugins", "uninstall", "prefdiff-vessel"], env=env,
+                       capture_output=True, text=True)
+    listed = subprocess.run([BIN / "prefdiff", "plugins"], env=env, capture_output=True, text=True)
+    assert "vessel" not in listed.stdout
