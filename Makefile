@@ -1,7 +1,7 @@
 # `make demo` and `make test` each set up .venv themselves (idempotent).
 PY := .venv/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-PLUGINS := $(wildcard plugins/*/pyproject.toml)
+PLUGINS := $(wildcard plugins/*/pyproject.toml) $(wildcard docs/examples/*/pyproject.toml)
 STAMP := .venv/.installed
 
 .PHONY: demo test bench bench-quick venv clean

@@ -11,6 +11,7 @@ from prefdiff.errors import UserError
 from prefdiff.scaffold import new_plugin
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bad_names_and_occupied_folders(tmp_path):
@@ -38,6 +39,20 @@ def test_generated_plugin_installs_lists_and_passes_its_tests(tmp_path):
                                env=env, capture_output=True, text=True, cwd=target, timeout=300)
         assert tests.returncode == 0, tests.stdout[-3000:]
         assert "3 passed" in tests.stdout
+        # `prefdiff fit` trains with the new reward by its name alone.
+        fit = subprocess.run([BIN / "prefdiff", "fit", "--config", ROOT / "configs/example_ddpo.yaml",
+                              "--trainer.default_root_dir", tmp_path / "run", "--trainer.logger", "false",
+                              "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+                              "--trainer.enable_progress_bar", "false", "--model.init_args.base", "null",
+                              "--model.init_args.model", '{"kind": "unet2d", "sample_size": 8, '
+                              '"conditioning": "class", "num_classes": 4, "block_out_channels": [8, 16]}',
+                              "--model.init_args.num_steps", "3", "--model.init_args.samples_per_condition", "2",
+                              "--model.init_args.reward", "vessel_contrast",
+                              "--data.dataset", "vessel_blobs", "--data.dataset_options", '{"resolution": 8, "size": 16}',
+                              "--data.batch_size", "4", "--data.val_size", "0"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert fit.returncode == 0, fit.stderr[-3000:]
+        assert list((tmp_path / "run").rglob("lora/adapter_model.safetensors"))
     finally:
         subprocess.run([BIN / "prefdiff", "plugins", "uninstall", "prefdiff-vessel"], env=env,
                        capture_output=True, text=True)

@@ -398,11 +398,19 @@ def report_markdown(results: dict[str, Any], recipe: Recipe) -> str:
 
 def run_benchmark(domain: str, *, methods: list[str] | None = None, quick: bool = False, seed: int = 0,
                   out: str | Path | None = None, cache: Path | None = None,
+                  reward: str | None = None, judge: str | None = None,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run one domain's benchmark and move its outputs into ``out`` atomically."""
+    """Run one domain's benchmark and move its outputs into ``out`` atomically.
+
+    ``reward`` and ``judge`` replace the recipe's (a plugin author benchmarking a new reward).
+    """
     from prefdiff.plugins import get_manager
 
     recipe = get_manager().benchmark(domain, quick=quick)
+    if reward is not None:
+        recipe = replace(recipe, reward=reward, reward_options={})
+    if judge is not None:
+        recipe = replace(recipe, judge=judge, judge_options={})
     out = Path(out or f"runs/bench-{domain}{'-quick' if quick else ''}")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default=None, help="output folder (default runs/bench-DOMAIN)")
     bench.add_argument("--cache", default=None, help="cache folder for base models and data")
+    bench.add_argument("--reward", default=None, help="train with this reward instead of the recipe's")
+    bench.add_argument("--judge", default=None, help="evaluate with this reward instead of the recipe's judge")
 
     new = sub.add_parser("new-plugin", help="write a pip-installable plugin package to start from")
     new.add_argument("name", help="plugin name: lower-case letters, digits, underscores")
@@ -98,7 +100,7 @@ def _dispatch(argv: list[str]) -> int:
 
         out = Path(args.out or f"runs/bench-{args.domain}{'-quick' if args.quick else ''}")
         run_benchmark(args.domain, methods=args.method, quick=args.quick, seed=args.seed, out=out,
-                      cache=Path(args.cache) if args.cache else None)
+                      cache=Path(args.cache) if args.cache else None, reward=args.reward, judge=args.judge)
         print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}\nsamples: {out / 'samples.png'}")
         return 0
     if args.command == "new-plugin":

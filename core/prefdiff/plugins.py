@@ -118,7 +118,8 @@ class PluginManager:
         except pluggy.PluginValidationError as exc:
             if self._pm.is_registered(plugin):
                 self._pm.unregister(plugin)
-            info.errors.append(f"invalid hook: {exc}; hooks are listed in prefdiff.hookspecs")
+            detail = " ".join(str(exc).split())
+            info.errors.append(f"invalid hook: {detail}; hooks are listed in prefdiff.hookspecs")
             return
         self._collected = False
 

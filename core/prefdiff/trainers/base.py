@@ -86,6 +86,10 @@ class AlignmentModule(pl.LightningModule):
         """Score samples with the (checked) reward and count the queries."""
         scores, info = self.require_reward()(samples, cond)
         self.reward_queries += samples.shape[0]
+        # Numbers in info (e.g. each part of a composite reward) go to the logs.
+        numbers = {k: v for k, v in info.items() if isinstance(v, (int, float))}
+        if numbers and self._trainer is not None:
+            self.log_metrics(numbers)
         return scores, info
 
     def step_generator(self, salt: int = 0) -> torch.Generator:

@@ -61,7 +61,7 @@ class PolicyGradientModule(AlignmentModule):
         n = k * condition_count(batch["cond"])
         with torch.no_grad():
             out = self.run_sampler(cond, n, generator, return_trajectory=True)
-        rewards, info = self.score(out.samples, cond)
+        rewards, _ = self.score(out.samples, cond)
         advantages = self.advantages(rewards.float(), k).clamp(-hp.adv_clip_max, hp.adv_clip_max)
         steps = len(out.timesteps)
         uncond = self.denoiser.null_condition(cond) if hp.guidance_scale != 1 else None
@@ -88,8 +88,7 @@ class PolicyGradientModule(AlignmentModule):
                 self.manual_backward(loss / len(chosen))
             self.clip_and_step(optimizer)
         self.log("train/reward", rewards.mean(), prog_bar=True, batch_size=n)
-        self.log_metrics({**metrics, **{k_: v for k_, v in info.items() if isinstance(v, (int, float))},
-                          "reward_queries": self.reward_queries})
+        self.log_metrics({**metrics, "reward_queries": self.reward_queries})
 
     def advantages(self, rewards: torch.Tensor, k: int) -> torch.Tensor:
         """Normalised advantages over the rewards of every process."""

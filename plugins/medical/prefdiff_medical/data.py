@@ -97,7 +97,7 @@ def split_volumes(records: list[dict[str, str]], split: str, val_fraction: float
 # ---------------------------------------------------------------- volumes ----
 
 
-def _transforms(resolution: int):
+def _transforms(resolution: int, percentiles: tuple[float, float]):
     from monai.transforms import (EnsureChannelFirstd, LoadImaged, Orientationd, Resized,
                                   ScaleIntensityRangePercentilesd)
 
@@ -107,8 +107,8 @@ def _transforms(resolution: int):
     rest = [EnsureChannelFirstd(keys=("image", "label")),
             Orientationd(keys=("image", "label"), axcodes="RAS",
                         labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-            ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=99.5, b_min=-1.0, b_max=1.0,
-                                            clip=True),
+            ScaleIntensityRangePercentilesd(keys="image", lower=percentiles[0], upper=percentiles[1],
+                                            b_min=-1.0, b_max=1.0, clip=True),
             Resized(keys="image", spatial_size=(resolution, resolution, -1), mode="area"),
             Resized(keys="label", spatial_size=(resolution, resolution, -1), mode="nearest")]
     return load, rest
@@ -116,9 +116,9 @@ def _transforms(resolution: int):
 
 @lru_cache(maxsize=256)
 def _load_volume(image: str, label: str, stamp: tuple, resolution: int, modality: int,
-                 classes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+                 classes: tuple[int, ...], percentiles: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(image [H, W, D] float in [-1, 1], label [H, W, D] float class index)`` of one volume."""
-    load, rest = _transforms(resolution)
+    load, rest = _transforms(resolution, percentiles)
     data: dict[str, Any] = {"image": image, "label": label}
     for transform, key in zip(load, ("image", "label")):
         try:
@@ -156,10 +156,12 @@ def _plain(t: Any) -> torch.Tensor:
     return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
 
 
-def load_volume(record: dict[str, str], resolution: int, classes: list[int], modality: int = 0):
+def load_volume(record: dict[str, str], resolution: int, classes: list[int], modality: int = 0,
+                percentiles: tuple[float, float] = (0.5, 99.5)):
     """Read one ``{image, label}`` record through the MONAI transforms (memoised per file version)."""
     stamp = tuple((Path(p).stat().st_mtime_ns, Path(p).stat().st_size) for p in (record["image"], record["label"]))
-    return _load_volume(record["image"], record["label"], stamp, resolution, modality, tuple(classes))
+    return _load_volume(record["image"], record["label"], stamp, resolution, modality, tuple(classes),
+                        tuple(float(p) for p in percentiles))
 
 
 # ---------------------------------------------------------------- dataset ----
@@ -175,6 +177,8 @@ class DecathlonSlices(Dataset):
     :param size: serve at most this many slices (the first of the split).
     :param resolution: in-plane side R after resizing.
     :param modality: which channel of a multi-modal image to keep.
+    :param percentiles: intensity percentiles mapped to -1 and 1 per volume (clipped
+        outside); (0.5, 99.5) suits MR and CT, (0, 100) is plain min-max scaling.
     :param min_foreground: keep slices with at least this many labelled pixels
         (after resizing); 0 keeps every slice.
     :param val_fraction: fraction of volumes for validation (at least one).
@@ -183,13 +187,16 @@ class DecathlonSlices(Dataset):
     """
 
     def __init__(self, root: str | Path | None = None, split: str = "train", size: int | None = None,
-                 resolution: int = 32, modality: int = 0, min_foreground: int = 1,
+                 resolution: int = 32, modality: int = 0, percentiles: tuple[float, float] = (0.5, 99.5),
+                 min_foreground: int = 1,
                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> None:
         if root is None:
             raise UserError(f"dataset 'decathlon' needs --data.root (a Decathlon task folder); "
                             f"write a synthetic one with `{MAKE_DATA}`")
         if resolution < 8:
             raise UserError(f"--data.resolution must be >= 8, got {resolution}")
+        if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
+            raise UserError(f"--data.percentiles must be two numbers 0 <= low < high <= 100, got {percentiles}")
         if size is not None and size <= 0:
             raise UserError(f"--data.size must be > 0, got {size}")
         task = read_task(root)
@@ -200,7 +207,7 @@ class DecathlonSlices(Dataset):
         self.volumes = [Path(r["image"]).name for r in self.records]
         self.images, self.labels, self.index = [], [], []
         for v, record in enumerate(self.records):
-            image, label = load_volume(record, resolution, self.classes, modality)
+            image, label = load_volume(record, resolution, self.classes, modality, percentiles)
             self.images.append(image)
             self.labels.append(label)
             counts = (label > 0).flatten(0, 1).sum(0)

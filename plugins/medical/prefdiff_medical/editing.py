@@ -147,10 +147,12 @@ def edit_examples(dataset, n: int, num_classes: int, seed: int = 0):
     return torch.stack(images), torch.stack(old), torch.stack(new), kinds
 
 
-def run_edit_task(denoiser, scheduler, out_dir: Path, *, root: str, judge_checkpoint: str, resolution: int = 32,
+def run_edit_task(denoiser, scheduler, out_dir: Path, *, data_options: dict[str, Any], judge_checkpoint: str,
                   n: int = 24, method: str = "inpaint", strength: float = 0.6, margin: int = 2,
                   num_steps: int = 20, seed: int = 0, render: Callable | None = None) -> dict[str, Any]:
     """The benchmark's editing task on held-out test slices; writes ``edit.png`` into ``out_dir``.
+
+    ``data_options`` build the ``decathlon`` dataset (``root``, ``resolution``, ...).
 
     Returns ``reward_mean`` (judge Dice against the edited masks), ``dice_before``
     (the same for the unedited images: what the edit had to fix),
@@ -159,7 +161,7 @@ def run_edit_task(denoiser, scheduler, out_dir: Path, *, root: str, judge_checkp
     from prefdiff_medical.data import DecathlonSlices
     from prefdiff_medical.rewards import segmentation_judge
 
-    test = DecathlonSlices(root, split="test", resolution=resolution)
+    test = DecathlonSlices(split="test", **data_options)
     images, old, new, kinds = edit_examples(test, n, test.num_classes, seed)
     edited = edit_images(denoiser, scheduler, images, old, new, method=method, strength=strength,
                          margin=margin, num_steps=num_steps, seed=seed)

@@ -48,6 +48,7 @@ def medical_recipe(quick: bool = False) -> Recipe:
         # A placeholder that names the data (it keys the base-model cache); prepare
         # replaces it with the folder it writes.
         root = f"synthetic:{task.tag()}"
+    data_options = _data_options(root, user_task)
     lr = 5e-4
     methods: dict[str, dict] = {
         "sft": {"lr": lr},
@@ -66,7 +67,7 @@ def medical_recipe(quick: bool = False) -> Recipe:
     }
     return Recipe(
         domain="medical", dataset="decathlon",
-        dataset_options={"root": root, "resolution": RESOLUTION},
+        dataset_options=data_options,
         model={"kind": "unet2d", "sample_size": RESOLUTION, "channels": 1, "conditioning": "concat",
                "cond_channels": num_classes, "block_out_channels": settings["model"], "layers_per_block": 1,
                "norm_num_groups": 8},
@@ -82,6 +83,14 @@ def medical_recipe(quick: bool = False) -> Recipe:
         prepare=partial(prepare, quick=quick, user_task=user_task),
         drift=_drift, render=_render,
     )
+
+
+def _data_options(root: str, user_task: str | None) -> dict[str, Any]:
+    # The synthetic images are already in [0, 1] with objects as the brightest voxels:
+    # min-max scaling keeps the two classes' intensities apart, where percentile
+    # clipping (right for MR and CT) would saturate both.
+    return {"root": root, "resolution": RESOLUTION,
+            **({} if user_task else {"percentiles": [0.0, 100.0]})}
 
 
 def _drift(samples, real) -> float:
@@ -112,17 +121,19 @@ def prepare(cache_dir: Path, *, quick: bool, user_task: str | None,
         if not (root / "dataset.json").is_file():
             log(f"writing the synthetic Decathlon task to {root}")
             make_task(root, task)
-    key = hashlib.sha256(json.dumps({"root": str(root), "resolution": RESOLUTION, "task": asdict(task),
+    key = hashlib.sha256(json.dumps({"data": _data_options(str(root), user_task), "task": asdict(task),
                                      "steps": [settings["reward_steps"], settings["judge_steps"]]},
                                     sort_keys=True).encode()).hexdigest()[:10]
     segmenters = cache_dir / f"segmenters-{key}"
     reward_ckpt, judge_ckpt = segmenters / "reward_unet.safetensors", segmenters / "judge_basicunet.safetensors"
+    data_options = {**_data_options(str(root), user_task)}
+    seg_options = {k: v for k, v in data_options.items() if k != "root"}
     if not reward_ckpt.is_file():
         train_segmenter(root, reward_ckpt, arch="unet", steps=settings["reward_steps"], batch_size=16,
-                        seed=1, resolution=RESOLUTION, log=log)
+                        seed=1, log=log, **seg_options)
     if not judge_ckpt.is_file():
         train_segmenter(root, judge_ckpt, arch="basicunet", steps=settings["judge_steps"], batch_size=16,
-                        seed=2, resolution=RESOLUTION, log=log)
+                        seed=2, log=log, **seg_options)
     recipe = medical_recipe(quick)
     reward_options = {"checkpoint": str(reward_ckpt)}
     # The bench builds each trainer's reward from the method options alone, so the
@@ -131,8 +142,8 @@ def prepare(cache_dir: Path, *, quick: bool, user_task: str | None,
     from prefdiff_medical.editing import run_edit_task
     from prefdiff_medical.figures import render
 
-    edit = partial(run_edit_task, root=str(root), judge_checkpoint=str(judge_ckpt), resolution=RESOLUTION,
+    edit = partial(run_edit_task, data_options=data_options, judge_checkpoint=str(judge_ckpt),
                    n=12 if quick else 48, num_steps=recipe.num_steps, render=render)
-    return {"dataset_options": {**recipe.dataset_options, "root": str(root)},
+    return {"dataset_options": data_options,
             "reward_options": reward_options, "judge_options": {"checkpoint": str(judge_ckpt)},
             "methods": methods, "edit": edit}

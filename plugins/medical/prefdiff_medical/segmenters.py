@@ -45,29 +45,37 @@ def one_hot_mask(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
 def hard_dice(logits: torch.Tensor, masks: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per-image mean Dice over the foreground classes of the argmax prediction (MONAI DiceMetric).
 
-    A class absent from both prediction and mask counts as 1, absent from the
-    mask but predicted as 0, so hallucinated structures lower the score.
+    Classes absent from both prediction and mask are left out of the mean; a
+    class predicted but absent from the mask (or missed) counts as 0, so both
+    hallucinated and missing structures lower the score. An image with no
+    foreground in either scores 1.
     """
     from monai.metrics import DiceMetric
 
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
     pred = one_hot_mask(logits.argmax(1, keepdim=True).float(), num_classes)
-    dice = metric(pred, one_hot_mask(masks, num_classes).to(pred.device))
+    target = one_hot_mask(masks, num_classes).to(pred.device)
+    dice = metric(pred, target).nan_to_num(0.0)
     metric.reset()
-    return dice.nan_to_num(0.0).mean(1)
+    seen = ((pred[:, 1:] + target[:, 1:]).flatten(2).sum(-1) > 0).float()
+    return torch.where(seen.sum(1) > 0, (dice * seen).sum(1) / seen.sum(1).clamp(min=1), torch.ones_like(dice[:, 0]))
 
 
 def soft_dice(logits: torch.Tensor, masks: torch.Tensor, num_classes: int, smooth: float = 1.0) -> torch.Tensor:
-    """Per-image differentiable Dice of the softmax prediction, mean over foreground classes.
+    """Per-image differentiable Dice of the softmax prediction: the smooth form of :func:`hard_dice`.
 
-    (2 sum p g + s) / (sum p + sum g + s) as in V-Net (Milletari et al. 2016), so
-    gradients reach the image the segmenter looked at.
+    Per class (2 sum p g + s) / (sum p + sum g + s) as in V-Net (Milletari et al.
+    2016). Classes in the mask weigh 1; a class absent from the mask weighs by
+    how much of it is predicted, m / (m + 1) with m = sum p, so hallucinated
+    structures pull the score down as in the hard form, and absent ones drop out.
     """
     probs = logits.float().softmax(1)[:, 1:]
     target = one_hot_mask(masks, num_classes).to(probs.device)[:, 1:]
     inter = (probs * target).flatten(2).sum(-1)
-    total = probs.flatten(2).sum(-1) + target.flatten(2).sum(-1)
-    return ((2 * inter + smooth) / (total + smooth)).mean(1)
+    mass, area = probs.flatten(2).sum(-1), target.flatten(2).sum(-1)
+    dice = (2 * inter + smooth) / (mass + area + smooth)
+    weight = torch.where(area > 0, torch.ones_like(mass), mass / (mass + 1))
+    return (weight * dice).sum(1) / weight.sum(1).clamp(min=1e-6)
 
 
 # ------------------------------------------------------------- training ----
@@ -88,10 +96,12 @@ def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torc
 
 
 def train_segmenter(root: str | Path, out: str | Path, *, arch: str = "unet", steps: int = 300,
-                    batch_size: int = 32, lr: float = 3e-3, seed: int = 0, resolution: int = 32,
-                    log: Callable[[str], None] = print) -> Path:
+                    batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
+                    log: Callable[[str], None] = print, **data_options: Any) -> Path:
     """Train a segmenter on the task's training split and write it to ``out`` (atomically).
 
+    ``data_options`` go to :class:`~prefdiff_medical.data.DecathlonSlices`
+    (``resolution``, ``percentiles``, ...); use the ones the images to score are made with.
     Returns the checkpoint path; its metadata records the validation Dice.
     """
     from monai.losses import DiceCELoss
@@ -101,8 +111,8 @@ def train_segmenter(root: str | Path, out: str | Path, *, arch: str = "unet", st
 
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise UserError(f"--steps, --batch-size and --lr must be > 0, got {steps}, {batch_size}, {lr}")
-    train = DecathlonSlices(root, split="train", resolution=resolution)
-    val = DecathlonSlices(root, split="val", resolution=resolution)
+    train = DecathlonSlices(root, split="train", **data_options)
+    val = DecathlonSlices(root, split="val", **data_options)
     k = train.num_classes
     x_all = torch.stack([train[i]["x0"] for i in range(len(train))])
     y_all = torch.stack([train[i]["cond"] for i in range(len(train))])
@@ -129,7 +139,7 @@ def train_segmenter(root: str | Path, out: str | Path, *, arch: str = "unet", st
         val_dice = float(hard_dice(net(xv), yv, k).mean())
     wall = time.perf_counter() - start
     log(f"segmenter {arch} (seed {seed}): {steps} steps in {wall:.0f} s, validation Dice {val_dice:.3f}")
-    meta = {"format": FORMAT, "arch": arch, "num_classes": k, "resolution": resolution, "seed": seed,
+    meta = {"format": FORMAT, "arch": arch, "num_classes": k, "resolution": train.resolution, "seed": seed,
             "steps": steps, "val_dice": val_dice, "train_wall_s": wall, "task": str(Path(root).resolve())}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,19 +6,27 @@ import torch
 from torch import nn
 
 from prefdiff.errors import UserError
-from prefdiff_robotics.scene import COND_DIM, HORIZON
+from prefdiff_robotics.scene import COND_DIM, HORIZON, MAX_OBSTACLES, ROBOT_RADIUS, ROOM
 
-CHANNELS_OUT = COND_DIM + 2
+CHANNELS_OUT = 2 + 3 * MAX_OBSTACLES + COND_DIM
+FAR = 2.0
+"""Clearance given to an empty obstacle slot (more than the room's width)."""
 
 
 class LayoutTimeline(nn.Module):
-    """``[B, 20]`` layouts -> ``[B, 22, H]``: the straight line from start to goal, then the layout.
+    """``[B, 20]`` layouts -> ``[B, 34, H]`` channels over the horizon.
 
-    The line gives every time step a first guess of where the robot should be, so
-    the network learns the detour around the obstacles rather than the whole
-    path; it is also what keeps start and goal in place when sampling without
-    inpainting. The layout itself is repeated at every step, as the core's
-    ``concat`` conditioning does for a vector. No parameters.
+    Per time step: the point of the straight line from start to goal at that
+    step (2); for each obstacle slot, the offset from the obstacle's centre to
+    that point and the point's clearance from the obstacle's surface (3 x 4;
+    empty slots get zero offset and a clearance of ``FAR``); then the layout
+    itself, repeated as the core's ``concat`` conditioning does for a vector.
+
+    The line is a first guess at where the robot should be at each step, and
+    the offsets say which way is out of an obstacle the guess runs into, so
+    the temporal convolutions learn the detour locally instead of decoding
+    coordinates from constants. It also keeps start and goal in place when
+    sampling without inpainting. No parameters.
 
     :param horizon: trajectory length H.
     """
@@ -33,5 +41,11 @@ class LayoutTimeline(nn.Module):
                             f"got {list(cond.shape)}; use the robot_demos dataset")
         tau = torch.linspace(0, 1, self.horizon, device=cond.device, dtype=cond.dtype)
         start, goal = cond[:, 0:2, None], cond[:, 2:4, None]
-        line = start + (goal - start) * tau
-        return torch.cat([line, cond[:, :, None].expand(-1, -1, self.horizon)], dim=1)
+        line = start + (goal - start) * tau                                   # [B, 2, H]
+        slots = cond[:, 4:].view(-1, MAX_OBSTACLES, 4)
+        present = (slots[..., 3:4] > 0.5).to(cond.dtype)                       # [B, K, 1]
+        offset = (line[:, None] - slots[..., :2, None]) * present[..., None]    # [B, K, 2, H]
+        clearance = offset.norm(dim=2) - slots[..., 2:3] - ROBOT_RADIUS / ROOM  # [B, K, H]
+        clearance = present * clearance + (1 - present) * FAR
+        return torch.cat([line, offset.flatten(1, 2), clearance,
+                          cond[:, :, None].expand(-1, -1, self.horizon)], dim=1)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prefdiff_robotics.scene import (CHANNELS, COND_DIM, HORIZON, MAX_OBSTACLES, ROBOT_RADIUS, ROOM, Layout,
+from prefdiff_robotics.scene import (CHANNELS, HORIZON, MAX_OBSTACLES, ROBOT_RADIUS, ROOM, Layout,
                                      decode_trajectory)
 
 NUM_STEPS = 20
@@ -230,6 +230,8 @@ def robotics_recipe(quick: bool = False):
     """The robotics benchmark: trajectory diffusion aligned for simulated feasibility."""
     from prefdiff.bench import Recipe
 
+    from prefdiff_robotics.conditioner import CHANNELS_OUT
+
     state: dict[str, Any] = {}
     n_demos = 600 if quick else 3000
 
@@ -259,7 +261,8 @@ def robotics_recipe(quick: bool = False):
     return Recipe(
         domain="robotics", dataset="robot_demos",
         model={"kind": "unet1d", "sample_size": HORIZON, "channels": CHANNELS, "conditioning": "concat",
-               "cond_channels": COND_DIM, "block_out_channels": (32, 64, 64)},
+               "cond_channels": CHANNELS_OUT, "block_out_channels": (32, 64, 64)},
+        conditioner="layout_timeline", conditioner_options={"horizon": HORIZON},
         reward="robot_feasibility", judge="robot_feasibility",
         judge_note="executed in MuJoCo on held-out layouts; success rates in success.md",
         methods={"dpo": {"beta": 2000.0, "lr": 1e-3},

@@ -1,0 +1,127 @@
+"""The Decathlon reader on tasks written by make-data, and each bad input it must name."""
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from prefdiff.errors import UserError
+from prefdiff_medical.cli import main
+from prefdiff_medical.data import SPLITS, DecathlonSlices
+
+
+def load_all(root, **options):
+    return {split: DecathlonSlices(root, split=split, **options) for split in SPLITS}
+
+
+def test_make_data_writes_the_decathlon_layout_and_reads_back_split_by_volume(tmp_path, capsys):
+    root = tmp_path / "Task90_Demo"
+    assert main(["make-data", str(root), "--volumes", "7", "--depth", "10", "--classes", "3"]) == 0
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["numTraining"] == 7 and set(meta["labels"]) == {"0", "1", "2", "3"}
+    assert len(list((root / "imagesTr").glob("*.nii.gz"))) == 7 == len(list((root / "labelsTr").glob("*.nii.gz")))
+    assert nib.load(root / meta["training"][0]["image"]).shape == (32, 32, 10)
+
+    splits = load_all(root, resolution=16)
+    volumes = {split: {data.volume_of(i) for i in range(len(data))} for split, data in splits.items()}
+    assert not volumes["train"] & volumes["val"] and not volumes["train"] & volumes["test"]
+    assert not volumes["val"] & volumes["test"]
+    assert len(set().union(*volumes.values())) == 7
+    for data in splits.values():
+        item = data[0]
+        assert item["x0"].shape == item["cond"].shape == (1, 16, 16)
+        assert -1 <= item["x0"].min() and item["x0"].max() <= 1
+        assert set(item["cond"].unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
+        assert all((data[i]["cond"] > 0).any() for i in range(len(data)))  # min_foreground=1
+    assert splits["train"].num_classes == 3
+    # The same split every time, and `size` caps the number of slices.
+    assert DecathlonSlices(root, split="test", resolution=16).volumes == splits["test"].volumes
+    assert len(DecathlonSlices(root, split="train", resolution=16, size=5)) == 5
+    assert main(["make-data", str(root)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_images_and_masks_stay_aligned(small_task):
+    # The synthetic objects are the brightest voxels: labelled pixels must be brighter on average.
+    data = DecathlonSlices(small_task, split="train", percentiles=(0, 100))
+    x = torch.stack([data[i]["x0"] for i in range(len(data))])
+    m = torch.stack([data[i]["cond"] for i in range(len(data))])
+    assert x[m > 0].mean() > x[m == 0].mean() + 0.5
+
+
+def _first(task, key="image"):
+    rec = json.loads((task / "dataset.json").read_text())["training"][0]
+    return (task / rec[key]).resolve()
+
+
+def test_corrupt_nifti_names_the_file(task_copy):
+    image = _first(task_copy)
+    image.write_bytes(b"this is not a NIfTI file at all" * 10)
+    with pytest.raises(UserError, match=rf"{image}.*corrupt or truncated"):
+        load_all(task_copy)
+
+
+def test_truncated_nifti_names_the_file(task_copy):
+    label = _first(task_copy, "label")
+    label.write_bytes(label.read_bytes()[: label.stat().st_size // 2])
+    with pytest.raises(UserError, match=rf"{label}.*corrupt or truncated"):
+        load_all(task_copy)
+
+
+def test_image_and_label_of_different_shapes(task_copy):
+    label = _first(task_copy, "label")
+    nib.save(nib.Nifti1Image(np.zeros((32, 30, 10), np.uint8), np.eye(4)), str(label))
+    with pytest.raises(UserError, match=rf"has shape \(32, 32, 10\) but its label {label} has shape \(32, 30, 10\)"):
+        load_all(task_copy)
+
+
+def test_label_with_undeclared_classes(task_copy):
+    label = _first(task_copy, "label")
+    volume = np.asarray(nib.load(label).dataobj).copy()
+    volume[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(label))
+    with pytest.raises(UserError, match=rf"{label} holds label value\(s\) 7 that dataset.json does not declare"):
+        load_all(task_copy)
+
+
+def test_empty_or_missing_images_folder(task_copy):
+    for f in (task_copy / "imagesTr").iterdir():
+        f.unlink()
+    with pytest.raises(UserError, match=rf"{task_copy / 'imagesTr'} is empty"):
+        DecathlonSlices(task_copy)
+    (task_copy / "imagesTr").rmdir()
+    with pytest.raises(UserError, match=rf"{task_copy / 'imagesTr'} is missing.*make-data"):
+        DecathlonSlices(task_copy)
+
+
+def test_dataset_json_that_does_not_parse(task_copy):
+    meta = task_copy / "dataset.json"
+    meta.write_text(meta.read_text()[:-20])
+    with pytest.raises(UserError, match=rf"{meta} does not parse as JSON"):
+        DecathlonSlices(task_copy)
+
+
+def test_missing_task_folder_and_listed_file(task_copy, tmp_path):
+    with pytest.raises(UserError, match="does not exist.*make-data"):
+        DecathlonSlices(tmp_path / "nowhere")
+    image = _first(task_copy)
+    image.unlink()
+    with pytest.raises(UserError, match=rf"{image} \(image of training\[0\]"):
+        DecathlonSlices(task_copy)
+
+
+def test_gzip_that_is_valid_but_not_nifti(task_copy):
+    image = _first(task_copy)
+    image.write_bytes(gzip.compress(b"\0" * 100))
+    with pytest.raises(UserError, match=str(image)):
+        load_all(task_copy)
+
+
+def test_bad_options_are_named_as_flags(small_task):
+    with pytest.raises(UserError, match="--data.split"):
+        DecathlonSlices(small_task, split="training")
+    with pytest.raises(UserError, match="--data.percentiles"):
+        DecathlonSlices(small_task, percentiles=(99, 1))
