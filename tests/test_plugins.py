@@ -36,7 +36,7 @@ def test_allow_list_limits_loading(monkeypatch):
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(UserError, match="unknown reward 'nope'; known rewards: jpeg_compressibility"):
+    with pytest.raises(UserError, match="unknown reward .nope.; known rewards: .*jpeg_compressibility"):
         get_manager().reward("nope")
 
 
