@@ -21,11 +21,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(foreach p,$(PLUGINS),$(dir $(p))tests)
 
+BENCHMARKS = $(shell $(PY) -c "from prefdiff.plugins import get_manager; print(' '.join(get_manager().names('benchmarks')))" 2>/dev/null)
+
 bench-quick: $(STAMP)
-	.venv/bin/prefdiff bench example --quick --out runs/bench-example-quick
+	for b in $(BENCHMARKS); do .venv/bin/prefdiff bench $$b --quick --out runs/bench-quick/$$b || exit 1; done
+	$(PY) -m prefdiff.benchdocs runs/bench-quick runs/bench-quick/benchmarks.md
 
 bench: $(STAMP)
-	.venv/bin/prefdiff bench example --out benchmarks/results/example
+	for b in $(BENCHMARKS); do .venv/bin/prefdiff bench $$b --out benchmarks/results/$$b || exit 1; done
+	$(PY) -m prefdiff.benchdocs benchmarks/results docs/benchmarks.md
 
 clean:
 	rm -rf .venv runs

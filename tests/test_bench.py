@@ -51,6 +51,13 @@ def test_tiny_benchmark_writes_the_contract(tmp_path):
     assert (tmp_path / "out/report.md").read_text().startswith("# Benchmark: tiny")
     assert (tmp_path / "out/samples.png").stat().st_size > 0
     assert (tmp_path / "out/mined/pairs.jsonl").is_file()
+    # docs/benchmarks.md is generated from such files, every number traceable to them.
+    from prefdiff.benchdocs import render
+
+    page = render(tmp_path, tmp_path / "docs/benchmarks.md")
+    assert "## tiny" in page and f"| base | {on_disk['base']['reward_mean']:.4f} |" in page
+    assert f"{on_disk['methods']['dpo']['improvement']:+.4f}" in page
+    assert (tmp_path / "docs/figures/tiny-samples.png").is_file()
 
 
 def test_failed_run_leaves_the_earlier_output_intact(tmp_path):

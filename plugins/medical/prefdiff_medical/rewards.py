@@ -31,7 +31,7 @@ def _check(samples: torch.Tensor, conditions: Any, meta: dict[str, Any], name: s
     return conditions.reshape(samples.shape[0], 1, *samples.shape[-2:])
 
 
-def _segmentation_reward(checkpoint: str | None, soft: bool, name: str):
+def _segmentation_reward(checkpoint: str | None, soft: bool, name: str, sharpness: float = 3.0):
     from prefdiff_medical.segmenters import hard_dice, load_segmenter, soft_dice
 
     net, meta = load_segmenter(checkpoint)
@@ -42,7 +42,7 @@ def _segmentation_reward(checkpoint: str | None, soft: bool, name: str):
         net.to(samples.device)
         x = samples.float()
         if soft:
-            scores = soft_dice(net(x), masks, k)
+            scores = soft_dice(net(x), masks, k, sharpness=sharpness)
         else:
             with torch.no_grad():
                 # Clamped to the display range the segmenter was trained on.
@@ -60,13 +60,16 @@ def segmentation_consistency(checkpoint: str | None = None):
     return _segmentation_reward(checkpoint, soft=False, name="segmentation_consistency")
 
 
-def segmentation_consistency_soft(checkpoint: str | None = None):
+def segmentation_consistency_soft(checkpoint: str | None = None, sharpness: float = 3.0):
     """The differentiable form of :func:`segmentation_consistency`: soft Dice of the softmax,
     for reward backpropagation (DRaFT, AlignProp, ReFL).
 
     :param checkpoint: a segmenter written by ``prefdiff-medical train-segmenter``.
+    :param sharpness: logits are scaled by it before the softmax (see ``soft_dice``).
     """
-    return _segmentation_reward(checkpoint, soft=True, name="segmentation_consistency_soft")
+    if sharpness <= 0:
+        raise UserError(f"--reward_options.sharpness must be > 0, got {sharpness}")
+    return _segmentation_reward(checkpoint, soft=True, name="segmentation_consistency_soft", sharpness=sharpness)
 
 
 def segmentation_judge(checkpoint: str | None = None):

@@ -61,15 +61,20 @@ def hard_dice(logits: torch.Tensor, masks: torch.Tensor, num_classes: int) -> to
     return torch.where(seen.sum(1) > 0, (dice * seen).sum(1) / seen.sum(1).clamp(min=1), torch.ones_like(dice[:, 0]))
 
 
-def soft_dice(logits: torch.Tensor, masks: torch.Tensor, num_classes: int, smooth: float = 1.0) -> torch.Tensor:
+def soft_dice(logits: torch.Tensor, masks: torch.Tensor, num_classes: int, smooth: float = 1.0,
+              sharpness: float = 3.0) -> torch.Tensor:
     """Per-image differentiable Dice of the softmax prediction: the smooth form of :func:`hard_dice`.
 
     Per class (2 sum p g + s) / (sum p + sum g + s) as in V-Net (Milletari et al.
     2016). Classes in the mask weigh 1; a class absent from the mask weighs by
     how much of it is predicted, m / (m + 1) with m = sum p, so hallucinated
     structures pull the score down as in the hard form, and absent ones drop out.
+    The logits are multiplied by ``sharpness`` first: a segmenter's softmax spreads
+    a little mass over every pixel, which at 1 sums to phantom structures and
+    puts the soft score far below the hard one (0.50 against 0.74 on real images
+    in our test; 0.82 at 3).
     """
-    probs = logits.float().softmax(1)[:, 1:]
+    probs = (logits.float() * sharpness).softmax(1)[:, 1:]
     target = one_hot_mask(masks, num_classes).to(probs.device)[:, 1:]
     inter = (probs * target).flatten(2).sum(-1)
     mass, area = probs.flatten(2).sum(-1), target.flatten(2).sum(-1)
