@@ -45,7 +45,8 @@ class Recipe:
     judge_options: dict = field(default_factory=dict)
     judge_note: str = ""
     methods: dict[str, dict] = field(default_factory=dict)
-    """Per-method module options (beta, lr, ...) over the trainers' defaults."""
+    """Per-method module options (beta, lr, ...) over the trainers' defaults; the key
+    ``steps`` sets that method's training steps instead of ``align_steps``."""
     default_methods: list[str] = field(default_factory=lambda: ["dpo", "ddpo"])
     pretrain_steps: int = 1000
     pretrain_batch: int = 32
@@ -218,13 +219,14 @@ class Benchmark:
 
     # -- evaluation -----------------------------------------------------------
 
-    def eval_set(self) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+    def eval_set(self) -> tuple[Any, torch.Tensor | None]:
+        """The held-out conditions and, where the dataset has them, their real samples."""
         from prefdiff.data import collate
 
         test = self.dataset("test")
         items = [test[i] for i in range(min(self.recipe.n_eval, len(test)))]
         batch = collate(items)
-        return batch["cond"], batch.get("x0"), None
+        return batch["cond"], batch.get("x0")
 
     @torch.no_grad()
     def generate(self, denoiser, scheduler, cond, noise: torch.Tensor) -> torch.Tensor:
@@ -262,7 +264,7 @@ class Benchmark:
                        if r.conditioner else None)
         base = load_model(base_dir, cond_module)
         scheduler = load_scheduler(base_dir)
-        cond, real, _ = self.eval_set()
+        cond, real = self.eval_set()
         n = len(real) if real is not None else r.n_eval
         noise = torch.randn((n, *infer_sample_shape(base)), generator=torch.Generator().manual_seed(self.seed + 777))
         drift = r.drift or sliced_wasserstein
@@ -289,7 +291,7 @@ class Benchmark:
             cls, fixed = METHODS[method]
             if method in ("dpo", "kto", "rwr") and mined is None:
                 mined = self.mine(base, scheduler, out)
-            self.log(f"aligning with {method} ({r.align_steps} steps)")
+            self.log(f"aligning with {method} ({r.methods.get(method, {}).get('steps', r.align_steps)} steps)")
             module, wall, peak = self.align(method, cls, fixed, base_dir, mined, out)
             aligned = module.denoiser
             samples = self.generate(aligned, scheduler, cond, noise)
@@ -339,6 +341,7 @@ class Benchmark:
 
         r = self.recipe
         options = {**self.module_options(), **fixed, **r.methods.get(method, {})}
+        steps = options.pop("steps", r.align_steps)
         options.setdefault("reward", r.reward)
         if method == "sft":
             options.pop("reward")
@@ -354,7 +357,7 @@ class Benchmark:
         data = PrefDataModule.from_datasets(train, batch_size=batch, seed=self.seed)
         start = time.perf_counter()
         with PeakRSS() as memory:
-            _trainer(r.align_steps, self.seed).fit(module, datamodule=data)
+            _trainer(steps, self.seed).fit(module, datamodule=data)
         return module, time.perf_counter() - start, memory.peak
 
     def write_figures(self, rows: dict[str, torch.Tensor], cond, out: Path) -> None:

@@ -29,7 +29,7 @@ def _settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {"task": SyntheticTask(volumes=8, depth=16), "reward_steps": 300, "judge_steps": 200,
                 "model": (16, 32)}
-    return {"task": SyntheticTask(volumes=16, depth=24), "reward_steps": 800, "judge_steps": 600,
+    return {"task": SyntheticTask(volumes=48, depth=24), "reward_steps": 800, "judge_steps": 600,
             "model": (32, 64, 64)}
 
 
@@ -53,10 +53,10 @@ def medical_recipe(quick: bool = False) -> Recipe:
     methods: dict[str, dict] = {
         "sft": {"lr": lr},
         "rwr": {"lr": lr},
-        "dpo": {"beta": 2000.0, "lr": lr},
+        "dpo": {"beta": 2000.0, "lr": 1e-3},
         "kto": {"beta": 2000.0, "lr": lr},
         "d3po": {"beta": 0.1, "lr": 3e-4},
-        "ddpo": {"samples_per_condition": 4, "lr": 3e-4},
+        "ddpo": {"samples_per_condition": 2, "timestep_fraction": 0.5, "lr": 3e-4},
         "dpok": {"samples_per_condition": 4, "kl_coef": 0.01, "lr": 3e-4},
         "grpo": {"samples_per_condition": 4, "kl_coef": 0.01, "lr": 3e-4},
         # Reward backprop hacks a single segmenter fast (FACTS: DRaFT-1 raised the reward,
@@ -76,8 +76,8 @@ def medical_recipe(quick: bool = False) -> Recipe:
         judge_note="a BasicUNet of another seed, trained on the same images; training never queries it",
         methods=methods,
         default_methods=["dpo", "draft"] if quick else ["dpo", "kto", "ddpo", "draft", "alignprop"],
-        pretrain_steps=300 if quick else 2500, pretrain_batch=16 if quick else 32,
-        align_steps=8 if quick else 60, align_batch=4 if quick else 8,
+        pretrain_steps=300 if quick else 2000, pretrain_batch=16 if quick else 32,
+        align_steps=8 if quick else 100, align_batch=4 if quick else 8,
         lora_rank=8, n_eval=16 if quick else 128, num_steps=8 if quick else 20,
         mine_conditions=16 if quick else 192, mine_per_condition=4,
         prepare=partial(prepare, quick=quick, user_task=user_task),

@@ -261,7 +261,7 @@ def robotics_recipe(quick: bool = False):
     return Recipe(
         domain="robotics", dataset="robot_demos",
         model={"kind": "unet1d", "sample_size": HORIZON, "channels": CHANNELS, "conditioning": "concat",
-               "cond_channels": CHANNELS_OUT, "block_out_channels": (32, 64, 64)},
+               "cond_channels": CHANNELS_OUT, "block_out_channels": (64, 128)},
         conditioner="layout_timeline", conditioner_options={"horizon": HORIZON},
         reward="robot_feasibility", judge="robot_feasibility",
         judge_note="executed in MuJoCo on held-out layouts; success rates in success.md",
@@ -276,7 +276,7 @@ def robotics_recipe(quick: bool = False):
                  "alignprop": {"reward": "robot_feasibility_surrogate", "lr": 3e-4, "k": 4, "drift_coef": 0.1},
                  "refl": {"reward": "robot_feasibility_surrogate", "lr": 3e-4, "drift_coef": 0.1}},
         default_methods=["dpo", "ddpo", "draft"] if quick else ["rwr", "dpo", "kto", "ddpo", "grpo", "draft"],
-        pretrain_steps=300 if quick else 3000, pretrain_batch=64, align_steps=6 if quick else 60,
+        pretrain_steps=300 if quick else 2000, pretrain_batch=64, align_steps=6 if quick else 60,
         align_batch=8, lora_rank=8, n_eval=32 if quick else 256, num_steps=8 if quick else NUM_STEPS,
         mine_conditions=32 if quick else 256, mine_per_condition=4,
         prepare=prepare, render=render, edit=edit)
