@@ -40,8 +40,10 @@ def test_contract_violations_name_plugin_and_reward(name, message):
 
 def test_builtin_rewards_meet_the_contract():
     from prefdiff.plugins import get_manager
+    from prefdiff.testing import condition_batch, tiny_denoiser, tiny_samples
 
-    samples = torch.rand(3, 3, 16, 16) * 2 - 1
+    samples = tiny_samples(tiny_denoiser(), condition_batch(3))
+    assert samples.shape == (3, 3, 16, 16)
     for name in ("jpeg_compressibility", "jpeg_incompressibility", "smoothness"):
         check_reward(get_manager().reward(name), None, samples)
 

@@ -53,6 +53,19 @@ def tiny_scheduler():
     return build_scheduler()
 
 
+def tiny_samples(denoiser: Denoiser, cond: Any, *, num_steps: int = 4, seed: int = 0,
+                 eta: float = 1.0) -> torch.Tensor:
+    """Samples from ``denoiser`` with the core's DDIM sampler, noise fixed by ``seed``."""
+    from prefdiff.data import condition_count, infer_sample_shape
+    from prefdiff.sampling import sample
+
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((condition_count(cond), *infer_sample_shape(denoiser)), generator=generator)
+    with torch.no_grad():
+        return sample(denoiser, tiny_scheduler(), noise, cond, num_steps=num_steps, eta=eta,
+                      generator=generator).samples
+
+
 def condition_batch(batch: int = 4, num_classes: int = 4, seed: int = 0) -> torch.Tensor:
     """Class-label conditions for :func:`tiny_denoiser`."""
     return torch.randint(num_classes, (batch,), generator=torch.Generator().manual_seed(seed))
