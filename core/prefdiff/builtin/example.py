@@ -132,20 +132,34 @@ def prefdiff_register_benchmarks(register):
 
 
 def example_recipe(quick: bool = False):
-    """The built-in benchmark: textures aligned for JPEG compressibility."""
+    """The built-in benchmark: textures aligned for JPEG compressibility.
+
+    Budgets were set by measurement on 2 CPU cores (docs/benchmarks.md): DDPO needs
+    about 128 samples per update (8 conditions x 16) before its signal beats the
+    random walk that small batches add to the policy; Diffusion-DPO helps for about
+    30 steps and then drifts (60 steps at the same beta measured worse).
+    """
     from prefdiff.bench import Recipe
 
+    grad_steps = {"lr": 1e-3, "steps": 30}
     return Recipe(
         domain="example", dataset="synthetic_textures",
         dataset_options={"resolution": 16},
         model={"kind": "unet2d", "sample_size": 16, "channels": 3, "conditioning": "class",
                "num_classes": len(PATTERNS), "block_out_channels": (32, 64), "layers_per_block": 1},
         conditioner="class_label", reward="jpeg_compressibility", judge="jpeg_compressibility",
-        judge_note="the training reward on held-out noise seeds and conditions",
-        methods={"dpo": {"beta": 500.0, "lr": 1e-3}, "ddpo": {"lr": 3e-4},
-                 "draft": {"reward": "smoothness", "lr": 3e-4}},
-        default_methods=["dpo", "ddpo"] if quick else ["rwr", "dpo", "kto", "ddpo", "grpo", "draft"],
-        pretrain_steps=400 if quick else 2000, pretrain_batch=32, align_steps=12 if quick else 80,
-        align_batch=8, n_eval=16 if quick else 128, num_steps=8 if quick else 20,
-        mine_conditions=48 if quick else 256, mine_per_condition=4,
-        train_size=4096)
+        judge_note="the training reward, on held-out conditions and noise seeds",
+        methods={"dpo": {"beta": 2000.0, **grad_steps}, "kto": {"beta": 2000.0, **grad_steps},
+                 "rwr": {"temperature": 0.05, **grad_steps},
+                 "d3po": {"lr": 1e-3, "timestep_fraction": 0.5, "steps": 20},
+                 "ddpo": {"lr": 1e-3, "samples_per_condition": 16, "timestep_fraction": 0.5,
+                          "steps": 15 if quick else 40},
+                 "grpo": {"lr": 1e-3, "samples_per_condition": 16, "timestep_fraction": 0.5, "steps": 40},
+                 "dpok": {"lr": 1e-3, "samples_per_condition": 16, "timestep_fraction": 0.5,
+                          "kl_coef": 1.0, "steps": 40},
+                 "draft": {"reward": "smoothness", "k": 2, "drift_coef": 1.0, "lr": 3e-4, "steps": 30}},
+        default_methods=["dpo", "ddpo"] if quick else ["rwr", "dpo", "kto", "d3po", "ddpo", "grpo", "dpok",
+                                                       "draft"],
+        pretrain_steps=400 if quick else 1000, pretrain_batch=32, align_batch=8,
+        n_eval=64 if quick else 256, num_steps=8, mine_conditions=128 if quick else 256,
+        mine_per_condition=4, train_size=4096)
