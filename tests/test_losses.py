@@ -432,3 +432,14 @@ def test_group_advantages_of_constant_group_are_zero():
 def test_group_advantages_reject_bad_group_size(group_size):
     with pytest.raises(ValueError, match="--grpo.group_size"):
         losses.group_advantages(t([1.0, 2.0, 3.0, 4.0]), group_size)
+
+
+def test_gaussian_kl_is_zero_on_a_deterministic_step():
+    # DDIM's last step onto alpha = 1 has std 0: no KL, and no NaN to poison the run.
+    from prefdiff.losses import gaussian_kl
+
+    mean = torch.randn(2, 3, 4, 4)
+    std = torch.tensor([0.0, 0.5]).view(2, 1, 1, 1)
+    kl = gaussian_kl(mean, mean + 0.1, std)
+    assert torch.isfinite(kl).all()
+    assert kl[0] == 0 and torch.isclose(kl[1], torch.tensor(0.1**2 / (2 * 0.25)))

@@ -336,6 +336,8 @@ class Benchmark:
         return mined
 
     def align(self, method: str, cls, fixed: dict, base_dir: Path, mined, out: Path):
+        import pytorch_lightning as pl
+
         from prefdiff.data import PairDataset, WeightedSamples
         from prefdiff.datamodule import PrefDataModule
 
@@ -346,6 +348,9 @@ class Benchmark:
         if method == "sft":
             options.pop("reward")
         options.setdefault("lora_rank", r.lora_rank)
+        # Seed before the adapter is built: a method's result must not depend on
+        # which methods ran before it.
+        pl.seed_everything(self.seed, workers=True, verbose=False)
         module = cls(base=str(base_dir), **options)
         if method in ("dpo", "kto"):
             train = PairDataset(self.pair_file)

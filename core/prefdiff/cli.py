@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default=None, help="output folder (default runs/bench-DOMAIN)")
     bench.add_argument("--cache", default=None, help="cache folder for base models and data")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="torch threads (1 is faster when other jobs share the cores)")
     bench.add_argument("--reward", default=None, help="train with this reward instead of the recipe's")
     bench.add_argument("--judge", default=None, help="evaluate with this reward instead of the recipe's judge")
 
@@ -98,6 +100,12 @@ def _dispatch(argv: list[str]) -> int:
     if args.command == "bench":
         from prefdiff.bench import run_benchmark
 
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UserError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         out = Path(args.out or f"runs/bench-{args.domain}{'-quick' if args.quick else ''}")
         run_benchmark(args.domain, methods=args.method, quick=args.quick, seed=args.seed, out=out,
                       cache=Path(args.cache) if args.cache else None, reward=args.reward, judge=args.judge)

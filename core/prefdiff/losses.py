@@ -277,7 +277,12 @@ def gaussian_kl(mean_p: Tensor, mean_q: Tensor, std: Tensor | float) -> Tensor:
     # With equal covariances the log-det and trace terms of the Gaussian KL
     # cancel, leaving the Mahalanobis term; used per denoising step by DPOK.
     # broadcast_to fails loudly if std would widen the means' shape.
-    half_sq = torch.broadcast_to(((mean_p - mean_q) / std).pow(2) / 2, mean_p.shape)
+    # A deterministic step (std = 0, e.g. DDIM's last step onto alpha = 1) is not
+    # a Gaussian policy step: it contributes no KL (and must not divide by zero).
+    std = torch.as_tensor(std, dtype=mean_p.dtype, device=mean_p.device)
+    safe = torch.where(std > 0, std, torch.ones_like(std))
+    half_sq = ((mean_p - mean_q) / safe).pow(2) / 2
+    half_sq = torch.broadcast_to(torch.where(std > 0, half_sq, torch.zeros_like(half_sq)), mean_p.shape)
     return half_sq.reshape(mean_p.shape[0], -1).mean(dim=1)
 
 
