@@ -48,6 +48,7 @@ def test_tiny_benchmark_writes_the_contract(tmp_path):
         assert lo <= entry["improvement"] <= hi
         assert entry["improvement"] == pytest.approx(entry["reward_mean"] - on_disk["base"]["reward_mean"], abs=1e-5)
     assert on_disk["methods"]["dpo"]["reward_queries"] == 12  # mining: 6 conditions x 2 samples
+    assert set(on_disk["base"]["judge_info"]) == {"jpeg_kb"}  # the judge's info numbers, averaged
     assert (tmp_path / "out/report.md").read_text().startswith("# Benchmark: tiny")
     assert (tmp_path / "out/samples.png").stat().st_size > 0
     assert (tmp_path / "out/mined/pairs.jsonl").is_file()

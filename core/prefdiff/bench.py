@@ -243,9 +243,22 @@ class Benchmark:
         return torch.cat(chunks)
 
     def score(self, reward, samples: torch.Tensor, cond) -> torch.Tensor:
-        scores = [reward(samples[s:s + 64], select(cond, slice(s, s + 64)))[0].detach().float()
-                  for s in range(0, len(samples), 64)]
+        """Scores of every sample; the numbers the reward reports in ``info``
+        (e.g. a success rate) are averaged into ``self.last_info``."""
+        scores, totals = [], {}
+        for s in range(0, len(samples), 64):
+            part, info = reward(samples[s:s + 64], select(cond, slice(s, s + 64)))
+            scores.append(part.detach().float())
+            for key, value in info.items():
+                if isinstance(value, (int, float)):
+                    totals[key] = totals.get(key, 0.0) + float(value) * len(part)
+        self.last_info = {key: total / len(samples) for key, total in totals.items()}
         return torch.cat(scores).cpu()
+
+    def judge_scores(self, samples: torch.Tensor, cond) -> tuple[torch.Tensor, dict[str, float]]:
+        """The held-out judge's scores and its averaged info numbers."""
+        scores = self.score(self.judge, samples, cond)
+        return scores, self.last_info
 
     # -- the run --------------------------------------------------------------
 
@@ -271,14 +284,14 @@ class Benchmark:
 
         self.log(f"evaluating the base model on {n} held-out conditions")
         base_samples = self.generate(base, scheduler, cond, noise)
-        base_scores = self.score(self.judge, base_samples, cond)
+        base_scores, base_info = self.judge_scores(base_samples, cond)
         torch.manual_seed(self.seed)
         untrained = build_denoiser(r.model, cond_module)
         untrained_scores = self.score(self.judge, self.generate(untrained, scheduler, cond, noise), cond)
         results: dict[str, Any] = {
             "domain": r.domain, "reward": r.reward, "judge": r.judge, "quick": self.quick,
             "seed": self.seed, "n_eval": n,
-            "base": {**_summary(base_scores),
+            "base": {**_summary(base_scores), **_judge_info(base_info),
                      "train_reward_mean": float(self.score(self.reward, base_samples, cond).mean()),
                      **({"drift": drift(base_samples, real)} if real is not None else {})},
             "untrained": _summary(untrained_scores),
@@ -295,9 +308,9 @@ class Benchmark:
             module, wall, peak = self.align(method, cls, fixed, base_dir, mined, out)
             aligned = module.denoiser
             samples = self.generate(aligned, scheduler, cond, noise)
-            scores = self.score(self.judge, samples, cond)
+            scores, info = self.judge_scores(samples, cond)
             diff = scores - base_scores
-            entry = {**_summary(scores), "improvement": float(diff.mean()),
+            entry = {**_summary(scores), **_judge_info(info), "improvement": float(diff.mean()),
                      "improvement_ci95": paired_bootstrap_ci(diff, seed=self.seed),
                      "train_reward_mean": float(self.score(self.reward, samples, cond).mean()),
                      "reward_queries": int(module.reward_queries + (mined.queries if method in ("dpo", "kto", "rwr") else 0)),
@@ -376,6 +389,10 @@ class Benchmark:
             k = min(8, first.shape[0])
             save_grid(torch.cat([v[:k] for v in rows.values()]), out / "samples.png", nrow=k, scale=3)
             (out / "samples.txt").write_text("rows, top to bottom: " + ", ".join(rows) + "\n")
+
+
+def _judge_info(info: dict[str, float]) -> dict[str, Any]:
+    return {"judge_info": info} if info else {}
 
 
 def _summary(scores: torch.Tensor) -> dict[str, float]:
