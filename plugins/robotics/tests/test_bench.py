@@ -2,11 +2,9 @@
 
 import json
 
-import pytest
 import torch
 
 from prefdiff.bench import run_benchmark
-from prefdiff.plugins import get_manager
 from prefdiff.testing import tiny_scheduler
 from prefdiff_robotics.recipe import edit_around_new_obstacle, pin_start_goal, plan
 
@@ -39,11 +37,12 @@ def test_quick_benchmark_writes_the_contract(tmp_path):
 def test_plan_pins_start_and_goal_and_edit_keeps_the_rest():
     from prefdiff.models import build_denoiser
 
+    from prefdiff_robotics.conditioner import LayoutTimeline
     from prefdiff_robotics.recipe import robotics_recipe
     from prefdiff_robotics.scene import Layout
 
     torch.manual_seed(0)
-    denoiser = build_denoiser(robotics_recipe(quick=True).model)
+    denoiser = build_denoiser(robotics_recipe(quick=True).model, LayoutTimeline())
     layouts = [Layout([-0.7, -0.6], [0.7, 0.6], [[0.6, -0.6, 0.1], [-0.6, 0.6, 0.1]]),
                Layout([-0.6, 0.7], [0.6, -0.7], [[0.6, 0.6, 0.1], [-0.6, -0.6, 0.1]])]
     cond = torch.stack([torch.from_numpy(l.to_vector()) for l in layouts])
