@@ -67,6 +67,8 @@ class Recipe:
     override (e.g. ``dataset_options`` with the root of generated data)."""
     drift: Callable[[torch.Tensor, torch.Tensor], float] | None = None
     """drift(samples, real) -> float; default: sliced Wasserstein-1 distance."""
+    drift_note: str = ""
+    """What ``drift`` measures, for the report (when the recipe brings its own)."""
     render: Callable[[dict[str, torch.Tensor], Any, Path], None] | None = None
     """render({row name: samples}, conditions, png path): the before/after figure."""
     edit: Callable[[Any, Any, Path], dict] | None = None
@@ -357,7 +359,8 @@ class Benchmark:
         r = self.recipe
         options = {**self.module_options(), **fixed, **r.methods.get(method, {})}
         steps = options.pop("steps", r.align_steps)
-        options.setdefault("reward", r.reward)
+        if options.setdefault("reward", r.reward) == r.reward and r.reward_options:
+            options.setdefault("reward_options", r.reward_options)
         if method == "sft":
             options.pop("reward")
         options.setdefault("lora_rank", r.lora_rank)
@@ -405,8 +408,8 @@ def report_markdown(results: dict[str, Any], recipe: Recipe) -> str:
              f"Training reward `{results['reward']}`; held-out judge `{results['judge']}`"
              + (f" ({recipe.judge_note})" if recipe.judge_note else "") + ".",
              f"Seed {results['seed']}, {results['n_eval']} held-out conditions, quick={results['quick']}. "
-             "Drift: sliced Wasserstein-1 distance of samples to real held-out data"
-             + (" (the recipe's own measure)" if recipe.drift else "") + ".", "",
+             "Drift: " + (recipe.drift_note or ("the recipe's own measure" if recipe.drift else
+                          "sliced Wasserstein-1 distance of samples to real held-out data")) + ".", "",
              "| model | judge mean | judge std | improvement | CI95 | drift | reward queries | train s | peak MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     b, u = results["base"], results["untrained"]
@@ -417,6 +420,9 @@ def report_markdown(results: dict[str, Any], recipe: Recipe) -> str:
         lines.append(f"| {name} | {m['reward_mean']:.4f} | {m['reward_std']:.4f} | {m['improvement']:+.4f} | "
                      f"[{lo:+.4f}, {hi:+.4f}] | {m.get('drift', float('nan')):.4f} | {m['reward_queries']} | "
                      f"{m['train_wall_s']:.1f} | {m['peak_rss_mb']:.0f} |")
+    if "edit" in results:
+        lines += ["", "Editing: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in results["edit"].items()) + "."]
     lines += ["", "![samples](samples.png)", ""]
     return "\n".join(lines)
 
