@@ -1,7 +1,6 @@
 """The quick benchmark end to end, and what `prefdiff plugins` shows."""
 
 import json
-import time
 
 from prefdiff.bench import run_benchmark
 from prefdiff.cli import main
@@ -18,9 +17,7 @@ def test_plugins_lists_what_medical_registers(capsys):
 
 
 def test_quick_benchmark_end_to_end(prepared, bench_cache, tmp_path):
-    start = time.perf_counter()
     results = run_benchmark("medical", quick=True, out=tmp_path / "out", cache=bench_cache, log=lambda m: None)
-    wall = time.perf_counter() - start
     on_disk = json.loads((tmp_path / "out/results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert {"domain", "reward", "quick", "seed", "n_eval", "base", "methods", "edit", "env"} <= set(on_disk)
@@ -39,4 +36,3 @@ def test_quick_benchmark_end_to_end(prepared, bench_cache, tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 0
     rows = (tmp_path / "out/samples.txt").read_text()
     assert "conditioning mask, base, dpo, draft" in rows
-    assert wall < 120, f"the quick benchmark took {wall:.0f} s"

@@ -125,3 +125,13 @@ def test_bad_options_are_named_as_flags(small_task):
         DecathlonSlices(small_task, split="training")
     with pytest.raises(UserError, match="--data.percentiles"):
         DecathlonSlices(small_task, percentiles=(99, 1))
+
+
+def test_commands_print_one_line_and_exit_2_on_bad_input(task_copy, capsys):
+    meta = task_copy / "dataset.json"
+    meta.write_text("{not json")
+    assert main(["train-segmenter", str(task_copy), str(task_copy / "seg.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(meta) in err and "does not parse" in err
+    assert main(["make-data", str(task_copy / "new"), "--volumes", "2"]) == 2
+    assert "--volumes must be >= 3" in capsys.readouterr().err
