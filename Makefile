@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml $(PLUGINS)
 
 demo: $(STAMP)
 	.venv/bin/prefdiff plugins
-	.venv/bin/prefdiff bench example --quick --out runs/demo-example
+	OMP_NUM_THREADS=1 .venv/bin/prefdiff bench medical --quick --threads 1 --out runs/demo-medical
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(foreach p,$(PLUGINS),$(dir $(p))tests)
