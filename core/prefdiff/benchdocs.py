@@ -48,6 +48,9 @@ def render(results_dir: Path, page: Path) -> str:
         if "edit" in r:
             lines += ["", "Editing: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in r["edit"].items())]
+        notes = path.parent / "NOTES.md"
+        if notes.is_file():  # what the person who ran it observed, kept beside the numbers
+            lines += ["", notes.read_text().strip()]
         figure = path.parent / "samples.png"
         if figure.is_file():
             target = page.parent / "figures" / f"{r['domain']}-samples.png"
