@@ -95,39 +95,33 @@ def _summary(results: list[dict | None], nonfinite: int) -> dict[str, float]:
             "nonfinite": nonfinite}
 
 
+def _simulated(key: str, name: str, mjcf: str | None):
+    """A reward that executes each trajectory in MuJoCo and reads ``key`` off the run."""
+    from prefdiff_robotics.sim import Simulator
+
+    sim = Simulator(mjcf)
+
+    def reward(samples: torch.Tensor, conditions: Any):
+        cond = check_batch(samples, conditions, f"reward '{name}'")
+        results, nonfinite = simulate_batch(sim, samples, cond)
+        scores = [0.0 if r is None else r[key] for r in results]
+        dtype = samples.dtype if samples.is_floating_point() else torch.float32
+        return torch.tensor(scores, dtype=dtype, device=samples.device), _summary(results, nonfinite)
+
+    return reward
+
+
 def feasibility(mjcf: str | None = None):
     """Feasibility of trajectories executed in MuJoCo, in [0, 1] (see the module docstring).
 
     :param mjcf: the scene file; default the plugin's assets/point_room.xml.
     """
-    from prefdiff_robotics.sim import Simulator
-
-    sim = Simulator(mjcf)
-
-    def reward(samples: torch.Tensor, conditions: Any):
-        cond = check_batch(samples, conditions, "reward 'robot_feasibility'")
-        results, nonfinite = simulate_batch(sim, samples, cond)
-        scores = [0.0 if r is None else r["score"] for r in results]
-        dtype = samples.dtype if samples.is_floating_point() else torch.float32
-        return torch.tensor(scores, dtype=dtype, device=samples.device), _summary(results, nonfinite)
-
-    return reward
+    return _simulated("score", "robot_feasibility", mjcf)
 
 
 def success(mjcf: str | None = None):
     """1 when the executed run ends at the goal without touching an obstacle, else 0."""
-    from prefdiff_robotics.sim import Simulator
-
-    sim = Simulator(mjcf)
-
-    def reward(samples: torch.Tensor, conditions: Any):
-        cond = check_batch(samples, conditions, "reward 'robot_success'")
-        results, nonfinite = simulate_batch(sim, samples, cond)
-        scores = [0.0 if r is None else r["success"] for r in results]
-        dtype = samples.dtype if samples.is_floating_point() else torch.float32
-        return torch.tensor(scores, dtype=dtype, device=samples.device), _summary(results, nonfinite)
-
-    return reward
+    return _simulated("success", "robot_success", mjcf)
 
 
 def feasibility_surrogate(margin: float = 0.02):
