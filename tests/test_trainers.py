@@ -10,7 +10,7 @@ from prefdiff import hookimpl
 from prefdiff.datamodule import PrefDataModule
 from prefdiff.errors import PluginError, UserError
 from prefdiff.models import save_model
-from prefdiff.testing import registered_plugin, tiny_denoiser
+from prefdiff.testing import registered_plugin
 
 TINY = dict(kind="unet2d", sample_size=8, channels=3, conditioning="class", num_classes=4,
             block_out_channels=(8, 16), norm_num_groups=8)
