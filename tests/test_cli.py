@@ -84,21 +84,23 @@ def _adapter(root):
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
-    straight = run(*_tiny_fit_args(tmp_path / "straight"))
+    # Enough epochs that the kill lands long before the end on an idle machine too.
+    epochs = ("--trainer.max_epochs", "40")
+    straight = run(*_tiny_fit_args(tmp_path / "straight", *epochs))
     assert straight.returncode == 0, straight.stderr[-3000:]
     expected = _adapter(tmp_path / "straight")
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([PREFDIFF, *map(str, _tiny_fit_args(killed, "--trainer.max_epochs", "3"))],
+    proc = subprocess.Popen([PREFDIFF, *map(str, _tiny_fit_args(killed, *epochs))],
                             cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not list(killed.rglob("last*.ckpt")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list(killed.rglob("last*.ckpt")), "no checkpoint was written before the kill"
     assert not list(killed.rglob("lora/adapter_model.safetensors")), "the run finished before the kill"
-    resumed = run(*_tiny_fit_args(killed, "--ckpt_path", "last"))
+    resumed = run(*_tiny_fit_args(killed, *epochs, "--ckpt_path", "last"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = _adapter(killed)
     assert got.keys() == expected.keys()

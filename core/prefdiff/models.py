@@ -211,7 +211,7 @@ def _monai(p: ModelPreset) -> nn.Module:
         spatial_dims=2, in_channels=p.channels + extra, out_channels=p.channels,
         channels=p.block_out_channels, attention_levels=(False,) * (levels - 1) + (p.attention,),
         num_res_blocks=p.layers_per_block, norm_num_groups=p.norm_num_groups,
-        num_head_channels=p.block_out_channels[-1] if p.attention else 0,
+        num_head_channels=p.block_out_channels[-1],  # one head; unused without attention
         with_conditioning=p.conditioning == "cross_attention",
         cross_attention_dim=p.cross_attention_dim if p.conditioning == "cross_attention" else None,
         num_class_embeds=p.num_classes + 1 if p.conditioning == "class" else None)
