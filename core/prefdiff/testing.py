@@ -100,3 +100,29 @@ def check_reward(reward: Reward | Any, conditions: Any, samples: torch.Tensor, *
         out.sum().backward()
         assert x.grad is not None and x.grad.abs().sum() > 0, f"{who} is declared differentiable but passes no gradient"
     return scores
+
+
+# ------------------------------------------------------------ fixtures ----
+# Import these into a conftest.py (``from prefdiff.testing import isolated_prefdiff,
+# one_thread``) and every test gets a fresh plugin manager, a private benchmark
+# cache and one torch thread, as the core's own tests do.
+
+import pytest  # noqa: E402  (only test code imports this module)
+
+
+@pytest.fixture(autouse=True)
+def isolated_prefdiff(monkeypatch, tmp_path_factory):
+    """A fresh plugin manager and a private PREFDIFF_CACHE for each test."""
+    from prefdiff.plugins import reset_manager
+
+    monkeypatch.delenv("PREFDIFF_PLUGINS", raising=False)
+    monkeypatch.setenv("PREFDIFF_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    reset_manager()
+    yield
+    reset_manager()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread: tiny models run fast and repeatably on shared cores."""
+    torch.set_num_threads(1)
