@@ -61,6 +61,19 @@ def test_tiny_benchmark_writes_the_contract(tmp_path):
     assert (tmp_path / "docs/figures/tiny-samples.png").is_file()
 
 
+def test_several_samples_per_held_out_condition(tmp_path):
+    recipe = replace(TINY, eval_samples=3, n_eval=4, default_methods=["dpo"])
+    with registered_plugin(TinyBench(recipe), "tiny-bench"):
+        results = run_benchmark("tiny", quick=True, out=tmp_path / "out", log=lambda m: None)
+    assert results["n_eval"] == 4 and results["eval_samples"] == 3
+    dpo = results["methods"]["dpo"]
+    # The mean over 4 x 3 samples; the interval is over the 4 conditions' mean differences.
+    assert dpo["improvement"] == pytest.approx(dpo["reward_mean"] - results["base"]["reward_mean"], abs=1e-5)
+    lo, hi = dpo["improvement_ci95"]
+    assert lo <= dpo["improvement"] <= hi
+    assert "4 held-out conditions x 3 samples" in (tmp_path / "out/report.md").read_text()
+
+
 def test_failed_run_leaves_the_earlier_output_intact(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from prefdiff.data import select
+from prefdiff.data import condition_count, repeat_condition, select
 from prefdiff.errors import UserError
 
 CACHE_VARIABLE = "PREFDIFF_CACHE"
@@ -54,6 +54,10 @@ class Recipe:
     align_batch: int = 8
     lora_rank: int = 8
     n_eval: int = 64
+    eval_samples: int = 1
+    """Noise draws per held-out condition. With more than one, the improvement's
+    interval is a paired bootstrap over conditions of their mean difference, which
+    narrows it where one sample per condition is mostly sampling noise."""
     num_steps: int = 20
     eta: float = 1.0
     """DDIM eta of evaluation and mining: the stochastic sampler the policy-gradient
@@ -280,11 +284,15 @@ class Benchmark:
         base = load_model(base_dir, cond_module)
         scheduler = load_scheduler(base_dir)
         cond, real = self.eval_set()
-        n = len(real) if real is not None else r.n_eval
-        noise = torch.randn((n, *infer_sample_shape(base)), generator=torch.Generator().manual_seed(self.seed + 777))
-        drift = r.drift or sliced_wasserstein
+        n, k = condition_count(cond), r.eval_samples
+        cond = repeat_condition(cond, k)
+        noise = torch.randn((n * k, *infer_sample_shape(base)),
+                            generator=torch.Generator().manual_seed(self.seed + 777))
 
-        self.log(f"evaluating the base model on {n} held-out conditions")
+        def drift(samples: torch.Tensor, real: torch.Tensor) -> float:
+            return (r.drift or sliced_wasserstein)(samples[::k], real)  # one draw per condition
+
+        self.log(f"evaluating the base model on {n} held-out conditions x {k} samples")
         base_samples = self.generate(base, scheduler, cond, noise)
         base_scores, base_info = self.judge_scores(base_samples, cond)
         torch.manual_seed(self.seed)
@@ -292,7 +300,7 @@ class Benchmark:
         untrained_scores = self.score(self.judge, self.generate(untrained, scheduler, cond, noise), cond)
         results: dict[str, Any] = {
             "domain": r.domain, "reward": r.reward, "judge": r.judge, "quick": self.quick,
-            "seed": self.seed, "n_eval": n,
+            "seed": self.seed, "n_eval": n, "eval_samples": k,
             "base": {**_summary(base_scores), **_judge_info(base_info),
                      "train_reward_mean": float(self.score(self.reward, base_samples, cond).mean()),
                      **({"drift": drift(base_samples, real)} if real is not None else {})},
@@ -311,7 +319,7 @@ class Benchmark:
             aligned = module.denoiser
             samples = self.generate(aligned, scheduler, cond, noise)
             scores, info = self.judge_scores(samples, cond)
-            diff = scores - base_scores
+            diff = (scores - base_scores).view(n, k).mean(1)
             entry = {**_summary(scores), **_judge_info(info), "improvement": float(diff.mean()),
                      "improvement_ci95": paired_bootstrap_ci(diff, seed=self.seed),
                      "train_reward_mean": float(self.score(self.reward, samples, cond).mean()),
@@ -407,7 +415,8 @@ def report_markdown(results: dict[str, Any], recipe: Recipe) -> str:
     lines = [f"# Benchmark: {results['domain']}", "",
              f"Training reward `{results['reward']}`; held-out judge `{results['judge']}`"
              + (f" ({recipe.judge_note})" if recipe.judge_note else "") + ".",
-             f"Seed {results['seed']}, {results['n_eval']} held-out conditions, quick={results['quick']}. "
+             f"Seed {results['seed']}, {results['n_eval']} held-out conditions"
+             f" x {results.get('eval_samples', 1)} samples, quick={results['quick']}. "
              "Drift: " + (recipe.drift_note or ("the recipe's own measure" if recipe.drift else
                           "sliced Wasserstein-1 distance of samples to real held-out data")) + ".", "",
              "| model | judge mean | judge std | improvement | CI95 | drift | reward queries | train s | peak MB |",
