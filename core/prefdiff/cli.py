@@ -75,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--mask", default=None,
                       help="safetensors file with a 'keep' tensor (1 keeps the input): inpaint instead")
     edit.add_argument("--out", required=True, help="output folder")
+
+    from prefdiff.feedback import commands
+
+    commands.add_label_arguments(sub.add_parser("label", help="serve the labeling page: people pick the "
+                                                             "better of two samples"))
+    reward_model = sub.add_parser("reward-model", help="learn a reward model from labelled pairs")
+    reward_model_sub = reward_model.add_subparsers(dest="action", required=True)
+    commands.add_reward_model_arguments(reward_model_sub.add_parser("train", help="fit a Bradley-Terry "
+                                                                                  "reward model"))
     return parser
 
 
@@ -117,6 +126,10 @@ def _dispatch(argv: list[str]) -> int:
         root = new_plugin(args.name, args.dir)
         print(f"wrote {root}; install it with: prefdiff plugins install -e {root}")
         return 0
+    if args.command in ("label", "reward-model"):
+        from prefdiff.feedback import commands
+
+        return commands.label(args) if args.command == "label" else commands.reward_model(args)
     if args.command in ("sample", "edit"):
         from prefdiff.generate import edit, sample_to_folder
 

@@ -102,6 +102,23 @@ def smoothness():
     return reward
 
 
+def draw_pattern(cond: torch.Tensor):
+    """The labeling page's drawing of a condition: the class's stripe pattern and its name."""
+    from PIL import Image, ImageDraw
+
+    label = int(cond)
+    r = torch.linspace(0, 1, 64)
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    coord = {"horizontal": yy, "vertical": xx, "diagonal": (xx + yy) / 2}.get(PATTERNS[label])
+    wave = (torch.sin(2 * math.pi * 3 * xx) * torch.sin(2 * math.pi * 3 * yy) if coord is None
+            else torch.sin(2 * math.pi * 3 * coord))
+    pixels = ((wave + 1) * 127.5).round().to(torch.uint8).numpy()
+    image = Image.new("L", (160, 96), 255)
+    image.paste(Image.fromarray(pixels), (0, 0))
+    ImageDraw.Draw(image).text((70, 40), PATTERNS[label], fill=0)
+    return image
+
+
 class ClassLabel(torch.nn.Module):
     """The identity on integer class labels (conditioning 'class' embeds them)."""
 
@@ -111,7 +128,7 @@ class ClassLabel(torch.nn.Module):
 
 @hookimpl
 def prefdiff_register_datasets(register):
-    register("synthetic_textures", SyntheticTextures)
+    register("synthetic_textures", SyntheticTextures, draw_condition=draw_pattern)
 
 
 @hookimpl

@@ -1,0 +1,58 @@
+"""Build the labeling app from `prefdiff label`'s options and serve it on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefdiff.errors import UserError
+from prefdiff.feedback import require_web_stack
+
+
+def build(args: argparse.Namespace):
+    """The Starlette app (and its pool and store) for parsed `prefdiff label` options."""
+    import os
+
+    from prefdiff.cli import parse_options
+    from prefdiff.feedback.app import create_app
+    from prefdiff.feedback.candidates import CandidatePool, ModelSource
+    from prefdiff.feedback.drawing import condition_drawer
+    from prefdiff.feedback.store import LabelStore
+    from prefdiff.plugins import get_manager
+
+    folder = Path(args.folder)
+    if args.labels_per_pair < 1:
+        raise UserError(f"--labels-per-pair must be >= 1, got {args.labels_per_pair}")
+    if args.model is None and not folder.is_dir():
+        raise UserError(f"sample folder {folder} does not exist; pass a folder of samples or --model to "
+                        f"draw them")
+    if args.model is not None and args.dataset is None:
+        raise UserError("--model needs --dataset to give the conditions to sample")
+    dataset_options = parse_options(args.dataset_option)
+    source = None
+    if args.model is not None:
+        source = ModelSource(args.model, args.dataset, lora=args.lora, conditioner=args.conditioner,
+                             dataset_options=dataset_options, split=args.split,
+                             per_condition=args.per_condition, num_steps=args.steps, seed=args.seed)
+        folder.mkdir(parents=True, exist_ok=True)
+    reward = (get_manager().reward(args.reward, **parse_options(args.reward_option))
+              if args.reward else None)
+    pair_file = Path(args.pairs) if args.pairs else folder / "pairs.jsonl"
+    pool = CandidatePool(folder, pair_file, reward=reward, source=source, seed=args.seed)
+    store = LabelStore(pair_file)
+    labeler = args.labeler or os.environ.get("USER") or "anonymous"
+    app = create_app(pool, store, default_labeler=labeler, labels_per_pair=args.labels_per_pair,
+                     drawer=condition_drawer(args.dataset))
+    return app, pool, store
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the labeling page for parsed `prefdiff label` options until interrupted."""
+    require_web_stack()
+    import uvicorn
+
+    app, pool, store = build(args)
+    print(f"labeling {len(pool.pairs)} candidate pairs from {pool.folder}; answers go to {store.pair_file}")
+    print(f"open http://{args.host}:{args.port}/?labeler=NAME", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
