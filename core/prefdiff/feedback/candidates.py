@@ -36,6 +36,23 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def write_sample_folder(folder: str | Path, samples: torch.Tensor, conditions: list[Any], prefix: str = "c",
+                        start: int = 0) -> list[str]:
+    """Write ``samples[i, j]`` (sample j of condition i) in the sample-folder layout; returns the names."""
+    from prefdiff.data import _save_tensors, condition_tensors
+
+    folder = Path(folder)
+    names = []
+    for i, cond in enumerate(conditions):
+        name = f"{prefix}{start + i:06d}"
+        for j in range(samples.shape[1]):
+            _save_tensors(folder / "samples" / f"{name}_{j}.safetensors", {"sample": samples[i, j]})
+        # The condition goes last: a pair exists only once its condition file does.
+        _save_tensors(folder / "conds" / f"{name}.safetensors", condition_tensors(cond))
+        names.append(name)
+    return names
+
+
 class CandidatePool:
     """The candidate pairs of a sample folder, in the order they are asked.
 
@@ -57,10 +74,13 @@ class CandidatePool:
         self.order: list[str] = []
         self._lock = threading.Lock()
         self.refresh()
-        if not self.pairs and source is None:
+        if not self.pairs and source is not None:
+            source.draw(self.folder)
+            self.refresh()
+        if not self.pairs:
             raise UserError(f"{folder} holds no candidate pairs: it needs conds/NAME.safetensors and at "
-                            f"least two samples/NAME_J.safetensors per condition; or pass --model to "
-                            f"draw samples from a model")
+                            f"least two samples/NAME_J.safetensors per condition; or pass --model (with "
+                            f"--dataset) to draw samples from a model")
 
     def _rel(self, path: Path) -> str:
         return os.path.relpath(path, self.pair_root)
@@ -166,26 +186,20 @@ class ModelSource:
     @torch.no_grad()
     def draw(self, folder: Path) -> int:
         """Sample the next conditions (continuing after what the folder holds); returns how many."""
-        from prefdiff.data import _save_tensors, collate, condition_tensors, infer_sample_shape
+        from prefdiff.data import collate, infer_sample_shape
         from prefdiff.sampling import sample
 
         with self._lock:
-            done = len(list((folder / "conds").glob("d*.safetensors")))
-            indices = [i % len(self.dataset) for i in range(done, done + self.conditions_per_draw)]
+            done = len(list((Path(folder) / "conds").glob("d*.safetensors")))
             if done >= len(self.dataset):
                 return 0
-            items = [self.dataset[i] for i in indices for _ in range(self.per_condition)]
-            cond = collate(items)["cond"]
+            conds = [self.dataset[i]["cond"] for i in range(done, min(done + self.conditions_per_draw,
+                                                                      len(self.dataset)))]
+            k = self.per_condition
+            cond = collate([c for c in conds for _ in range(k)])
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + done)
-            noise = torch.randn((len(items), *infer_sample_shape(self.denoiser)), generator=g)
+            noise = torch.randn((len(conds) * k, *infer_sample_shape(self.denoiser)), generator=g)
             out = sample(self.denoiser, self.scheduler, noise, cond, num_steps=self.num_steps, eta=1.0,
                          generator=g).samples
-            for n, index in enumerate(range(done, done + len(indices))):
-                name = f"d{index:06d}"
-                for j in range(self.per_condition):
-                    _save_tensors(folder / "samples" / f"{name}_{j}.safetensors",
-                                  {"sample": out[n * self.per_condition + j]})
-                # The condition goes last: a pair exists only once its condition file does.
-                _save_tensors(folder / "conds" / f"{name}.safetensors",
-                              condition_tensors(items[n * self.per_condition]["cond"]))
-            return len(indices)
+            write_sample_folder(folder, out.reshape(len(conds), k, *out.shape[1:]), conds, prefix="d", start=done)
+            return len(conds)
