@@ -1,0 +1,112 @@
+"""`prefdiff label` as its own process: a SIGKILL between answers loses none, a restart asks none twice."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+
+from prefdiff.data import read_pairs
+from prefdiff.feedback.candidates import write_sample_folder
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(folder, port):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "prefdiff.cli", "label", str(folder), "--port", str(port),
+                             "--labeler", "ann", "--labels-per-pair", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"prefdiff label exited: {proc.stdout.read().decode()}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/stats", timeout=1).raise_for_status()
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("prefdiff label did not start in 60 s")
+
+
+def _answer(url, labeler, n):
+    ids = []
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for i in range(n):
+            pair = c.get("/api/next", params={"labeler": labeler}).json()["pair"]
+            c.post("/api/answer", json={"pair": pair["id"], "labeler": labeler,
+                                        "answer": "ab"[i % 2]}).raise_for_status()
+            ids.append(pair["id"])
+    return ids
+
+
+def test_sigkill_between_answers_loses_nothing_and_restart_resumes(tmp_path):
+    write_sample_folder(tmp_path, torch.rand(4, 3, 3, 8, 8) * 2 - 1, [torch.tensor(i) for i in range(4)])
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(tmp_path, port)
+    try:
+        first = _answer(url, "ann", 4)
+        with httpx.Client(base_url=url) as c:
+            c.post("/api/undo", json={"labeler": "ann"}).raise_for_status()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    kept = first[:3]
+    assert [r["id"] for r in read_pairs(tmp_path / "pairs.jsonl")] == kept
+
+    proc = _start(tmp_path, port)
+    try:
+        with httpx.Client(base_url=url) as c:
+            assert c.get("/api/next", params={"labeler": "ann"}).json()["progress"] == {"answered": 3, "remaining": 9}
+        second = _answer(url, "ann", 9)
+        with httpx.Client(base_url=url) as c:
+            last = c.get("/api/next", params={"labeler": "ann"}).json()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not set(second) & set(kept), "a pair answered before the kill was asked again"
+    assert last["pair"] is None and last["progress"] == {"answered": 12, "remaining": 0}
+    records = read_pairs(tmp_path / "pairs.jsonl")
+    assert [r["id"] for r in records] == kept + second
+    assert [r["winner"] for r in records] == ["a", "b", "a"] + ["a", "b"] * 4 + ["a"]
+
+
+def test_agreement_command_reports_shared_pairs(tmp_path, capsys):
+    from prefdiff.cli import main
+
+    lines = [{"id": f"p{i}", "condition": "c", "a": "x", "b": "y", "winner": w, "labeler": who, "time": i}
+             for i, (w, who) in enumerate([("a", "ann"), ("a", "bob"), ("b", "ann"), ("a", "bob")])]
+    for rec, pid in zip(lines, ["p0", "p0", "p1", "p1"]):
+        rec["id"] = pid
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["label", str(tmp_path), "--agreement"]) == 0
+    out = capsys.readouterr().out
+    assert "pairs answered by two or more labelers: 2" in out
+    assert "ann vs bob: 2 shared, agreement 0.500" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["label", "/nonexistent/folder"], "does not exist"),
+    (["label", "{tmp}", "--labels-per-pair", "0"], "--labels-per-pair must be >= 1"),
+    (["label", "{tmp}"], "holds no candidate pairs"),
+    (["label", "{tmp}", "--model", "m"], "--model needs --dataset"),
+    (["reward-model", "train", "{tmp}/none.jsonl", "--out", "{tmp}/rm"], "does not exist"),
+])
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
+    from prefdiff.cli import main
+
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
