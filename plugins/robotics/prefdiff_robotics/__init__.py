@@ -10,7 +10,12 @@ environment ``prefdiff_robotics/PointRoom-v0``. MuJoCo is imported only when a
 simulator is built.
 """
 
+import os
+
 from prefdiff import hookimpl
+
+# Headless rendering: MuJoCo picks its OpenGL backend when it is first imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 __version__ = "0.1.0"
 

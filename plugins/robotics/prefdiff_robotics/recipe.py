@@ -251,7 +251,13 @@ def robotics_recipe(quick: bool = False):
         return {"dataset_options": {"path": str(path)}}
 
     def render(rows, cond, png_path):
+        from prefdiff_robotics.frames import render_film_strip
+
         render_rows(rows, cond, png_path)
+        why = render_film_strip(rows, cond, Path(png_path).parent / "frames.png")
+        if why is not None:
+            (Path(png_path).parent / "frames.txt").write_text(
+                f"no rendered MuJoCo frames: {why}; set MUJOCO_GL=egl (or glfw with a display)\n")
 
     def edit(denoiser, scheduler, out_dir):
         from prefdiff_robotics.demos import RobotDemos

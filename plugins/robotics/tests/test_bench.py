@@ -27,6 +27,7 @@ def test_quick_benchmark_writes_the_contract(tmp_path):
     success = json.loads((out / "success.json").read_text())
     assert set(success) == {"base", "dpo", "ddpo", "draft"}
     assert all(0.0 <= s["success_rate"] <= 1.0 for s in success.values())
+    assert (out / "frames.png").is_file() or "MUJOCO_GL" in (out / "frames.txt").read_text()
     for figure in ("samples.png", "edit.png"):
         assert (out / figure).stat().st_size > 1000
     assert "success rate" in (out / "success.md").read_text()
