@@ -1,0 +1,45 @@
+"""`prefdiff bench driving --quick` end to end, and what `prefdiff plugins` shows."""
+
+import json
+
+from prefdiff.bench import run_benchmark
+from prefdiff.cli import main
+
+
+def test_plugins_lists_what_driving_registers(capsys):
+    assert main(["plugins", "--json"]) == 0
+    info = {p["name"]: p for p in json.loads(capsys.readouterr().out)}["driving"]
+    assert info["errors"] == []
+    assert info["datasets"] == ["nuscenes_bev"]
+    assert info["conditioners"] == ["layout_route"]
+    assert info["rewards"] == ["planner_feasibility", "planner_judge", "planner_feasibility_surrogate",
+                               "layout_consistency"]
+    assert info["benchmarks"] == ["driving"]
+
+
+def test_quick_benchmark_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "results.json").write_text("{}")
+    results = run_benchmark("driving", quick=True, out=out, cache=tmp_path / "cache", log=lambda m: None)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert {"domain", "reward", "judge", "quick", "seed", "n_eval", "base", "untrained", "methods", "edit",
+            "env"} <= set(on_disk)
+    assert on_disk["domain"] == "driving" and on_disk["judge"] == "planner_judge" and on_disk["quick"]
+    assert set(on_disk["methods"]) == {"dpo", "grpo", "draft"}
+    for entry in on_disk["methods"].values():
+        assert {"reward_mean", "reward_std", "improvement", "improvement_ci95", "drift", "reward_queries",
+                "train_wall_s", "peak_rss_mb"} <= set(entry)
+        lo, hi = entry["improvement_ci95"]
+        assert lo <= entry["improvement"] <= hi
+        assert 0 <= entry["reward_mean"] <= 1 and entry["drift"] >= 0
+    edit = on_disk["edit"]
+    assert {"reward_mean", "preservation", "success_insert", "success_remove", "judge_after", "n"} <= set(edit)
+    assert edit["n"] > 0 and 0 < edit["preservation"] <= 1
+    for name in ("samples.png", "edit.png", "report.md", "mined/pairs.jsonl"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "samples.txt").read_text().startswith("rows, top to bottom: real, base, dpo, grpo, draft")
+    # the synthetic mini dataroot was written once, into the cache, and loads in the devkit
+    root = next((tmp_path / "cache" / "bench" / "driving-data").glob("nuscenes-synthetic-v1.0-mini-*"))
+    assert (root / "v1.0-mini" / "sample_annotation.json").is_file()
