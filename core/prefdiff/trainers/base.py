@@ -141,7 +141,28 @@ class AlignmentModule(pl.LightningModule):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def logging_step(self) -> bool:
+        """Whether this step's metrics reach a logger: Lightning's loggers write step
+        metrics every ``log_every_n_steps`` steps only, and each ``self.log`` call
+        costs about a millisecond in Lightning's result collection, so logging the
+        other steps is pure overhead (docs/benchmarks.md, performance figure 1)."""
+        if self._trainer is None:
+            return False
+        try:
+            return bool(self.trainer._logger_connector.should_update_logs)
+        except AttributeError:  # another Lightning version: log every step, as before
+            return True
+
+    def log_progress(self, name: str, value: torch.Tensor, batch_size: int) -> None:
+        """Log the step's headline number: every step when a progress bar shows it,
+        else on the logging steps only."""
+        if self._trainer is not None and (self.trainer.progress_bar_callback is not None or self.logging_step()):
+            self.log(name, value, prog_bar=True, batch_size=batch_size)
+
     def log_metrics(self, metrics: dict[str, Any], prefix: str = "train") -> None:
+        """Log a dict of step metrics on the steps that reach a logger (see :meth:`logging_step`)."""
+        if not self.logging_step():
+            return
         values = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
         self.log_dict(values, prog_bar=False, on_step=True, on_epoch=False,
                       batch_size=1, sync_dist=False)

@@ -61,5 +61,5 @@ class D3POModule(AlignmentModule):
             loss, metrics = d3po_loss(lp[:half], lp[half:], ref[:half], ref[half:], self.hparams.beta)
             self.manual_backward(loss / len(chosen))
         self.clip_and_step(optimizer)
-        self.log("train/reward", scores.mean(), prog_bar=True, batch_size=n)
+        self.log_progress("train/reward", scores.mean(), n)
         self.log_metrics({**metrics, "reward_queries": self.reward_queries})

@@ -52,6 +52,6 @@ class PairModule(AlignmentModule):
         else:
             desirable = torch.cat([torch.ones(n), torch.zeros(n)]).bool().to(x_w.device)
             loss, metrics = kto_loss(model_err, ref_err, desirable, self.hparams.beta)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_progress("train/loss", loss, n)
         self.log_metrics(metrics)
         return loss

@@ -87,7 +87,7 @@ class PolicyGradientModule(AlignmentModule):
                         metrics["kl"] = kl.mean().detach()
                 self.manual_backward(loss / len(chosen))
             self.clip_and_step(optimizer)
-        self.log("train/reward", rewards.mean(), prog_bar=True, batch_size=n)
+        self.log_progress("train/reward", rewards.mean(), n)
         self.log_metrics({**metrics, "reward_queries": self.reward_queries})
 
     def advantages(self, rewards: torch.Tensor, k: int) -> torch.Tensor:

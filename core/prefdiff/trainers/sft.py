@@ -40,7 +40,7 @@ class SFTModule(AlignmentModule):
                 raise UserError("reward-weighted SFT needs batches with 'reward' (mined samples)")
             weights = rwr_weights(batch["reward"].float(), self.hparams.temperature)
         loss, metrics = sft_loss(self.denoiser(x_t, t, cond), eps, weights)
-        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        self.log_progress("train/loss", loss, x0.shape[0])
         self.log_metrics(metrics)
         return loss
 
