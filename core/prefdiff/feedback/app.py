@@ -134,7 +134,7 @@ def create_app(pool: CandidatePool, store: LabelStore, *, default_labeler: str =
                              "progress": progress(labeler)})
 
     async def stats(request: Request) -> JSONResponse:
-        records = LabelStore._records(store.pair_file)
+        records = store.records(store.pair_file)
         return JSONResponse({"answers": len(records), "pairs": len(pool.pairs), **agreement(records)})
 
     async def files(request: Request) -> Response:

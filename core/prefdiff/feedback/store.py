@@ -71,7 +71,8 @@ class LabelStore:
     # ------------------------------------------------------------- reading ----
 
     @staticmethod
-    def _records(path: Path) -> list[dict[str, Any]]:
+    def records(path: Path) -> list[dict[str, Any]]:
+        """The JSON records of a pair or skip file; [] when it does not exist yet."""
         if not path.is_file():
             return []
         records = []
@@ -87,8 +88,8 @@ class LabelStore:
     def actions(self) -> list[Action]:
         """Every answer and skip on disk, oldest first."""
         found = [Action(r.get("id", ""), r.get("labeler", ""), r["winner"], float(r.get("time", 0.0)))
-                 for r in self._records(self.pair_file) if "winner" in r]
-        found += [Action(r["id"], r["labeler"], "skip", float(r["time"])) for r in self._records(self.skip_file)]
+                 for r in self.records(self.pair_file) if "winner" in r]
+        found += [Action(r["id"], r["labeler"], "skip", float(r["time"])) for r in self.records(self.skip_file)]
         return sorted(found, key=lambda a: a.time)
 
     def answered(self, labeler: str | None = None) -> dict[str, set[str]]:
