@@ -74,6 +74,7 @@ def _bad_requests(pair_id):
         "path outside folder": (403, "outside the sample folder", ("get", "/files/%2e%2e/secret.safetensors", {})),
         "absolute path": (403, "outside the sample folder", ("get", "/files//etc/passwd", {})),
         "deep traversal": (403, "outside the sample folder", ("get", "/files/samples/%2e%2e/%2e%2e/%2e%2e/etc/hostname", {})),
+        "null byte in path": (400, "bad path", ("get", "/files/samples/c000000_0%00.safetensors", {})),
         "not a sample file": (404, "no sample or condition file", ("get", "/files/pairs.jsonl", {})),
         "missing file": (404, "no sample or condition file", ("get", "/files/samples/nope_0.safetensors", {})),
         "GET on answer": (405, None, ("get", "/api/answer", {})),

@@ -141,7 +141,7 @@ def create_app(pool: CandidatePool, store: LabelStore, *, default_labeler: str =
         rel = request.path_params["path"]
         try:
             path = (pair_root / rel).resolve()
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, ValueError):
             return error(400, f"bad path {rel!r}")
         if not path.is_relative_to(folder):
             return error(403, f"{rel!r} is outside the sample folder; only its files are served")
