@@ -5,9 +5,10 @@ The grid is centred on the ego with the ego heading along +x (columns) and
 by the ego's yaw. Cell ``(i, j)`` has its centre at
 ``x = (j + 0.5) * CELL - EXTENT / 2``, ``y = (i + 0.5) * CELL - EXTENT / 2``.
 
-The generated sample (the agent raster) has four channels in [-1, 1]:
+The generated sample (the agent raster) has four channels; a cell holds an agent where its
+occupancy exceeds ``OCCUPIED``:
 
-* ``VEHICLE``: +1 where a vehicle's box (grown by half a cell) covers the cell centre, else -1;
+* ``VEHICLE``: 1 where a vehicle's box (grown by half a cell) covers the cell centre, else 0;
 * ``PEDESTRIAN``: the same for pedestrians;
 * ``VX``, ``VY``: the agent's velocity in the ego frame divided by ``SPEED_SCALE``, 0 where empty.
 
@@ -29,6 +30,10 @@ ROUTE_POINTS = 16
 ROUTE_SPACING = 2.0
 
 VEHICLE, PEDESTRIAN, VX, VY = 0, 1, 2, 3
+OCCUPIED = 0.5
+"""Occupancy threshold. Empty cells are 0, not -1: the noise the sampler starts from has
+mean 0, and a -1 background is a mean shift the model only sees through the noise schedule's
+leaked signal (Lin et al. 2024), so samples from pure noise never reached it."""
 AGENT_CHANNELS = 4
 DRIVABLE, DIVIDER, WALKWAY, GIVEN = 0, 1, 2, 3
 LAYOUT_CHANNELS = 4
@@ -56,7 +61,6 @@ def agent_raster(boxes: list[dict], resolution: int = RESOLUTION, extent: float 
     """The ``[4, R, R]`` target from boxes ``{"xy", "yaw", "size" (w, l, h), "velocity" (vx, vy), "kind"}``
     given in the ego frame; ``kind`` is ``"vehicle"`` or ``"pedestrian"``."""
     out = np.zeros((AGENT_CHANNELS, resolution, resolution), np.float32)
-    out[VEHICLE] = out[PEDESTRIAN] = -1.0
     for b in boxes:
         cells = box_cells(b["xy"], b["yaw"], b["size"][1], b["size"][0], resolution, extent)
         out[VEHICLE if b["kind"] == "vehicle" else PEDESTRIAN][cells] = 1.0

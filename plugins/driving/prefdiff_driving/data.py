@@ -43,7 +43,7 @@ SPLITS = {"v1.0-mini": {"train": "mini_train", "val": "mini_val", "test": "mini_
 """nuScenes' own test split has no annotations, so the held-out split is val."""
 VEHICLES = ("vehicle.car", "vehicle.truck", "vehicle.bus", "vehicle.trailer", "vehicle.construction",
             "vehicle.emergency", "vehicle.motorcycle", "vehicle.bicycle")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 # ----------------------------------------------------------- validation ----
@@ -205,7 +205,7 @@ def read_split(root: str | Path, version: str, split: str, log=None) -> dict[str
             lines = nmap.get_map_mask(patch, np.degrees(yaw), ["road_divider", "lane_divider"], (fine, fine))
             pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(areas).float()[None], 4)[0]
             divider = torch.nn.functional.max_pool2d(torch.from_numpy(lines.max(0)).float()[None, None], 4)[0, 0]
-            given_raster = bev.agent_raster(given)[bev.VEHICLE] > 0
+            given_raster = bev.agent_raster(given)[bev.VEHICLE] > bev.OCCUPIED
             layout.append(torch.stack([pooled[0], divider, pooled[1], torch.from_numpy(given_raster).float()]))
             agents.append(torch.from_numpy(bev.agent_raster(boxes)))
             c, s = np.cos(yaw), np.sin(yaw)

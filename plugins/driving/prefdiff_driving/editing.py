@@ -43,7 +43,7 @@ def plan_edit(x0: torch.Tensor, layout: torch.Tensor, kind: str, rng: np.random.
     """``(box, new_layout)`` for one edit of a real raster, or None when the scene allows none."""
     if kind not in KINDS:
         raise UserError(f"--edit.kind must be one of {', '.join(KINDS)}, got '{kind}'")
-    vehicles = (x0[bev.VEHICLE] > 0).numpy()
+    vehicles = (x0[bev.VEHICLE] > bev.OCCUPIED).numpy()
     given = layout[bev.GIVEN].numpy() > 0.5
     centres = bev.cell_centres(x0.shape[-1])
     if kind == "remove":
@@ -52,7 +52,7 @@ def plan_edit(x0: torch.Tensor, layout: torch.Tensor, kind: str, rng: np.random.
             return None
         box = options[int(rng.integers(len(options)))]
         return torch.from_numpy(box), layout.clone()
-    agents = torch.from_numpy(vehicles | (x0[bev.PEDESTRIAN] > 0).numpy())
+    agents = torch.from_numpy(vehicles | (x0[bev.PEDESTRIAN] > bev.OCCUPIED).numpy())
     busy = _dilate(agents, 2).numpy()
     ego = np.linalg.norm(centres, axis=-1) < 7.0
     spots = np.argwhere((layout[bev.DRIVABLE].numpy() >= 0.9) & ~busy & ~ego)
@@ -74,7 +74,8 @@ def edit_scenes(denoiser, scheduler, x0: torch.Tensor, cond: dict[str, torch.Ten
 
     rng = np.random.default_rng(seed)
     picked, boxes, layouts, kinds = [], [], [], []
-    for i in range(len(x0)):
+    # visit the scenes in a seeded order: neighbouring keyframes look alike
+    for i in rng.permutation(len(x0)).tolist():
         if len(picked) >= n:
             break
         kind = KINDS[len(picked) % 2]
@@ -96,13 +97,13 @@ def edit_scenes(denoiser, scheduler, x0: torch.Tensor, cond: dict[str, torch.Ten
     denoiser.eval()
     g = torch.Generator().manual_seed(seed)
     edited = inpaint(denoiser, scheduler, original, keep, new_cond, num_steps=num_steps, eta=1.0, generator=g)
-    veh = edited[:, bev.VEHICLE] > 0
+    veh = edited[:, bev.VEHICLE] > bev.OCCUPIED
     inserted = (veh & boxes_t).sum((1, 2)).float() / boxes_t.sum((1, 2)).clamp_min(1)
     removed_left = (veh & boxes_t).sum((1, 2))
     success = torch.tensor([bool(inserted[k] >= 0.5) if kind == "insert" else bool(removed_left[k] == 0)
                             for k, kind in enumerate(kinds)])
-    cls_before = (original[:, bev.VEHICLE] > 0).int() + 2 * (original[:, bev.PEDESTRIAN] > 0).int()
-    cls_after = veh.int() + 2 * (edited[:, bev.PEDESTRIAN] > 0).int()
+    cls_before = (original[:, bev.VEHICLE] > bev.OCCUPIED).int() + 2 * (original[:, bev.PEDESTRIAN] > bev.OCCUPIED).int()
+    cls_after = veh.int() + 2 * (edited[:, bev.PEDESTRIAN] > bev.OCCUPIED).int()
     outside = ~boxes_t
     same = ((cls_before == cls_after) & outside).sum((1, 2)).float() / outside.sum((1, 2)).clamp_min(1)
     metrics: dict[str, Any] = {"n": len(picked), "reward_mean": float(success.float().mean()),

@@ -26,10 +26,10 @@ def scene_image(sample: torch.Tensor, layout: torch.Tensor) -> np.ndarray:
     """The map with vehicles (blue) and pedestrians (orange) painted over it."""
     img = map_image(layout)
     x = sample.detach().cpu().float().numpy()
-    img[x[bev.VEHICLE] > 0] = np.array([0.15, 0.35, 0.95])
-    img[x[bev.PEDESTRIAN] > 0] = np.array([1.0, 0.55, 0.1])
+    img[x[bev.VEHICLE] > bev.OCCUPIED] = np.array([0.15, 0.35, 0.95])
+    img[x[bev.PEDESTRIAN] > bev.OCCUPIED] = np.array([1.0, 0.55, 0.1])
     given = layout[bev.GIVEN].cpu().numpy() > 0.5
-    img[given & (x[bev.VEHICLE] <= 0)] = np.array([0.3, 0.9, 0.95])       # a given vehicle left out
+    img[given & (x[bev.VEHICLE] <= bev.OCCUPIED)] = np.array([0.3, 0.9, 0.95])       # a given vehicle left out
     return img
 
 
@@ -73,11 +73,15 @@ def render(rows: dict[str, torch.Tensor], cond: dict[str, torch.Tensor], png_pat
     from prefdiff_driving.planner import score_scenes
 
     all_rows = ({"real": real} if real is not None else {}) | dict(rows)
-    k = min(columns, next(iter(all_rows.values())).shape[0])
-    part = select(cond, slice(0, k))
+    n = next(iter(all_rows.values())).shape[0]
+    k = min(columns, n)
+    # spread the columns over the held-out set: neighbouring keyframes look alike
+    idx = torch.linspace(0, n - 1, k).round().long()
+    part = select(cond, idx)
     fig, axes = plt.subplots(len(all_rows), k, figsize=(1.7 * k, 1.8 * len(all_rows)), squeeze=False)
     for r, (name, samples) in enumerate(all_rows.items()):
-        out = score_scenes(samples[:k], part)
+        samples = samples[idx]
+        out = score_scenes(samples, part)
         for i in range(k):
             plan = out["plans"][i, out["best"][i]].numpy()
             draw_scene(axes[r, i], samples[i], select(part, i), plan, float(out["score"][i]))

@@ -83,7 +83,7 @@ def agent_cells(samples: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.
     ``[B, N, 2]`` (m, m/s, ego frame) and a validity mask ``[B, N]``, nearest the ego first."""
     b, _, r, _ = samples.shape
     centres = torch.from_numpy(bev.cell_centres(r)).to(samples).reshape(1, r * r, 2)
-    occupied = ((samples[:, bev.VEHICLE] > 0) | (samples[:, bev.PEDESTRIAN] > 0)).reshape(b, r * r)
+    occupied = ((samples[:, bev.VEHICLE] > bev.OCCUPIED) | (samples[:, bev.PEDESTRIAN] > bev.OCCUPIED)).reshape(b, r * r)
     dist = centres.norm(dim=-1).expand(b, -1).masked_fill(~occupied, float("inf"))
     n = min(limit, r * r)
     order = dist.topk(n, dim=1, largest=False).indices
@@ -196,7 +196,7 @@ def score_scenes(samples: torch.Tensor, cond: dict[str, torch.Tensor],
 
 
 def soft_feasibility(samples: torch.Tensor, cond: dict[str, torch.Tensor], cfg: PlannerConfig = TRAINING,
-                     sharpness: float = 8.0, sigma: float = 1.5) -> torch.Tensor:
+                     sharpness: float = 16.0, sigma: float = 1.5) -> torch.Tensor:
     """A differentiable surrogate of the planner's score, for reward backpropagation only.
 
     The ego follows the route at constant speed (the lattice's centre plan);
@@ -211,8 +211,8 @@ def soft_feasibility(samples: torch.Tensor, cond: dict[str, torch.Tensor], cfg: 
     lat = candidates(route, speed, PlannerConfig(horizon=cfg.horizon, dt=0.5, offsets=(0.0,), accelerations=(0.0,)))
     ego = lat["pos"][:, 0]                                                                  # [B, T+1, 2]
     t = lat["t"]
-    occ_v = torch.sigmoid(sharpness * samples[:, bev.VEHICLE])
-    occ_p = torch.sigmoid(sharpness * samples[:, bev.PEDESTRIAN])
+    occ_v = torch.sigmoid(sharpness * (samples[:, bev.VEHICLE] - bev.OCCUPIED))
+    occ_p = torch.sigmoid(sharpness * (samples[:, bev.PEDESTRIAN] - bev.OCCUPIED))
     occ = (1 - (1 - occ_v) * (1 - occ_p)).reshape(b, -1)                                     # [B, R*R]
     centres = torch.from_numpy(bev.cell_centres(r)).to(samples).reshape(1, -1, 1, 2)
     vel = samples[:, bev.VX:bev.VY + 1].reshape(b, 2, -1).transpose(1, 2)[:, :, None] * bev.SPEED_SCALE

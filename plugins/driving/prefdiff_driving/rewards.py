@@ -62,7 +62,7 @@ def planner_judge(**overrides: Any):
     return _planner_reward(JUDGE, "planner_judge", **overrides)
 
 
-def planner_feasibility_surrogate(sharpness: float = 8.0, sigma: float = 1.5):
+def planner_feasibility_surrogate(sharpness: float = 16.0, sigma: float = 1.5):
     """Differentiable surrogate of ``planner_feasibility`` (see ``planner.soft_feasibility``)."""
     from prefdiff_driving.planner import soft_feasibility
 
@@ -77,7 +77,7 @@ def planner_feasibility_surrogate(sharpness: float = 8.0, sigma: float = 1.5):
 def consistency_terms(samples: torch.Tensor, layout: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per scene: ``iou`` of generated vehicles near the given ones with the given ones (1 when
     none are given) and ``on_road``, the share of generated vehicle cells on the drivable area."""
-    vehicles = samples[:, bev.VEHICLE] > 0
+    vehicles = samples[:, bev.VEHICLE] > bev.OCCUPIED
     given = layout[:, bev.GIVEN] > 0.5
     # only generated vehicles touching a given box count against it: others are free traffic
     near = torch.nn.functional.max_pool2d(given[:, None].float(), 3, 1, 1)[:, 0] > 0
@@ -105,7 +105,7 @@ def layout_consistency():
 
 def agent_density(samples: torch.Tensor) -> torch.Tensor:
     """Per scene, the share of cells holding a vehicle or a pedestrian."""
-    return ((samples[:, bev.VEHICLE] > 0) | (samples[:, bev.PEDESTRIAN] > 0)).float().mean((1, 2))
+    return ((samples[:, bev.VEHICLE] > bev.OCCUPIED) | (samples[:, bev.PEDESTRIAN] > bev.OCCUPIED)).float().mean((1, 2))
 
 
 def density_drift(samples: torch.Tensor, real: torch.Tensor) -> float:

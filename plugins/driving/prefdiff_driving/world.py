@@ -167,11 +167,15 @@ def _footprint(track: Track, circles: int = 3) -> np.ndarray:
     return track.xy[:, None] + along[None, :, None] * h[:, None]
 
 
-def _clear(a: Track, b: Track, margin: float) -> bool:
-    """Whether two tracks keep ``margin`` metres between their disc approximations throughout."""
-    fa, fb = _footprint(a), _footprint(b)
-    d = np.linalg.norm(fa[:, :, None] - fb[:, None], axis=-1).min()
-    return bool(d > (a.size[0] + b.size[0]) / 2 + margin)
+def _clear(track: Track, others: list[Track], prints: list[np.ndarray], margin: float) -> bool:
+    """Whether ``track`` keeps ``margin`` metres from every one of ``others`` (discs ``prints``) throughout."""
+    if not others:
+        return True
+    mine = _footprint(track)                                                   # [T, 3, 2]
+    theirs = np.stack(prints)                                                  # [M, T, 3, 2]
+    d = np.linalg.norm(mine[None, :, :, None] - theirs[:, :, None], axis=-1).min(axis=(1, 2, 3))
+    need = np.array([(track.size[0] + o.size[0]) / 2 + margin for o in others])
+    return bool((d > need).all())
 
 
 def _near_ego_road(rng: np.random.Generator, ego: Track) -> tuple[bool, int, float]:
@@ -198,6 +202,8 @@ def traffic(rng: np.random.Generator, ego: Track, vehicles: int, pedestrians: in
     n = len(ego.xy)
     lo, hi = ego.xy.min(0) - 40, ego.xy.max(0) + 40
     accepted: list[Track] = []
+    prints: list[np.ndarray] = []
+    ego_print = _footprint(ego)
     for _ in range(vehicles * 6):
         if sum(a.category.startswith("vehicle") for a in accepted) >= vehicles:
             break
@@ -212,10 +218,11 @@ def traffic(rng: np.random.Generator, ego: Track, vehicles: int, pedestrians: in
         speed = 0.0 if rng.random() < 0.1 else rng.uniform(3.0, 9.0)
         track = _straight_track("vehicle.truck" if truck else "vehicle.car", TRUCK_SIZE if truck else CAR_SIZE,
                                 start, heading, speed, n)
-        if not _clear(track, ego, margin=2.0):
+        if not _clear(track, [ego], [ego_print], margin=2.0):
             continue
-        if all(_clear(track, other, margin=0.5) for other in accepted):
+        if _clear(track, accepted, prints, margin=0.5):
             accepted.append(track)
+            prints.append(_footprint(track))
     for _ in range(pedestrians):
         vertical, k, along = _near_ego_road(rng, ego)
         side = 1.0 if rng.random() < 0.5 else -1.0

@@ -107,7 +107,7 @@ def test_layout_consistency_rewards_the_given_vehicles(test_split):
     cond = {k: v[idx] for k, v in test_split.conditions().items()}
     real = test_split.agents[idx]
     dropped = real.clone()
-    dropped[:, bev.VEHICLE][cond["layout"][:, bev.GIVEN] > 0.5] = -1.0
+    dropped[:, bev.VEHICLE][cond["layout"][:, bev.GIVEN] > 0.5] = 0.0
     assert (reward(real, cond)[0] > reward(dropped, cond)[0]).all()
     off_road = real.clone()
     off_road[:, bev.VEHICLE][cond["layout"][:, bev.DRIVABLE] < 0.1] = 1.0
@@ -120,5 +120,5 @@ def test_drift_is_zero_for_real_scenes_and_grows_when_the_road_empties(test_spli
     real = test_split.agents
     assert density_drift(real, real) == 0.0
     empty = real.clone()
-    empty[:, :2] = -1.0
+    empty[:, :2] = 0.0
     assert density_drift(empty, real) == pytest.approx(1.0)
