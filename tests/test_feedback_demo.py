@@ -30,7 +30,7 @@ def test_simulated_labelers_to_reward_model_to_ddpo(tmp_path):
     assert report["labels"] == 96
     assert report["held_out"]["accuracy"] > 0.7, report["held_out"]
 
-    lora = fit_ddpo(base, tmp_path / "rm", tmp_path / "ddpo", steps=8, conditions_per_step=4,
+    lora = fit_ddpo(base, tmp_path / "rm", tmp_path / "ddpo", steps=8, conditions_per_step=8,
                     samples_per_condition=8, num_steps=6, lr=3e-3, dataset_options=OPTIONS)
     dataset = get_manager().dataset("synthetic_textures", split="test", **OPTIONS)
     conditions = torch.tensor([dataset[i]["cond"] for i in range(64)])

@@ -154,8 +154,8 @@ def rule_on_held_out(base: Path, lora: Path | None, rule, conditions: torch.Tens
 
 
 def fit_ddpo(base: Path, reward_model: Path, out: Path, *, steps: int, conditions_per_step: int,
-             samples_per_condition: int, num_steps: int, lr: float, seed: int = 0,
-             dataset_options: dict | None = None) -> Path:
+             samples_per_condition: int, num_steps: int, lr: float, timestep_fraction: float = 0.5,
+             seed: int = 0, dataset_options: dict | None = None) -> Path:
     """`prefdiff fit` DDPO on the learned reward; returns the LoRA adapter folder."""
     import yaml
 
@@ -170,7 +170,8 @@ def fit_ddpo(base: Path, reward_model: Path, out: Path, *, steps: int, condition
                   "init_args": {"base": str(base), "conditioner": "class_label", "method": "ddpo",
                                 "reward": "preference_model", "reward_options": {"path": str(reward_model)},
                                 "samples_per_condition": samples_per_condition, "num_steps": num_steps,
-                                "eta": 1.0, "lr": lr, "lora_rank": 8, "timestep_fraction": 0.5, "seed": seed}},
+                                "eta": 1.0, "lr": lr, "lora_rank": 8, "timestep_fraction": timestep_fraction,
+                                "seed": seed}},
         "data": {"dataset": "synthetic_textures",
                  "dataset_options": {"resolution": 16, **(dataset_options or {})},
                  "batch_size": conditions_per_step, "val_size": 0, "seed": seed},
