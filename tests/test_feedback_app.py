@@ -57,27 +57,35 @@ def test_next_answer_progress_undo(client, folder):
 
 
 def _bad_requests(pair_id):
-    answer = lambda **kw: ("post", "/api/answer", {"json": {"pair": pair_id, "labeler": "ann", "answer": "a", **kw}})  # noqa: E731
+    def answer(**fields):
+        return "post", "/api/answer", {"json": {"pair": pair_id, "labeler": "ann", "answer": "a", **fields}}
+
+    def get(url, **kwargs):
+        return "get", url, kwargs
+
     return {
         "unknown pair id": (404, "unknown pair id", answer(pair="c999999-0-1")),
         "body not JSON": (400, "JSON object", ("post", "/api/answer", {"content": b"left please"})),
         "body a JSON list": (400, "JSON object", ("post", "/api/answer", {"json": [pair_id, "a"]})),
-        "no answer": (400, "answer must be one of", ("post", "/api/answer", {"json": {"pair": pair_id, "labeler": "ann"}})),
+        "no answer": (400, "answer must be one of",
+                      ("post", "/api/answer", {"json": {"pair": pair_id, "labeler": "ann"}})),
         "bad answer": (400, "answer must be one of", answer(answer="left")),
         "pair not a string": (400, "pair id string", answer(pair=3)),
         "bad labeler": (400, "labeler must be", answer(labeler="<script>")),
-        "labeler missing": (400, "labeler must be", ("post", "/api/answer", {"json": {"pair": pair_id, "answer": "a"}})),
+        "labeler missing": (400, "labeler must be",
+                            ("post", "/api/answer", {"json": {"pair": pair_id, "answer": "a"}})),
         "answered twice": (409, "already answered", answer(answer="b")),
         "undo bad body": (400, "JSON object", ("post", "/api/undo", {"content": b"{"})),
         "undo nothing": (409, "no answer to undo", ("post", "/api/undo", {"json": {"labeler": "zed"}})),
-        "next bad labeler": (400, "labeler must be", ("get", "/api/next", {"params": {"labeler": ""}})),
-        "path outside folder": (403, "outside the sample folder", ("get", "/files/%2e%2e/secret.safetensors", {})),
-        "absolute path": (403, "outside the sample folder", ("get", "/files//etc/passwd", {})),
-        "deep traversal": (403, "outside the sample folder", ("get", "/files/samples/%2e%2e/%2e%2e/%2e%2e/etc/hostname", {})),
-        "null byte in path": (400, "bad path", ("get", "/files/samples/c000000_0%00.safetensors", {})),
-        "not a sample file": (404, "no sample or condition file", ("get", "/files/pairs.jsonl", {})),
-        "missing file": (404, "no sample or condition file", ("get", "/files/samples/nope_0.safetensors", {})),
-        "GET on answer": (405, None, ("get", "/api/answer", {})),
+        "next bad labeler": (400, "labeler must be", get("/api/next", params={"labeler": ""})),
+        "path outside folder": (403, "outside the sample folder", get("/files/%2e%2e/secret.safetensors")),
+        "absolute path": (403, "outside the sample folder", get("/files//etc/passwd")),
+        "deep traversal": (403, "outside the sample folder",
+                           get("/files/samples/%2e%2e/%2e%2e/%2e%2e/etc/hostname")),
+        "null byte in path": (400, "bad path", get("/files/samples/c000000_0%00.safetensors")),
+        "not a sample file": (404, "no sample or condition file", get("/files/pairs.jsonl")),
+        "missing file": (404, "no sample or condition file", get("/files/samples/nope_0.safetensors")),
+        "GET on answer": (405, None, get("/api/answer")),
     }
 
 

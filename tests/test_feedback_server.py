@@ -86,10 +86,9 @@ def test_sigkill_between_answers_loses_nothing_and_restart_resumes(tmp_path):
 def test_agreement_command_reports_shared_pairs(tmp_path, capsys):
     from prefdiff.cli import main
 
-    lines = [{"id": f"p{i}", "condition": "c", "a": "x", "b": "y", "winner": w, "labeler": who, "time": i}
-             for i, (w, who) in enumerate([("a", "ann"), ("a", "bob"), ("b", "ann"), ("a", "bob")])]
-    for rec, pid in zip(lines, ["p0", "p0", "p1", "p1"]):
-        rec["id"] = pid
+    answers = [("p0", "ann", "a"), ("p0", "bob", "a"), ("p1", "ann", "b"), ("p1", "bob", "a")]
+    lines = [{"id": pid, "condition": "c", "a": "x", "b": "y", "winner": w, "labeler": who, "time": i}
+             for i, (pid, who, w) in enumerate(answers)]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert main(["label", str(tmp_path), "--agreement"]) == 0
     out = capsys.readouterr().out

@@ -54,7 +54,7 @@ def agreement(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def format_agreement(report: dict[str, Any]) -> str:
     """The report as lines for a terminal."""
-    lines = [f"labelers: " + ", ".join(f"{n} ({k} answers)" for n, k in report["labelers"].items()),
+    lines = ["labelers: " + ", ".join(f"{n} ({k} answers)" for n, k in report["labelers"].items()),
              f"pairs answered by two or more labelers: {report['shared_pairs']}"]
     if report["agreement"] is None:
         lines.append("agreement: no pair was answered by two labelers (serve with --labels-per-pair 2)")
