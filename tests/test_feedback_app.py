@@ -134,3 +134,11 @@ def test_two_labelers_posting_at_once_both_land(folder):
     assert sorted((r["id"], r["labeler"]) for r in records) == sorted(
         (p, name) for p in pairs for name in ("ann", "bob"))
     assert stats["shared_pairs"] == len(pairs) and stats["agreement"] == 1.0
+
+
+def test_missing_web_stack_names_the_pip_install(folder, monkeypatch):
+    from prefdiff.errors import UserError
+
+    monkeypatch.setitem(__import__("sys").modules, "uvicorn", None)  # as if not installed
+    with pytest.raises(UserError, match=r"needs uvicorn; install them with: pip install 'prefdiff\[feedback\]'"):
+        _app(folder)
