@@ -1,0 +1,81 @@
+"""``python -m prefdiff.perf``: run the figures and write perf.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+FIGURES = ("1", "2", "3", "4", "5", "6", "7")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m prefdiff.perf", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="tiny models and few repeats (a smoke run)")
+    p.add_argument("--out", default="benchmarks/results/perf.json", help="where perf.json goes")
+    p.add_argument("--results", default="benchmarks/results",
+                   help="folder of the field benchmarks' results.json (figure 7)")
+    p.add_argument("--only", action="append", choices=FIGURES, help="run only these figures (repeatable)")
+    p.add_argument("--domain", action="append", default=None,
+                   help="benchmark recipes whose rewards figure 4 times (default: every registered one)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)  # ratios on one thread each: the arms do not fight over the cores
+    torch.manual_seed(args.seed)
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    from prefdiff.perf import efficiency, growth, memory, overhead, reward_cost, sampler
+    from prefdiff.perf.common import environment
+
+    wanted = set(args.only or FIGURES)
+    # Quick: the memory figures (which time nothing) measure in the background meanwhile.
+    lora = memory.Measurement(memory.lora_specs(args.quick)) if args.quick and "3" in wanted else None
+    backprop = (memory.Measurement(list(memory.backprop_specs(args.quick).values()))
+                if args.quick and "6" in wanted else None)
+    runs = [("1", lambda: overhead.run(args.quick)), ("2", lambda: sampler.run(args.quick)),
+            ("3", lambda: memory.run_lora(args.quick, measurement=lora)),
+            ("4", lambda: reward_cost.run(args.quick, domains=args.domain)),
+            ("5", lambda: growth.run(args.quick)),
+            ("6", lambda: memory.run_backprop(args.quick, measurement=backprop)),
+            ("7", lambda: efficiency.run(args.results))]
+    figures, timings = [], {}
+    start = time.perf_counter()
+    for key, fn in runs:
+        if key not in wanted:
+            continue
+        print(f"figure {key} ...", flush=True)
+        t = time.perf_counter()
+        out = fn()
+        timings[key] = round(time.perf_counter() - t, 1)
+        figures.extend(out if isinstance(out, list) else [out])
+    command = "python -m prefdiff.perf " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {"quick": args.quick, "seed": args.seed, "command": command.strip(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "environment": environment(), "wall_s": round(time.perf_counter() - start, 1),
+              "figure_wall_s": timings, "figures": [asdict(f) for f in figures]}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    for f in figures:
+        print(f"figure {f.id}: {f.name}: {f.value} (target {f.target}) {'met' if f.met else 'MISSED'}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The performance suite on its smallest settings: the code path of `make bench-quick`."""
+
+import json
+import math
+
+import pytest
+
+from prefdiff import hookimpl
+from prefdiff.bench import Recipe
+from prefdiff.perf.__main__ import main
+from prefdiff.perf.efficiency import field_speedup, time_to_reach
+from prefdiff.perf.growth import fit_exponent
+from prefdiff.testing import registered_plugin
+
+TINY = Recipe(
+    domain="tinyperf", dataset="synthetic_textures", dataset_options={"resolution": 8},
+    model={"kind": "unet2d", "sample_size": 8, "channels": 3, "conditioning": "class", "num_classes": 4,
+           "block_out_channels": (8, 16)},
+    conditioner="class_label", reward="jpeg_compressibility", judge="jpeg_incompressibility",
+    methods={"draft": {"reward": "smoothness", "k": 1}, "ddpo": {"samples_per_condition": 2}},
+    align_batch=2, n_eval=8, num_steps=2, train_size=16)
+
+
+class TinyRecipe:
+    @hookimpl
+    def prefdiff_register_benchmarks(self, register):
+        register("tinyperf", lambda quick: TINY)
+
+
+def _curves(tmp_path):
+    """A field's results.json with curves: grpo reaches DDPO's final 0.5 at 10 s, DDPO at 40 s."""
+    entry = {"reward_mean": 0.5, "reward_std": 0.1, "improvement": 0.1, "improvement_ci95": [0.0, 0.2]}
+    results = {"domain": "tinyperf", "reward": "r", "judge": "j", "seed": 0, "n_eval": 8, "quick": True,
+               "base": {"reward_mean": 0.4, "reward_std": 0.1}, "methods": {
+        "ddpo": {**entry, "curve": [[0.0, 0.1], [20.0, 0.3], [40.0, 0.5]]},
+        "grpo": {**entry, "curve": [[0.0, 0.1], [10.0, 0.6], [30.0, 0.7]]},
+        "dpo": {**entry, "curve": [[0.0, 0.1], [5.0, 0.2]]}}}
+    (tmp_path / "results" / "tinyperf").mkdir(parents=True)
+    (tmp_path / "results" / "tinyperf" / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def test_quick_suite_writes_every_figure(tmp_path):
+    _curves(tmp_path)
+    out = tmp_path / "results" / "perf.json"
+    with registered_plugin(TinyRecipe(), "tiny-perf"):
+        assert main(["--quick", "--out", str(out), "--results", str(tmp_path / "results"),
+                     "--domain", "tinyperf"]) == 0
+    perf = json.loads(out.read_text())
+    figures = {}
+    for f in perf["figures"]:
+        assert {"id", "name", "value", "target", "met", "details"} <= set(f)
+        assert isinstance(f["met"], bool) and f["target"].split()[0] in ("<=", ">=")
+        figures.setdefault(f["id"], []).append(f)
+    assert sorted(figures) == [1, 2, 3, 4, 5, 6, 7]
+    assert len(figures[5]) == 3  # batch exponent, resolution exponent, DDP speed-up
+    for f in [*figures[1], *figures[2], *figures[3], figures[5][2], *figures[6]]:
+        assert math.isfinite(f["value"]) and f["value"] > 0, f
+    # Exponents fitted to two sizes of a tiny model are noise around a fixed cost: finite is all.
+    assert all(math.isfinite(f["value"]) and f["unit"] == "exponent" for f in figures[5][:2])
+    assert set(figures[5][0]["details"]["step_ms"]) == {"b4", "b8"}
+    overhead = figures[1][0]["details"]
+    assert len(overhead) == 5 and all(d["prefdiff_ms"] > 0 and d["bare_ms"] > 0 for d in overhead.values())
+    assert figures[1][0]["value"] == max(d["ratio"] for d in overhead.values())
+    memory = figures[3][0]["details"]
+    assert memory["lora_r8_adapter_reference"]["trainable"] < memory["full_two_copy"]["trainable"]
+    assert memory["full_two_copy"]["peak_mb"] > memory["full_two_copy"]["baseline_mb"] > 0
+    assert set(figures[6][0]["details"]["by_k"]) == {"K=1", "K=1 checkpointed", "K=5", "K=5 checkpointed",
+                                                     "K=all", "K=all checkpointed"}
+    rewards = figures[4][0]["details"]
+    assert rewards["jpeg_compressibility"]["method"] == "ddpo"  # the recipe's reward, in a DDPO step
+    assert rewards["jpeg_compressibility"]["samples_per_step"] == 4  # 2 conditions x 2 samples
+    assert 0 < rewards["jpeg_compressibility"]["share"] and rewards["smoothness"]["method"] == "draft"
+    assert rewards["jpeg_incompressibility"]["role"] == "judge only"
+    assert figures[4][0]["value"] == max(r["share"] for r in rewards.values() if "share" in r)
+    assert figures[7][0]["value"] == pytest.approx(4.0)  # grpo 10 s against DDPO's 40 s
+    assert {"cpu", "cores", "torch", "diffusers", "peft", "pytorch_lightning"} <= set(perf["environment"])
+    assert perf["quick"] is True and "--quick" in perf["command"]
+
+    from prefdiff.benchdocs import render
+
+    page = render(tmp_path / "results", tmp_path / "docs" / "benchmarks.md")
+    assert "## Performance" in page and f"| 2 | {figures[2][0]['name']} | {figures[2][0]['value']:.3f} |" in page
+    assert (tmp_path / "docs" / "figures" / "tinyperf-curves.png").stat().st_size > 0
+    assert "Fastest: grpo, 4.00x DDPO" in page
+
+
+def test_time_to_reach_and_speedup(tmp_path):
+    results = _curves(tmp_path)
+    assert time_to_reach([[0, 0.1], [5, 0.4], [9, 0.6]], 0.5) == 9
+    assert time_to_reach([[0, 0.1]], 0.5) is None
+    eff = field_speedup(results)
+    assert eff["time_to_level_s"] == {"ddpo": 40.0, "grpo": 10.0, "dpo": None}
+    assert (eff["best"], eff["speedup"]) == ("grpo", 4.0)
+    flat = {"methods": {"ddpo": {"curve": [[0, 0.5], [10, 0.4]]}, "dpo": {"curve": [[0, 0.5]]}}}
+    assert "skipped" in field_speedup(flat)  # DDPO never got above its start
+    assert field_speedup({"methods": {"dpo": {"curve": [[0, 1]]}}}) == {"skipped": "no DDPO curve"}
+
+
+def test_fit_exponent():
+    assert fit_exponent([8, 16, 32], [1.0, 2.0, 4.0]) == pytest.approx(1.0)
+    assert fit_exponent([32, 64, 128], [1.0, 4.0, 16.0]) == pytest.approx(2.0)
