@@ -27,6 +27,11 @@ from prefdiff.data import condition_count, repeat_condition, select
 from prefdiff.errors import UserError
 
 CACHE_VARIABLE = "PREFDIFF_CACHE"
+CURVE_CONDITIONS = 16
+"""Held-out samples (the first conditions and noise of the evaluation) the judge
+scores during training, for the reward-against-time curves."""
+CURVE_POINTS = 5
+"""Evaluations during each method's training (after the base model's at 0 s)."""
 
 
 @dataclass
@@ -152,14 +157,58 @@ def _recipe_key(recipe: Recipe, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _trainer(max_steps: int, seed: int):
+def _trainer(max_steps: int, seed: int, callbacks: list | None = None):
     import pytorch_lightning as pl
 
     pl.seed_everything(seed, workers=True, verbose=False)
     return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, use_distributed_sampler=False,
-                      limit_val_batches=0, num_sanity_val_steps=0, deterministic=False)
+                      limit_val_batches=0, num_sanity_val_steps=0, deterministic=False,
+                      callbacks=callbacks or [])
+
+
+def judge_curve(score: Callable[[Any], float], start: float, every: int):
+    """A Lightning callback recording ``[training seconds, held-out reward]`` every ``every`` batches.
+
+    ``score(denoiser)`` evaluates the model (the judge on a small fixed subset);
+    its time is excluded from the training clock and summed in ``eval_s``. The
+    first point is ``[0, start]``, the base model; the last is taken at the end
+    of training. Evaluation runs on a forked RNG and restores the train mode,
+    so training draws the same numbers with or without the curve.
+    """
+    import pytorch_lightning as pl
+
+    class JudgeCurve(pl.Callback):
+        def __init__(self) -> None:
+            self.points: list[list[float]] = [[0.0, start]]
+            self.eval_s = 0.0
+            self.batches = 0
+            self.scored_at = 0
+
+        def on_train_start(self, trainer, module) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, *args: Any) -> None:
+            self.batches += 1
+            if self.batches % every == 0:
+                self._score(module)
+
+        def on_train_end(self, trainer, module) -> None:
+            if self.scored_at != self.batches:
+                self._score(module)
+
+        def _score(self, module) -> None:
+            began = time.perf_counter()
+            training = module.denoiser.training
+            with torch.random.fork_rng(devices=[]):
+                value = score(module.denoiser)
+            module.denoiser.train(training)
+            self.points.append([round(began - self.start - self.eval_s, 3), value])
+            self.scored_at = self.batches
+            self.eval_s += time.perf_counter() - began
+
+    return JudgeCurve()
 
 
 class Benchmark:
@@ -295,6 +344,15 @@ class Benchmark:
         self.log(f"evaluating the base model on {n} held-out conditions x {k} samples")
         base_samples = self.generate(base, scheduler, cond, noise)
         base_scores, base_info = self.judge_scores(base_samples, cond)
+        # The reward-against-time curves score a small fixed subset during training.
+        n_curve = min(CURVE_CONDITIONS, len(noise))
+        curve_cond, curve_noise = select(cond, slice(0, n_curve)), noise[:n_curve]
+
+        def curve_score(denoiser) -> float:
+            samples = self.generate(denoiser, scheduler, curve_cond, curve_noise)
+            return float(self.score(self.judge, samples, curve_cond).mean())
+
+        curve_base = curve_score(base)
         torch.manual_seed(self.seed)
         untrained = build_denoiser(r.model, cond_module)
         untrained_scores = self.score(self.judge, self.generate(untrained, scheduler, cond, noise), cond)
@@ -305,6 +363,7 @@ class Benchmark:
                      "train_reward_mean": float(self.score(self.reward, base_samples, cond).mean()),
                      **({"drift": drift(base_samples, real)} if real is not None else {})},
             "untrained": _summary(untrained_scores),
+            "curve_samples": n_curve,
             "methods": {},
         }
         rows = {"base": base_samples}
@@ -315,7 +374,8 @@ class Benchmark:
             if method in ("dpo", "kto", "rwr") and mined is None:
                 mined = self.mine(base, scheduler, out)
             self.log(f"aligning with {method} ({r.methods.get(method, {}).get('steps', r.align_steps)} steps)")
-            module, wall, peak = self.align(method, cls, fixed, base_dir, mined, out)
+            module, wall, peak, curve = self.align(method, cls, fixed, base_dir, mined, out,
+                                                   curve=(curve_score, curve_base))
             aligned = module.denoiser
             samples = self.generate(aligned, scheduler, cond, noise)
             scores, info = self.judge_scores(samples, cond)
@@ -324,7 +384,8 @@ class Benchmark:
                      "improvement_ci95": paired_bootstrap_ci(diff, seed=self.seed),
                      "train_reward_mean": float(self.score(self.reward, samples, cond).mean()),
                      "reward_queries": int(module.reward_queries + (mined.queries if method in ("dpo", "kto", "rwr") else 0)),
-                     "train_wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1)}
+                     "train_wall_s": round(wall - curve.eval_s, 2), "peak_rss_mb": round(peak, 1),
+                     "curve": curve.points, "curve_eval_s": round(curve.eval_s, 2)}
             if real is not None:
                 entry["drift"] = drift(samples, real)
             results["methods"][method] = entry
@@ -358,7 +419,14 @@ class Benchmark:
         self.pair_file = write_best_worst_pairs(mined, out / "mined", labeler=f"reward:{r.reward}")
         return mined
 
-    def align(self, method: str, cls, fixed: dict, base_dir: Path, mined, out: Path):
+    def align(self, method: str, cls, fixed: dict, base_dir: Path, mined, out: Path,
+              curve: tuple[Callable[[Any], float], float] | None = None):
+        """Train one method; returns (module, wall seconds, peak RSS MB, curve callback or None).
+
+        ``curve = (score, base value)`` records the held-out reward during training
+        (:func:`judge_curve`); the wall seconds include its evaluations, whose sum
+        the callback holds in ``eval_s``.
+        """
         import pytorch_lightning as pl
 
         from prefdiff.data import PairDataset, WeightedSamples
@@ -384,10 +452,11 @@ class Benchmark:
             train = self.dataset("train", r.train_size)
         batch = min(r.align_batch, len(train))
         data = PrefDataModule.from_datasets(train, batch_size=batch, seed=self.seed)
+        recorder = judge_curve(curve[0], curve[1], max(1, steps // CURVE_POINTS)) if curve else None
         start = time.perf_counter()
         with PeakRSS() as memory:
-            _trainer(steps, self.seed).fit(module, datamodule=data)
-        return module, time.perf_counter() - start, memory.peak
+            _trainer(steps, self.seed, [recorder] if recorder else None).fit(module, datamodule=data)
+        return module, time.perf_counter() - start, memory.peak, recorder
 
     def write_figures(self, rows: dict[str, torch.Tensor], cond, out: Path) -> None:
         if self.recipe.render is not None:
