@@ -3,11 +3,12 @@ is learned from their pairs, and DDPO on it (`prefdiff fit`) raises their hidden
 
 import torch
 
-from prefdiff.feedback.candidates import ModelSource
-from prefdiff.feedback.demo import (SimulatedLabeler, brightness, fit_ddpo, label_round, paired_summary,
-                                    rule_on_held_out)
+from prefdiff.feedback.candidates import CandidatePool, ModelSource, write_sample_folder
+from prefdiff.feedback.store import LabelStore
+from prefdiff.feedback.demo import (SimulatedLabeler, brightness, fit_ddpo, fit_pairs, label_round,
+                                    paired_summary, rule_on_held_out)
 from prefdiff.feedback.training import train_reward_model
-from prefdiff.models import save_model
+from prefdiff.models import load_lora, load_model, save_model
 from prefdiff.plugins import get_manager
 from prefdiff.testing import tiny_denoiser, tiny_scheduler
 
@@ -39,3 +40,18 @@ def test_simulated_labelers_to_reward_model_to_ddpo(tmp_path):
     summary = paired_summary(before, after)
     print(report["held_out"], summary)
     assert summary["improvement_ci95"][0] > 0, summary
+
+
+def test_labels_train_diffusion_dpo_and_kto_directly(tmp_path):
+    base = tmp_path / "base"
+    save_model(tiny_denoiser(seed=0, sample_size=8), base)
+    tiny_scheduler().save_pretrained(base / "scheduler")
+    write_sample_folder(tmp_path / "s", torch.rand(4, 3, 3, 8, 8) * 2 - 1, [torch.tensor(i) for i in range(4)])
+    pair_file = tmp_path / "s" / "pairs.jsonl"
+    pool, store = CandidatePool(tmp_path / "s", pair_file), LabelStore(pair_file)
+    for n, pair in enumerate(pool.pairs.values()):
+        store.record(pair, "ann", ("a", "b", "tie")[n % 3])
+    for objective in ("dpo", "kto"):
+        lora = fit_pairs(base, store.pair_file, tmp_path / objective, objective=objective, steps=2, batch_size=4)
+        denoiser = load_lora(load_model(base, get_manager().conditioner("class_label")), lora)
+        assert any(p.abs().sum() > 0 for n, p in denoiser.named_parameters() if "lora_B" in n)
