@@ -108,3 +108,14 @@ def test_bad_inputs_are_user_errors(tmp_path):
         train_reward_model(pair_file, tmp_path / "rm", held_out=1.5)
     with pytest.raises(UserError, match="--epochs must be >= 1"):
         train_reward_model(pair_file, tmp_path / "rm", epochs=0)
+
+
+def test_reward_model_train_command(tmp_path, capsys):
+    from prefdiff.cli import main
+
+    pair_file = _labelled_by_brightness(tmp_path / "s", n_conditions=10)
+    assert main(["reward-model", "train", str(pair_file), "--out", str(tmp_path / "rm"), "--epochs", "2",
+                 "--width", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out pair accuracy" in out and "12 decided pairs" in out
+    assert (tmp_path / "rm" / "model.safetensors").is_file()
