@@ -109,3 +109,31 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_label_draws_from_a_model_and_ranks_by_a_reward(tmp_path):
+    from starlette.testclient import TestClient
+
+    from prefdiff.cli import _parser
+    from prefdiff.feedback.server import build
+    from prefdiff.models import save_model
+    from prefdiff.testing import tiny_denoiser, tiny_scheduler
+
+    save_model(tiny_denoiser(sample_size=8), tmp_path / "base")
+    tiny_scheduler().save_pretrained(tmp_path / "base" / "scheduler")
+    args = _parser().parse_args(["label", str(tmp_path / "labels"), "--model", str(tmp_path / "base"),
+                                 "--dataset", "synthetic_textures", "--dataset-option", "resolution=8",
+                                 "--conditioner", "class_label", "--steps", "2", "--per-condition", "3",
+                                 "--reward", "smoothness"])
+    app, pool, store = build(args)
+    assert len(pool.pairs) == 8 * 3  # one draw: 8 conditions x 3 pairs
+    margins = [pool.margin[pid] for pid in pool.order]
+    assert margins == sorted(margins) and margins[0] < margins[-1]
+    with TestClient(app) as client:
+        first = client.get("/api/next", params={"labeler": "ann"}).json()["pair"]
+        assert first["id"] == pool.order[0]
+        condition = client.get(first["condition"])  # drawn by the example plugin's draw_condition
+        assert condition.status_code == 200 and condition.content[:4] == b"\x89PNG"
+        from PIL import Image
+        import io
+        assert Image.open(io.BytesIO(condition.content)).size == (160, 96)  # not the generic text drawing
