@@ -116,8 +116,10 @@ def _figure_details(f: dict[str, Any]) -> list[str]:
     """A compact table of what stands behind one figure."""
     d = f.get("details", {})
     if f["id"] == 1:
-        rows = [f"| {fam} | {v['prefdiff_ms']} | {v['bare_ms']} | {v['ratio']:.3f} |" for fam, v in d.items()]
-        return ["| family | prefdiff ms/step | bare ms/step | ratio |", "|---|---|---|---|", *rows]
+        rows = [f"| {fam} | {v['prefdiff_ms']} | {v['bare_ms']} | {v['ratio']:.3f} | "
+                f"{' to '.join(f'{q:.3f}' for q in v.get('paired_ratio_quartiles', []))} |" for fam, v in d.items()]
+        return ["| family | prefdiff ms/step | bare ms/step | ratio (median of pairs) | quartiles |",
+                "|---|---|---|---|---|", *rows]
     if f["id"] == 4:
         rows = []
         for name, v in d.items():

@@ -24,6 +24,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", action="append", choices=FIGURES, help="run only these figures (repeatable)")
     p.add_argument("--domain", action="append", default=None,
                    help="benchmark recipes whose rewards figure 4 times (default: every registered one)")
+    p.add_argument("--update", action="store_true",
+                   help="keep the other figures of an existing --out file (rerun some with --only)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # ratios on one thread each: the arms do not fight over the cores
     torch.manual_seed(args.seed)
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+    import pytorch_lightning  # noqa: F401  (it sets its loggers' level on import: quiet them after)
+
+    for name in ("pytorch_lightning", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
@@ -69,12 +73,25 @@ def main(argv: list[str] | None = None) -> int:
               "environment": environment(), "wall_s": round(time.perf_counter() - start, 1),
               "figure_wall_s": timings, "figures": [asdict(f) for f in figures]}
     out = Path(args.out)
+    if args.update and out.is_file():
+        report = _merge(json.loads(out.read_text()), report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     for f in figures:
         print(f"figure {f.id}: {f.name}: {f.value} (target {f.target}) {'met' if f.met else 'MISSED'}")
     print(f"wrote {out}")
     return 0
+
+
+def _merge(old: dict, new: dict) -> dict:
+    """``new``'s figures in place of ``old``'s with the same ids; every command that contributed."""
+    ids = {f["id"] for f in new["figures"]}
+    figures = [f for f in old["figures"] if f["id"] not in ids] + new["figures"]
+    commands = old.get("commands", [old["command"]]) + [new["command"]]
+    return {**new, "command": " && ".join(commands), "commands": commands,
+            "wall_s": round(old.get("wall_s", 0) + new["wall_s"], 1),
+            "figure_wall_s": {**old.get("figure_wall_s", {}), **new["figure_wall_s"]},
+            "figures": sorted(figures, key=lambda f: f["id"])}
 
 
 if __name__ == "__main__":

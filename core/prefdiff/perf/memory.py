@@ -35,7 +35,7 @@ TARGET_CHECKPOINT = "<= 0.5"
 
 
 def dpo_preset(quick: bool) -> dict:
-    """32x32, about 31M parameters (quick: 16x16, about 2M)."""
+    """32x32, about 57M parameters (quick: 16x16, about 2.5M)."""
     if quick:
         return unet_preset(True, block_out_channels=(32, 64, 128), layers_per_block=1)
     return unet_preset(False, block_out_channels=(64, 128, 256, 512), layers_per_block=2, norm_num_groups=32)

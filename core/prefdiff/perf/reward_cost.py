@@ -9,7 +9,8 @@ samples it accepts.
 The share is the reward's time on the samples of one training step over that
 step's time, side by side: the step is the first online method of the recipe
 that queries the reward (DDPO for the recipe's own reward), built from the
-recipe's options on a fresh model and run under the Lightning Trainer. A
+recipe's options on a fresh model and run under the Lightning Trainer, with
+the reward call on that step's samples run between consecutive steps. A
 reward only the judge uses (never queried in training) gets a throughput and
 no share.
 """
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from prefdiff.data import condition_count, select
-from prefdiff.perf.common import Figure, check, interleaved, lightning_block, median, timed_block
+from prefdiff.perf.common import Figure, check, lightning_block, median, timed_block
 
 TARGET = "<= 0.2"
 ONLINE = ("ddpo", "grpo", "dpok", "d3po", "draft", "alignprop", "refl")
@@ -87,7 +88,7 @@ def run(quick: bool = False, domains: list[str] | None = None, log=print) -> Fig
     manager = get_manager()
     domains = domains if domains is not None else manager.names("benchmarks")
     inputs = {d: _recipe_inputs(d, quick) for d in domains}
-    rounds, block = (1, 1) if quick else (3, 2)
+    steps = 1 if quick else 3
     rewards: dict[str, Any] = {}
     for name in manager.names("rewards"):
         entry: dict[str, Any] = {}
@@ -104,7 +105,7 @@ def run(quick: bool = False, domains: list[str] | None = None, log=print) -> Fig
             entry = {"domain": domain, "batch": n}
             part, part_cond = samples[:n], select(cond, slice(0, n))
             if method is None:
-                t = median(timed_block(lambda i: reward(part, part_cond), block * rounds))
+                t = median(timed_block(lambda i: reward(part, part_cond), steps))
                 entry["samples_per_s"] = round(n / t, 1)
                 entry["role"] = "judge only" if name == bench.recipe.judge else "not used by the recipe"
                 break
@@ -116,12 +117,10 @@ def run(quick: bool = False, domains: list[str] | None = None, log=print) -> Fig
             step_samples = samples[:n].repeat(reps, *([1] * (samples.ndim - 1)))[:m]
             step_cond = select(cond, torch.arange(m) % n)
 
-            def reward_block() -> list[float]:
-                return timed_block(lambda i: reward(step_samples, step_cond), block)
-
-            times = interleaved({"step": lambda: lightning_block(module, step_batch, block),
-                                 "reward": reward_block}, rounds)
-            t_step, t_reward = median(times["step"]), median(times["reward"])
+            # The reward call runs between the Lightning steps: the two alternate step by step.
+            t_steps, t_rewards = lightning_block(module, step_batch, steps,
+                                                 between=lambda i: reward(step_samples, step_cond))
+            t_step, t_reward = median(t_steps), median(t_rewards)
             entry.update(samples_per_s=round(m / t_reward, 1), method=method, samples_per_step=m,
                          step_s=round(t_step, 4), reward_s=round(t_reward, 4), share=round(t_reward / t_step, 4))
             break
