@@ -28,7 +28,7 @@ VERSION_VARIABLE = "PREFDIFF_DRIVING_VERSION"
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {"version": "v1.0-mini", "scenes": None, "model": (16, 32)}
-    return {"version": "v1.0-trainval", "scenes": 48, "model": (32, 64, 64)}
+    return {"version": "v1.0-trainval", "scenes": 48, "model": (16, 32)}
 
 
 def driving_recipe(quick: bool = False) -> Recipe:
@@ -44,7 +44,7 @@ def driving_recipe(quick: bool = False) -> Recipe:
     methods: dict[str, dict] = {
         "sft": {"lr": 5e-4},
         "rwr": {"lr": 5e-4},
-        "dpo": {"beta": 2000.0, "lr": 1e-3},
+        "dpo": {"beta": 2000.0, "lr": 1e-3, **({} if quick else {"steps": 100})},
         "kto": {"beta": 2000.0, "lr": 1e-3},
         "d3po": {"beta": 0.1, "lr": 3e-4},
         "ddpo": {"samples_per_condition": 4, "timestep_fraction": 0.5, "lr": 5e-4},
@@ -65,10 +65,11 @@ def driving_recipe(quick: bool = False) -> Recipe:
                    "a bigger ego and a 1.5 s TTC look-ahead; training never queries it",
         methods=methods,
         default_methods=["dpo", "grpo", "draft"] if quick else ["dpo", "ddpo", "grpo", "draft"],
-        pretrain_steps=200 if quick else 2000, pretrain_batch=8 if quick else 32,
-        align_steps=4 if quick else 60, align_batch=2 if quick else 8,
-        lora_rank=8, n_eval=12 if quick else 256, num_steps=6 if quick else 20,
-        mine_conditions=8 if quick else 256, mine_per_condition=4,
+        # Sized for 2 shared cores: a full run is about 20 minutes when two other jobs share them.
+        pretrain_steps=200 if quick else 1500, pretrain_batch=8 if quick else 16,
+        align_steps=4 if quick else 40, align_batch=2 if quick else 8,
+        lora_rank=8, n_eval=12 if quick else 192, num_steps=6 if quick else 10,
+        mine_conditions=8 if quick else 192, mine_per_condition=4,
         prepare=partial(prepare, quick=quick, user_root=user_root),
         drift=_drift, drift_note="relative difference of agent density (share of cells holding a vehicle or "
                                  "pedestrian) from the real held-out scenes; 0 = as much traffic as real",
