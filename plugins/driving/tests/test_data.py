@@ -133,3 +133,23 @@ def test_make_data_command_errors_exit_2(tmp_path, capsys):
     assert "--version must be one of v1.0-mini, v1.0-trainval" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert main(["make-data", str(tmp_path / "x"), "--scenes", "0"]) == 2
+
+
+def test_a_failed_make_data_leaves_the_earlier_dataroot_intact(dataroot_copy, monkeypatch):
+    from prefdiff_driving import synthetic, world
+
+    before = (dataroot_copy / "v1.0-mini" / "scene.json").read_text()
+    calls = []
+
+    def failing_drive(rng, duration):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return world.make_drive(rng, duration)
+
+    monkeypatch.setattr(synthetic.world, "make_drive", failing_drive)
+    with pytest.raises(RuntimeError, match="disk full"):
+        synthetic.make_dataset(dataroot_copy, seed=9)
+    assert (dataroot_copy / "v1.0-mini" / "scene.json").read_text() == before
+    assert not list(dataroot_copy.parent.glob(".mini.tmp-*"))
+    assert len(NuScenesBEV(root=str(dataroot_copy), split="test")) > 0
