@@ -62,8 +62,11 @@ def render_film_strip(rows: dict[str, torch.Tensor], cond: torch.Tensor, png_pat
 
     from prefdiff_robotics.sim import Simulator
 
+    from prefdiff_robotics.recipe import distinct_conditions
+
     sim = Simulator()
-    picked = [Layout.from_vector(c) for c in cond[:layouts].cpu().numpy()]
+    index = distinct_conditions(cond, layouts)
+    picked = [Layout.from_vector(cond[i].cpu().numpy()) for i in index]
     label_w, gap = 70, 8
     block = moments * FRAME + gap
     sheet = Image.new("RGB", (label_w + len(picked) * block, len(rows) * (FRAME + gap)), "white")
@@ -71,8 +74,8 @@ def render_film_strip(rows: dict[str, torch.Tensor], cond: torch.Tensor, png_pat
     for r, (name, samples) in enumerate(rows.items()):
         y = r * (FRAME + gap)
         draw.text((4, y + FRAME // 2), name, fill="black")
-        for i, layout in enumerate(picked):
-            trajectory = samples[i].detach().cpu().double().numpy()
+        for i, (row, layout) in enumerate(zip(index, picked)):
+            trajectory = samples[row].detach().cpu().double().numpy()
             if not np.isfinite(trajectory).all():
                 continue
             try:

@@ -56,6 +56,16 @@ def plan(denoiser, scheduler, cond: torch.Tensor, *, seed: int = 0, num_steps: i
 # ------------------------------------------------------------- figures ----
 
 
+def distinct_conditions(cond: torch.Tensor, count: int) -> list[int]:
+    """Indices of the first ``count`` rows of ``cond`` that differ from the row before.
+
+    The runner repeats each held-out condition once per noise draw; figures show
+    different layouts side by side, not draws of one.
+    """
+    picks = [i for i in range(len(cond)) if i == 0 or not torch.equal(cond[i], cond[i - 1])]
+    return picks[:count]
+
+
 def _draw_scene(ax, layout: Layout, extra: np.ndarray | None = None) -> None:
     import matplotlib.patches as patches
 
@@ -87,7 +97,8 @@ def render_rows(rows: dict[str, torch.Tensor], cond: torch.Tensor, png_path: Pat
 
     sim = Simulator()
     layouts = [Layout.from_vector(c) for c in cond.cpu().numpy()]
-    k = min(columns, len(layouts))
+    shown = {i: column for column, i in enumerate(distinct_conditions(cond, columns))}
+    k = len(shown)
     fig, axes = plt.subplots(len(rows), k, figsize=(2.2 * k, 2.3 * len(rows)), squeeze=False)
     stats: dict[str, Any] = {}
     flags = {}
@@ -103,13 +114,13 @@ def render_rows(rows: dict[str, torch.Tensor], cond: torch.Tensor, png_path: Pat
             terms = score_execution(run, positions, actions)
             ok.append(terms["success"])
             scores.append(terms["score"])
-            if i < k:
-                ax = axes[r, i]
+            if i in shown:
+                ax = axes[r, shown[i]]
                 _draw_scene(ax, layout)
                 color = "#2ca02c" if terms["success"] else "#d62728"
                 ax.plot(positions[:, 0], positions[:, 1], "--", color="0.5", lw=1)
                 ax.plot(run.path[:, 0], run.path[:, 1], "-", color=color, lw=1.8)
-                if i == 0:
+                if shown[i] == 0:
                     ax.set_ylabel(name)
         flags[name] = torch.tensor(ok)
         stats[name] = {"success_rate": float(np.mean(ok)), "feasibility_mean": float(np.mean(scores)), "n": len(ok)}

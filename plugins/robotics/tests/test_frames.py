@@ -33,3 +33,12 @@ def test_film_strip_shows_the_robot_moving(tmp_path):
     why = render_film_strip({"a": trajectory[None], "b": trajectory[None]}, cond, tmp_path / "f.png", moments=3)
     assert why is None
     assert Image.open(tmp_path / "f.png").size[1] >= 2 * FRAME
+
+
+def test_figures_show_distinct_layouts_not_repeated_draws():
+    from prefdiff.data import repeat_condition
+    from prefdiff_robotics.recipe import distinct_conditions
+
+    cond = torch.arange(12.0).view(3, 4)
+    assert distinct_conditions(repeat_condition(cond, 4), 2) == [0, 4]
+    assert distinct_conditions(cond, 5) == [0, 1, 2]
