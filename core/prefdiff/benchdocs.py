@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 BENCH_COMMAND = "make bench"
+PERF_COMMAND = "python -m prefdiff.perf --results benchmarks/results --out benchmarks/results/perf.json"
 PERF_NOTES = "PERF_NOTES.md"
 
 
@@ -145,8 +146,9 @@ def render_perf(perf_path: Path) -> list[str]:
     p = json.loads(perf_path.read_text())
     env = p.get("environment", {})
     lines = ["## Performance", "",
-             f"Command: `{p['command']}` (run by `{BENCH_COMMAND}`{', quick settings' if p.get('quick') else ''}), "
-             f"{p.get('date', '')}, seed {p.get('seed', 0)}, {p.get('wall_s', '?')} s. "
+             f"Command: `{p['command']}`{' (quick settings)' if p.get('quick') else ''}, {p.get('date', '')}, "
+             f"seed {p.get('seed', 0)}, {p.get('wall_s', '?')} s in all. `{BENCH_COMMAND}` runs "
+             f"`{PERF_COMMAND}`. "
              f"Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('threads', '?')} thread per "
              f"measurement; Python {env.get('python', '?')}, torch {env.get('torch', '?')}, diffusers "
              f"{env.get('diffusers', '?')}, peft {env.get('peft', '?')}, pytorch_lightning "

@@ -219,8 +219,11 @@ def run_lora(quick: bool = False, log=print, measurement: Measurement | None = N
     log(f"  figure 3: {ratio} (above the import baseline: {above})")
     return Figure(3, "peak RSS: LoRA Diffusion-DPO (adapter-disabled reference) / two-copy full fine-tune",
                   ratio, TARGET_LORA, check(ratio, TARGET_LORA), details=details,
-                  note=f"whole-process peak RSS, a process of its own each; {full['parameters'] / 1e6:.1f}M-parameter "
-                       "UNet, so weights and optimizer state dominate")
+                  note="whole-process peak RSS, a process of its own each, on a "
+                       f"{full['parameters'] / 1e6:.1f}M-parameter "
+                       f"UNet at {specs[0]['preset']['sample_size']}x{specs[0]['preset']['sample_size']}: weights and "
+                       "optimizer state are most of the two-copy run; `ratio_above_baseline` leaves out the "
+                       "interpreter and libraries both runs share")
 
 
 def run_backprop(quick: bool = False, log=print, measurement: Measurement | None = None) -> Figure:

@@ -199,5 +199,5 @@ def run(quick: bool = False, log=print) -> Figure:
     worst = max(d["ratio"] for d in details.values())
     return Figure(1, "framework overhead: prefdiff step / bare PyTorch step (worst family)", worst, TARGET,
                   check(worst, TARGET), details=details,
-                  note="Lightning Trainer configured as `prefdiff bench` does; the arms alternate step by step; ratio = median of "
-                       "the paired step ratios")
+                  note="CPU time; Lightning Trainer configured as `prefdiff bench` does; the arms alternate "
+                       "step by step; ratio = median of the paired step ratios")

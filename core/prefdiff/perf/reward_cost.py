@@ -4,7 +4,7 @@ Samples and conditions come from each registered benchmark recipe's held-out
 split (real samples where the dataset has them), built as ``prefdiff bench``
 builds them, so its ``prepare`` step reuses the data and reward models that
 the field benchmarks cached. A reward is timed on the first recipe whose
-samples it accepts.
+samples it accepts, preferring a field that trains with it.
 
 The share is the reward's time on the samples of one training step over that
 step's time, side by side: the step is the first online method of the recipe
@@ -60,6 +60,13 @@ def _reward_options(recipe, name: str) -> tuple[dict, str | None]:
     return {}, None
 
 
+def _role_rank(recipe, name: str) -> int:
+    """0: a training method queries the reward; 1: it is the judge; 2: the recipe does not use it."""
+    if _reward_options(recipe, name)[1] is not None:
+        return 0
+    return 1 if name == recipe.judge else 2
+
+
 def _step_module(bench, method: str):
     """The method's module as `prefdiff bench` builds it, on a fresh model."""
     from prefdiff.trainers import METHODS
@@ -92,7 +99,9 @@ def run(quick: bool = False, domains: list[str] | None = None, log=print) -> Fig
     rewards: dict[str, Any] = {}
     for name in manager.names("rewards"):
         entry: dict[str, Any] = {}
-        for domain, (bench, cond, samples) in inputs.items():
+        # Prefer a field that trains with the reward, then one whose judge it is.
+        ranked = sorted(inputs.items(), key=lambda item: _role_rank(item[1][0].recipe, name))
+        for domain, (bench, cond, samples) in ranked:
             options, method = _reward_options(bench.recipe, name)
             try:
                 reward = manager.reward(name, **options)
