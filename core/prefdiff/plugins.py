@@ -26,7 +26,7 @@ ALLOW_LIST_VARIABLE = "PREFDIFF_PLUGINS"
 KINDS = ("datasets", "conditioners", "rewards", "benchmarks")
 
 #: The core's own generic pieces, loaded like any plugin (pytest's default_plugins).
-DEFAULT_PLUGINS = {"example": "prefdiff.builtin.example"}
+DEFAULT_PLUGINS = {"example": "prefdiff.builtin.example", "feedback": "prefdiff.builtin.feedback"}
 
 
 @dataclass

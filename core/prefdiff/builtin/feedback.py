@@ -1,6 +1,6 @@
 """The built-in human-feedback plugin: the reward model learned from labelled pairs.
 
-Loaded through the core's own ``prefdiff`` entry point (``feedback``), so
+One of the core's default plugins (``prefdiff.plugins.DEFAULT_PLUGINS``);
 ``PREFDIFF_PLUGINS`` limits it like any plugin.
 """
 
