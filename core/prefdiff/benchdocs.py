@@ -154,8 +154,9 @@ def render_perf(perf_path: Path) -> list[str]:
              f"{env.get('diffusers', '?')}, peft {env.get('peft', '?')}, pytorch_lightning "
              f"{env.get('pytorch_lightning', '?')}.", "",
              "Every figure is a ratio of two things measured side by side in one run (medians of interleaved "
-             "repeats) or, for memory, in fresh processes. Targets marked *issue* are the issue's; *suite* "
-             "targets are set by the suite where the issue names none.", "",
+             "repeats, timed by the process's CPU time on one thread; DDP by the wall clock) or, for memory, "
+             "in processes of their own. Targets marked *issue* are the issue's; *suite* targets are set by "
+             "the suite where the issue names none.", "",
              "| figure | what | value | target | met |", "|---|---|---|---|---|"]
     for f in p["figures"]:
         source = "issue" if f.get("source") == "issue" else "suite"
