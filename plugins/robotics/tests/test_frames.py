@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from prefdiff_robotics.frames import FRAME, film_strip_frames, render_film_strip
-from prefdiff_robotics.scene import CHANNELS, HORIZON, ROOM, VMAX, DT, Layout
+from prefdiff_robotics.scene import CHANNELS, DT, HORIZON, VMAX, Layout, encode_trajectory
 from prefdiff_robotics.sim import Simulator
 
 LAYOUT = Layout(np.array([-0.6, -0.6]), np.array([0.6, 0.6]), np.array([[0.0, 0.6, 0.15]]))
@@ -14,10 +14,10 @@ LAYOUT = Layout(np.array([-0.6, -0.6]), np.array([0.6, 0.6]), np.array([[0.0, 0.
 
 def straight_line() -> torch.Tensor:
     """A clean straight run from start to goal as a ``[4, H]`` trajectory."""
-    tau = np.linspace(0, 1, HORIZON)
-    positions = LAYOUT.start + (LAYOUT.goal - LAYOUT.start) * tau[:, None]
-    velocity = np.gradient(positions, axis=0) / DT / VMAX
-    return torch.from_numpy(np.concatenate([positions.T / ROOM, velocity.T])).float()
+    positions = LAYOUT.start + np.linspace(0, 1, HORIZON)[:, None] * (LAYOUT.goal - LAYOUT.start)
+    actions = np.zeros_like(positions)
+    actions[:-1] = np.diff(positions, axis=0) / DT / VMAX
+    return torch.from_numpy(encode_trajectory(positions, actions)).float()
 
 
 def test_film_strip_shows_the_robot_moving(tmp_path):
