@@ -2,7 +2,7 @@
 # Diffusion-DPO and DDPO step throughput and model-FLOP utilisation of a
 # Stable-Diffusion-1.5-shaped UNet (random weights, 64x64 latents, 77x768
 # text states, bf16), LoRA and full fine-tune, against a bf16 matmul peak
-# measured in the same run. Writes JSON (default benchmarks/results/gpu.json).
+# measured in the same run. Writes JSON (default benchmarks/results/gpu/gpu.json).
 #
 #   benchmarks/gpu.sh                  # on a GPU machine
 #   benchmarks/gpu.sh --tiny --out X   # tiny config, fp32, CPU (what the tests run)

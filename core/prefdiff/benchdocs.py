@@ -175,6 +175,30 @@ def render_perf(perf_path: Path) -> list[str]:
     return lines
 
 
+def render_gpu(gpu_dir: Path) -> list[str]:
+    """The GPU section: one row per step of every JSON benchmarks/gpu.sh wrote there, then NOTES.md."""
+    lines = ["## GPU", "",
+             "Written by `benchmarks/gpu.sh` (a Stable-Diffusion-1.5-shaped UNet with random weights, 64x64x4 "
+             "latents, 77x768 text states). MFU is achieved FLOP/s (forward and backward matmuls and convolutions, "
+             "counted by torch's FlopCounterMode) over a bf16 matrix product timed in the same run.", "",
+             "| file | card | batch | LoRA targets | step | s/step | samples/s | TFLOP/s | MFU | peak GiB | "
+             "kernel-busy s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(gpu_dir.glob("*.json")):
+        g = json.loads(path.read_text())
+        for key, e in g["results"].items():
+            if "step_s" not in e:
+                continue
+            busy = e.get("profile", {}).get("kernel_busy_s", "")
+            lines.append(f"| {path.name} | {g['device']} ({g['dtype']}, torch {g['torch']}, peak "
+                         f"{g['matmul_peak_tflops']:.0f} TFLOP/s) | {g['batch']} | {g.get('lora_targets', 'blocks')} "
+                         f"| {key} | {e['step_s']:.3f} | {e['samples_per_s']:.1f} | {e['achieved_tflops']:.0f} | "
+                         f"{e['mfu']:.3f} | {e.get('peak_gpu_memory_gb', '')} | {busy} |")
+    notes = gpu_dir / "NOTES.md"
+    if notes.is_file():
+        lines += ["", notes.read_text().strip()]
+    return lines + [""]
+
+
 def render(results_dir: Path, page: Path) -> str:
     """The markdown page for every results.json under ``results_dir`` and its perf.json."""
     lines = ["# Benchmarks", "",
@@ -186,6 +210,8 @@ def render(results_dir: Path, page: Path) -> str:
     perf = results_dir / "perf.json"
     if perf.is_file():
         lines += render_perf(perf)
+    if any((results_dir / "gpu").glob("*.json")):
+        lines += render_gpu(results_dir / "gpu")
     return "\n".join(lines)
 
 

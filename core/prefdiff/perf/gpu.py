@@ -13,6 +13,14 @@ own sampler, losses and LoRA. The FLOPs of a step are counted by
 forward and backward); utilisation is achieved FLOP/s over the peak of a
 bf16 matrix product timed in the same run. ``--tiny`` is a tiny config in
 fp32 on the CPU, which the tests run.
+
+``--lora-targets blocks`` is prefdiff's default (every Linear and Conv inside
+the UNet blocks); ``attention`` is the attention projections alone (to_q, to_k,
+to_v, to_out.0), the set diffusers' Diffusion-DPO example trains
+(examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py).
+``--profile`` runs one DDPO LoRA step under torch.profiler and reports the
+kernels' busy share of the step and the top kernels, which tells a
+launch-bound step from a compute-bound one.
 """
 
 from __future__ import annotations
@@ -59,7 +67,15 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     return 2 * n**3 / best
 
 
-def build(config: dict, device: torch.device, dtype: torch.dtype, lora_rank: int):
+LORA_TARGETS = ("blocks", "attention")
+
+
+def attention_targets(net: torch.nn.Module) -> list[str]:
+    """The attention projections, diffusers' usual LoRA target set for a UNet."""
+    return [name for name, _ in net.named_modules() if name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0"))]
+
+
+def build(config: dict, device: torch.device, dtype: torch.dtype, lora_rank: int, targets: str = "blocks"):
     from diffusers import UNet2DConditionModel
 
     from prefdiff.models import Denoiser, LoraOptions, ModelPreset, add_lora
@@ -73,7 +89,8 @@ def build(config: dict, device: torch.device, dtype: torch.dtype, lora_rank: int
                          layers_per_block=config["layers_per_block"], norm_num_groups=config["norm_num_groups"])
     model = Denoiser(unet, preset)
     if lora_rank > 0:
-        add_lora(model, LoraOptions(r=lora_rank, alpha=float(lora_rank)))
+        names = attention_targets(unet) if targets == "attention" else []
+        add_lora(model, LoraOptions(r=lora_rank, alpha=float(lora_rank), target_modules=names))
     return model.to(device=device, dtype=dtype).train()
 
 
@@ -144,8 +161,31 @@ def time_step(step: Callable[[], None], device: torch.device, warmup: int, repea
     return sorted(times)[len(times) // 2]
 
 
+def profile_step(step: Callable[[], None], device: torch.device, top: int = 8) -> dict[str, Any]:
+    """One step under torch.profiler: device-kernel busy time over the step's wall time, top kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    step()
+    _sync(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        step()
+        _sync(device)
+    wall = time.perf_counter() - start
+    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    busy = sum(e.self_device_time_total for e in events) / 1e6
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    return {"profiled_step_s": round(wall, 4), "kernel_launches": sum(e.count for e in events),
+            "kernel_busy_s": round(busy, 4), "kernel_busy_share": round(busy / wall, 3),
+            "top_kernels": [{"name": e.key[:80], "calls": e.count, "ms": round(e.self_device_time_total / 1e3, 2)}
+                            for e in events[:top]]}
+
+
 def run(tiny: bool = False, batch: int | None = None, num_steps: int | None = None,
-        repeats: int | None = None, lora_rank: int = 4) -> dict[str, Any]:
+        repeats: int | None = None, lora_rank: int = 4, targets: str = "blocks",
+        modes: tuple[str, ...] = ("lora", "full"), profile: bool = False) -> dict[str, Any]:
     from prefdiff.schedulers import build_scheduler
 
     device = torch.device("cpu" if tiny or not torch.cuda.is_available() else "cuda")
@@ -167,7 +207,9 @@ def run(tiny: bool = False, batch: int | None = None, num_steps: int | None = No
     scheduler = build_scheduler()
     results: dict[str, Any] = {}
     for mode, rank in (("lora", lora_rank), ("full", 0)):
-        model = build(config, device, dtype, rank)
+        if mode not in modes:
+            continue
+        model = build(config, device, dtype, rank, targets)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
         reference = copy.deepcopy(model).requires_grad_(False).eval() if rank == 0 else None
@@ -184,6 +226,8 @@ def run(tiny: bool = False, batch: int | None = None, num_steps: int | None = No
                      "mfu": round(flops / seconds / peak, 4)}
             if device.type == "cuda":
                 entry["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            if profile and method == "ddpo":
+                entry["profile"] = profile_step(step, device)
             results[f"{method}/{mode}"] = entry
             print(f"{method}/{mode}: {entry}", flush=True)
         results[f"parameters/{mode}"] = {"total": sum(p.numel() for p in model.parameters()),
@@ -195,7 +239,7 @@ def run(tiny: bool = False, batch: int | None = None, num_steps: int | None = No
     return {"device": name, "device_type": device.type, "dtype": str(dtype).removeprefix("torch."),
             "tiny": tiny, "unet": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
             "latents": [channels, size, size], "text_states": [tokens, width], "batch": batch,
-            "ddpo_num_steps": num_steps, "lora_rank": lora_rank, "repeats": repeats,
+            "ddpo_num_steps": num_steps, "lora_rank": lora_rank, "lora_targets": targets, "repeats": repeats,
             "matmul_peak_tflops": round(peak / 1e12, 4), "torch": torch.__version__, "results": results,
             "notes": "DPO samples/s counts winner and loser; DDPO's reward is an on-device stand-in; "
                      "weights, activations and optimizer state all in the dtype shown (no autocast)"}
@@ -204,14 +248,22 @@ def run(tiny: bool = False, batch: int | None = None, num_steps: int | None = No
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/gpu.sh", description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny config, fp32, CPU (the test's setting)")
-    p.add_argument("--out", default="benchmarks/results/gpu.json")
+    p.add_argument("--out", default="benchmarks/results/gpu/gpu.json")
     p.add_argument("--batch", type=int, default=None, help="images (DPO: pairs) per step")
     p.add_argument("--num-steps", type=int, default=None, help="DDIM steps of a DDPO step")
     p.add_argument("--repeats", type=int, default=None, help="timed steps per configuration")
+    p.add_argument("--lora-targets", choices=LORA_TARGETS, default="blocks",
+                   help="blocks: every Linear/Conv in the UNet blocks (prefdiff's default); attention: q/k/v/out")
+    p.add_argument("--modes", default="lora,full", help="comma-separated: lora, full")
+    p.add_argument("--profile", action="store_true", help="also profile one DDPO step per mode")
     args = p.parse_args(argv)
     if args.tiny:
         torch.set_num_threads(1)
-    result = run(args.tiny, args.batch, args.num_steps, args.repeats)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not modes or set(modes) - {"lora", "full"}:
+        p.error(f"--modes takes lora and/or full, got {args.modes!r}")
+    result = run(args.tiny, args.batch, args.num_steps, args.repeats, targets=args.lora_targets,
+                 modes=modes, profile=args.profile)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
