@@ -78,7 +78,7 @@ def medical_recipe(quick: bool = False) -> Recipe:
         judge_note="a BasicUNet of another seed, trained on the same images; training never queries it",
         methods=methods,
         default_methods=["dpo", "draft"] if quick else ["dpo", "kto", "draft", "ddpo"],
-        pretrain_steps=300 if quick else 2000, pretrain_batch=16 if quick else 32,
+        pretrain_steps=300 if quick else 2000, pretrain_batch=16,
         align_steps=8 if quick else 100, align_batch=4 if quick else 8,
         lora_rank=8, n_eval=16 if quick else 128, num_steps=8 if quick else 20,
         mine_conditions=16 if quick else 192, mine_per_condition=4,
