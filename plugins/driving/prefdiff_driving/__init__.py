@@ -59,6 +59,9 @@ def prefdiff_register_rewards(register):
     register("planner_judge", _reward("planner_judge"))
     register("planner_feasibility_surrogate", _reward("planner_feasibility_surrogate"), differentiable=True)
     register("layout_consistency", _reward("layout_consistency"))
+    register("scenario_feasibility", _reward("scenario_feasibility"))
+    register("scenario_judge", _reward("scenario_judge"))
+    register("scenario_feasibility_surrogate", _reward("scenario_feasibility_surrogate"), differentiable=True)
 
 
 @hookimpl

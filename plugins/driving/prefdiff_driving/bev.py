@@ -14,7 +14,10 @@ occupancy exceeds ``OCCUPIED``:
 
 The condition's layout has four channels in [0, 1]: ``DRIVABLE`` (area
 fraction), ``DIVIDER`` (road and lane dividers), ``WALKWAY`` (area fraction)
-and ``GIVEN`` (vehicles fixed by the condition, for layout consistency).
+and ``GIVEN`` (vehicles fixed by the condition, for layout consistency). The
+condition's ``traffic`` is how much traffic the scene should hold: the share
+of cells holding a vehicle and a pedestrian (:func:`traffic`), read off the
+real scene in the data and free for a user to set.
 """
 
 from __future__ import annotations
@@ -67,6 +70,17 @@ def agent_raster(boxes: list[dict], resolution: int = RESOLUTION, extent: float 
         v = np.nan_to_num(np.asarray(b["velocity"], dtype=float)[:2]) / SPEED_SCALE
         out[VX][cells], out[VY][cells] = np.clip(v, -1, 1)
     return out
+
+
+def traffic(agents: torch.Tensor, sharpness: float | None = None) -> torch.Tensor:
+    """``[B, 4, R, R]`` agent rasters -> ``[B, 2]``: share of cells holding a vehicle, a pedestrian.
+
+    With ``sharpness`` the occupancy is a sigmoid of the raster instead of a
+    threshold, so the density is differentiable (for reward backpropagation).
+    """
+    occ = agents[:, [VEHICLE, PEDESTRIAN]]
+    occ = (occ > OCCUPIED).to(agents.dtype) if sharpness is None else torch.sigmoid(sharpness * (occ - OCCUPIED))
+    return occ.mean((-2, -1))
 
 
 def route_raster(route: torch.Tensor, resolution: int = RESOLUTION, extent: float = EXTENT,

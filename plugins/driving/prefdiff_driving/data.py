@@ -226,7 +226,7 @@ def read_split(root: str | Path, version: str, split: str, log=None) -> dict[str
 
 
 class NuScenesBEV(Dataset):
-    """Keyframes of one split as ``{"cond": {"layout", "route", "speed"}, "x0": agent raster}``.
+    """Keyframes of one split as ``{"cond": {"layout", "route", "speed", "traffic"}, "x0": agent raster}``.
 
     :param root: the nuScenes dataroot (tables under ``root/version``, maps under ``root/maps``).
     :param version: ``v1.0-mini`` or ``v1.0-trainval``.
@@ -258,15 +258,18 @@ class NuScenesBEV(Dataset):
         n = len(data["tokens"]) if size is None else min(size, len(data["tokens"]))
         self.layout, self.agents = data["layout"][:n], data["agents"][:n]
         self.route, self.speed, self.tokens = data["route"][:n], data["speed"][:n], list(data["tokens"][:n])
+        self.traffic = bev.traffic(self.agents)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"cond": {"layout": self.layout[i], "route": self.route[i], "speed": self.speed[i]},
+        return {"cond": {"layout": self.layout[i], "route": self.route[i], "speed": self.speed[i],
+                         "traffic": self.traffic[i]},
                 "x0": self.agents[i]}
 
     def conditions(self, n: int | None = None) -> dict[str, torch.Tensor]:
         """The first ``n`` conditions, collated."""
         n = len(self) if n is None else min(n, len(self))
-        return {"layout": self.layout[:n], "route": self.route[:n], "speed": self.speed[:n]}
+        return {"layout": self.layout[:n], "route": self.route[:n], "speed": self.speed[:n],
+                "traffic": self.traffic[:n]}

@@ -5,8 +5,11 @@ benchmark cache (``v1.0-mini`` for ``--quick``, a ``v1.0-trainval``-schema set
 of 48 + 12 scenes otherwise), or uses the user's dataroot named by
 ``PREFDIFF_DRIVING_DATAROOT`` (with ``PREFDIFF_DRIVING_VERSION``, default
 ``v1.0-mini``). The judge is the planner with its stricter held-out
-configuration; drift is the relative change of agent density against the real
-held-out scenes, so a model that empties the road to please the planner shows.
+configuration. The planner alone scores an empty road above real traffic, so
+training reward and judge are the planner's score times how well the scene
+is the one asked for (the condition's traffic density and given vehicles,
+``rewards.scenario_feasibility`` / ``scenario_judge``); drift is the relative
+change of agent density against the real held-out scenes.
 """
 
 from __future__ import annotations
@@ -40,15 +43,16 @@ def driving_recipe(quick: bool = False) -> Recipe:
     else:
         # a placeholder naming the data (it keys the base-model cache); prepare replaces it
         options = {"root": f"synthetic:{settings['version']}:{settings['scenes']}", "version": settings["version"]}
-    surrogate = "planner_feasibility_surrogate"
+    surrogate = "scenario_feasibility_surrogate"
     methods: dict[str, dict] = {
         "sft": {"lr": 5e-4},
         "rwr": {"lr": 5e-4},
-        "dpo": {"beta": 2000.0, "lr": 1e-3, **({} if quick else {"steps": 100})},
+        "dpo": {"beta": 2000.0, "lr": 1e-3, **({} if quick else {"steps": 20})},
         "kto": {"beta": 2000.0, "lr": 1e-3},
         "d3po": {"beta": 0.1, "lr": 3e-4},
-        "ddpo": {"samples_per_condition": 4, "timestep_fraction": 0.5, "lr": 5e-4},
-        "grpo": {"samples_per_condition": 4, "timestep_fraction": 0.5, "lr": 5e-4, "kl_coef": 0.0},
+        "ddpo": {"samples_per_condition": 4, "timestep_fraction": 0.5, "lr": 5e-4, **({} if quick else {"steps": 100})},
+        "grpo": {"samples_per_condition": 4, "timestep_fraction": 0.5, "lr": 5e-4, "kl_coef": 0.01,
+                 **({} if quick else {"steps": 100})},
         "dpok": {"samples_per_condition": 4, "timestep_fraction": 0.5, "lr": 5e-4, "kl_coef": 0.01},
         "draft": {"reward": surrogate, "k": 1, "drift_coef": 0.1, "lr": 3e-4},
         "alignprop": {"reward": surrogate, "k": 4, "drift_coef": 0.1, "lr": 3e-4},
@@ -60,16 +64,17 @@ def driving_recipe(quick: bool = False) -> Recipe:
                "conditioning": "concat", "cond_channels": CHANNELS_OUT, "block_out_channels": settings["model"],
                "layers_per_block": 1, "norm_num_groups": 8},
         conditioner="layout_route",
-        reward="planner_feasibility", judge="planner_judge",
-        judge_note="the lattice planner with a held-out configuration: 4 s instead of 3, another lattice, "
-                   "a bigger ego and a 1.5 s TTC look-ahead; training never queries it",
+        reward="scenario_feasibility", judge="scenario_judge",
+        judge_note="the lattice planner with a held-out configuration (4 s instead of 3, another lattice, "
+                   "a bigger ego, a 1.5 s TTC look-ahead) times the asked traffic's match and (1 + IoU) / 2 "
+                   "of the given vehicles; training never queries this planner",
         methods=methods,
         default_methods=["dpo", "grpo", "draft"] if quick else ["dpo", "ddpo", "grpo", "draft"],
         # Sized for 2 shared cores: a full run is about 20 minutes when two other jobs share them.
         pretrain_steps=200 if quick else 1500, pretrain_batch=8 if quick else 16,
         align_steps=4 if quick else 40, align_batch=2 if quick else 8,
-        lora_rank=8, n_eval=12 if quick else 192, num_steps=6 if quick else 10,
-        mine_conditions=8 if quick else 192, mine_per_condition=4,
+        lora_rank=8, n_eval=12 if quick else 192, eval_samples=1 if quick else 4, num_steps=6 if quick else 10,
+        mine_conditions=16 if quick else 192, mine_per_condition=4,
         prepare=partial(prepare, quick=quick, user_root=user_root),
         drift=_drift, drift_note="relative difference of agent density (share of cells holding a vehicle or "
                                  "pedestrian) from the real held-out scenes; 0 = as much traffic as real",

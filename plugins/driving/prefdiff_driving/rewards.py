@@ -7,6 +7,14 @@
 * ``planner_feasibility_surrogate``: a smooth stand-in for reward backpropagation only.
 * ``layout_consistency``: IoU of generated vehicles with the vehicles the condition gives,
   averaged with the share of generated vehicle cells on the drivable area.
+* ``scenario_feasibility``: the benchmark's training reward, the planner's score times how
+  well the scene is the one asked for: ``traffic_match`` (the asked traffic density is there)
+  times ``(1 + IoU) / 2`` of the given vehicles. The planner alone scores an empty road highest (0.98
+  against 0.89 for real scenes on the judge), and a model aligned to it learns to clear
+  the road; these two factors make that worth nothing while leaving every way of placing
+  the asked traffic so the ego can drive open.
+* ``scenario_judge``: the same product with the held-out planner; ``scenario_feasibility_surrogate``
+  the differentiable surrogate times a soft ``traffic_match``, for reward backpropagation.
 """
 
 from __future__ import annotations
@@ -20,12 +28,17 @@ from prefdiff.errors import UserError
 from prefdiff_driving import bev
 
 
-def _check(samples: torch.Tensor, cond: Any, who: str) -> None:
+TRAFFIC_FLOOR = 4 / bev.RESOLUTION ** 2
+"""Added to both densities of ``traffic_match``: about half a car's cells, so a scene asked
+for no pedestrians is not failed by one stray cell."""
+
+
+def _check(samples: torch.Tensor, cond: Any, who: str, keys: tuple[str, ...] = ("layout", "route", "speed")) -> None:
     if samples.ndim != 4 or samples.shape[1] != bev.AGENT_CHANNELS:
         raise UserError(f"reward '{who}' scores agent rasters [B, {bev.AGENT_CHANNELS}, R, R], got "
                         f"{list(samples.shape)}; use the driving model preset")
-    if not isinstance(cond, dict) or not {"layout", "route", "speed"} <= set(cond):
-        raise UserError(f"reward '{who}' needs the nuscenes_bev conditions (layout, route, speed)")
+    if not isinstance(cond, dict) or not set(keys) <= set(cond):
+        raise UserError(f"reward '{who}' needs the nuscenes_bev conditions ({', '.join(keys)})")
 
 
 def _planner_reward(config, who: str, **overrides: Any):
@@ -70,6 +83,62 @@ def planner_feasibility_surrogate(sharpness: float = 16.0, sigma: float = 1.5):
         _check(samples, cond, "planner_feasibility_surrogate")
         scores = soft_feasibility(samples, cond, sharpness=sharpness, sigma=sigma)
         return scores.to(samples.dtype), {}
+
+    return reward
+
+
+def traffic_match(samples: torch.Tensor, traffic: torch.Tensor, sharpness: float | None = None) -> torch.Tensor:
+    """Per scene in (0, 1]: how closely the generated traffic density matches the asked one.
+
+    For vehicles and pedestrians apart, ``min(d_gen, d_ask) / max(d_gen, d_ask)`` with
+    ``TRAFFIC_FLOOR`` added to both, multiplied: 1 when the scene holds as much traffic of
+    each kind as asked, about 0.1 for an empty road where real traffic was asked for, and
+    about half for a scene that drops one of two vehicles. ``sharpness`` makes it
+    differentiable (soft occupancy, ``bev.traffic``).
+    """
+    got = bev.traffic(samples, sharpness) + TRAFFIC_FLOOR
+    want = traffic.to(samples).reshape(-1, 2) + TRAFFIC_FLOOR
+    return (torch.minimum(got, want) / torch.maximum(got, want)).prod(-1)
+
+
+def _scenario_reward(config, who: str, **overrides: Any):
+    planner = _planner_reward(config, who, **overrides)
+    keys = ("layout", "route", "speed", "traffic")
+
+    def reward(samples: torch.Tensor, cond: Any):
+        _check(samples, cond, who, keys)
+        pdm, info = planner(samples, cond)
+        match = traffic_match(samples.detach(), cond["traffic"]).to(pdm)
+        iou = consistency_terms(samples.detach(), cond["layout"].to(samples.device))["iou"].to(pdm)
+        info.update(planner=pdm.mean().item(), traffic_match=match.mean().item(), given_iou=iou.mean().item())
+        return pdm * match * (1 + iou) / 2, info
+
+    return reward
+
+
+def scenario_feasibility(**overrides: Any):
+    """The benchmark's training reward: ``planner_feasibility x traffic_match x (1 + given IoU) / 2``."""
+    from prefdiff_driving.planner import TRAINING
+
+    return _scenario_reward(TRAINING, "scenario_feasibility", **overrides)
+
+
+def scenario_judge(**overrides: Any):
+    """The benchmark's judge: ``planner_judge x traffic_match x (1 + given IoU) / 2`` (held-out planner)."""
+    from prefdiff_driving.planner import JUDGE
+
+    return _scenario_reward(JUDGE, "scenario_judge", **overrides)
+
+
+def scenario_feasibility_surrogate(sharpness: float = 16.0, sigma: float = 1.5):
+    """Differentiable: ``planner_feasibility_surrogate x`` a soft ``traffic_match``."""
+    from prefdiff_driving.planner import soft_feasibility
+
+    def reward(samples: torch.Tensor, cond: Any):
+        _check(samples, cond, "scenario_feasibility_surrogate", ("layout", "route", "speed", "traffic"))
+        feasible = soft_feasibility(samples, cond, sharpness=sharpness, sigma=sigma)
+        match = traffic_match(samples, cond["traffic"], sharpness=sharpness)
+        return (feasible * match).to(samples.dtype), {}
 
     return reward
 

@@ -13,7 +13,8 @@ def test_plugins_lists_what_driving_registers(capsys):
     assert info["datasets"] == ["nuscenes_bev"]
     assert info["conditioners"] == ["layout_route"]
     assert info["rewards"] == ["planner_feasibility", "planner_judge", "planner_feasibility_surrogate",
-                               "layout_consistency"]
+                               "layout_consistency", "scenario_feasibility", "scenario_judge",
+                               "scenario_feasibility_surrogate"]
     assert info["benchmarks"] == ["driving"]
 
 
@@ -26,7 +27,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert on_disk == json.loads(json.dumps(results))
     assert {"domain", "reward", "judge", "quick", "seed", "n_eval", "base", "untrained", "methods", "edit",
             "env"} <= set(on_disk)
-    assert on_disk["domain"] == "driving" and on_disk["judge"] == "planner_judge" and on_disk["quick"]
+    assert on_disk["domain"] == "driving" and on_disk["judge"] == "scenario_judge" and on_disk["quick"]
     assert set(on_disk["methods"]) == {"dpo", "grpo", "draft"}
     for entry in on_disk["methods"].values():
         assert {"reward_mean", "reward_std", "improvement", "improvement_ci95", "drift", "reward_queries",

@@ -43,7 +43,9 @@ def test_dataset_reads_boxes_and_map_through_the_devkit(dataroot, test_split):
     assert len(test_split) == sum(s["scene_token"] in val_scenes for s in nusc.sample) > 0
     item = test_split[3]
     assert item["x0"].shape == (bev.AGENT_CHANNELS, bev.RESOLUTION, bev.RESOLUTION)
-    assert set(item["cond"]) == {"layout", "route", "speed"}
+    assert set(item["cond"]) == {"layout", "route", "speed", "traffic"}
+    # the asked traffic is the real scene's: its share of vehicle and pedestrian cells
+    torch.testing.assert_close(item["cond"]["traffic"], (item["x0"][:2] > bev.OCCUPIED).float().mean((1, 2)))
     assert item["cond"]["layout"].shape == (bev.LAYOUT_CHANNELS, bev.RESOLUTION, bev.RESOLUTION)
     torch.testing.assert_close(item["cond"]["route"][0], torch.zeros(2))
     steps = item["cond"]["route"].diff(dim=0).norm(dim=1)

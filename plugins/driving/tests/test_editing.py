@@ -37,3 +37,8 @@ def test_edits_keep_the_scene_outside_the_region(test_split):
     m = result["metrics"]
     assert m["n"] == 4 and 0 <= m["reward_mean"] <= 1 and 0.9 < m["preservation"] <= 1
     assert {"success_insert", "success_remove"} <= set(m)
+    # the asked vehicle density follows the edit: up by the box for an insert, down for a remove
+    change = result["cond"]["traffic"][:, 0] - result["cond_before"]["traffic"][:, 0]
+    share = result["boxes"].flatten(1).float().mean(1)
+    torch.testing.assert_close(change, torch.tensor([1.0, -1.0, 1.0, -1.0]) * share)
+    torch.testing.assert_close(result["cond"]["traffic"][:, 1], result["cond_before"]["traffic"][:, 1])

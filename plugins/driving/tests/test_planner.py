@@ -88,7 +88,8 @@ def test_rewards_meet_the_contract(test_split):
     cond = test_split.conditions(6)
     samples = test_split.agents[:6].clone()
     samples[3] = torch.randn_like(samples[3], generator=torch.Generator().manual_seed(1))
-    for name in ("planner_feasibility", "planner_judge", "layout_consistency", "planner_feasibility_surrogate"):
+    for name in ("planner_feasibility", "planner_judge", "layout_consistency", "planner_feasibility_surrogate",
+                 "scenario_feasibility", "scenario_judge", "scenario_feasibility_surrogate"):
         scores = check_reward(manager.reward(name), cond, samples)
         assert ((0 <= scores) & (scores <= 1)).all(), name
         assert scores[3] < scores[[0, 1, 2, 4, 5]].max(), name
@@ -112,6 +113,26 @@ def test_layout_consistency_rewards_the_given_vehicles(test_split):
     off_road = real.clone()
     off_road[:, bev.VEHICLE][cond["layout"][:, bev.DRIVABLE] < 0.1] = 1.0
     assert (reward(off_road, cond)[0] < reward(real, cond)[0]).all()
+
+
+def test_scenario_rewards_fail_the_empty_road_that_the_planner_prefers(test_split):
+    """The planner alone scores an empty road above real traffic; the scenario reward does not."""
+    from prefdiff_driving.rewards import scenario_feasibility, scenario_judge, traffic_match
+
+    cond, real = test_split.conditions(), test_split.agents
+    empty = torch.zeros_like(real)
+    assert score_scenes(empty, cond, JUDGE)["score"].mean() > score_scenes(real, cond, JUDGE)["score"].mean()
+    for reward in (scenario_feasibility(), scenario_judge()):
+        real_scores, info = reward(real, cond)
+        assert real_scores.mean() > 2 * reward(empty, cond)[0].mean()
+        assert info["traffic_match"] == pytest.approx(1.0) and 0 <= info["planner"] <= 1
+    torch.testing.assert_close(traffic_match(real, cond["traffic"]), torch.ones(len(real)))
+    # ask for twice the traffic and a busy real scene matches each class about half: a third in all
+    busy = (cond["traffic"] > 0.01).all(-1)
+    half = traffic_match(real[busy], 2 * cond["traffic"][busy])
+    assert busy.sum() > 10 and ((half > 0.2) & (half < 0.4)).all()
+    with pytest.raises(UserError, match="traffic"):
+        scenario_judge()(real, {k: v for k, v in cond.items() if k != "traffic"})
 
 
 def test_drift_is_zero_for_real_scenes_and_grows_when_the_road_empties(test_split):
