@@ -1,9 +1,9 @@
 """Rewards over generated agent rasters, each ``reward(samples, conditions) -> (scores, info)``.
 
 * ``planner_feasibility``: the lattice planner's best PDM-style score in the scene
-  (:mod:`prefdiff_driving.planner`), the training reward.
+  (:mod:`prefdiff_driving.planner`).
 * ``planner_judge``: the same planner with the stricter held-out configuration
-  ``planner.JUDGE``; the benchmark evaluates with it and training never queries it.
+  ``planner.JUDGE``; training never queries it.
 * ``planner_feasibility_surrogate``: a smooth stand-in for reward backpropagation only.
 * ``layout_consistency``: IoU of generated vehicles with the vehicles the condition gives,
   averaged with the share of generated vehicle cells on the drivable area.
@@ -62,14 +62,17 @@ def _planner_reward(config, who: str, **overrides: Any):
 
 
 def planner_feasibility(**overrides: Any):
-    """The training reward: best plan's PDM-style score with ``planner.TRAINING`` (options override fields)."""
+    """The best plan's PDM-style score with ``planner.TRAINING`` (options override fields).
+
+    Alone it scores an empty road highest; the benchmark trains on ``scenario_feasibility``."""
     from prefdiff_driving.planner import TRAINING
 
     return _planner_reward(TRAINING, "planner_feasibility", **overrides)
 
 
 def planner_judge(**overrides: Any):
-    """The held-out judge: ``planner.JUDGE``, a longer, stricter, differently spaced lattice."""
+    """The planner with ``planner.JUDGE``, a longer, stricter, differently spaced lattice
+    (the held-out planner inside ``scenario_judge``)."""
     from prefdiff_driving.planner import JUDGE
 
     return _planner_reward(JUDGE, "planner_judge", **overrides)
