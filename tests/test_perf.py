@@ -94,6 +94,8 @@ def test_time_to_reach_and_speedup(tmp_path):
     assert (eff["best"], eff["speedup"]) == ("grpo", 4.0)
     flat = {"methods": {"ddpo": {"curve": [[0, 0.5], [10, 0.4]]}, "dpo": {"curve": [[0, 0.5]]}}}
     assert "skipped" in field_speedup(flat)  # DDPO never got above its start
+    alone = {"methods": {"ddpo": {"curve": [[0, 0.1], [9, 0.5]]}, "dpo": {"curve": [[0, 0.1], [3, 0.4]]}}}
+    assert (field_speedup(alone)["best"], field_speedup(alone)["speedup"]) == ("ddpo", 1.0)
     assert field_speedup({"methods": {"dpo": {"curve": [[0, 1]]}}}) == {"skipped": "no DDPO curve"}
 
 
