@@ -18,9 +18,9 @@ fp32 on the CPU, which the tests run.
 the UNet blocks); ``attention`` is the attention projections alone (to_q, to_k,
 to_v, to_out.0), the set diffusers' Diffusion-DPO example trains
 (examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py).
-``--profile`` runs one DDPO LoRA step under torch.profiler and reports the
-kernels' busy share of the step and the top kernels, which tells a
-launch-bound step from a compute-bound one.
+``--profile`` runs one DDPO step of each mode under torch.profiler and reports
+the kernels' busy time and share of that (profiled) step and the top kernels,
+which tells a launch-bound step from a compute-bound one.
 """
 
 from __future__ import annotations

@@ -91,13 +91,11 @@ def edit_scenes(denoiser, scheduler, x0: torch.Tensor, cond: dict[str, torch.Ten
     original = x0[picked]
     cond_before = select(cond, torch.tensor(picked))
     boxes_t = torch.stack(boxes)
-    new_cond = {**cond_before, "layout": torch.stack(layouts)}
-    if "traffic" in cond_before:
-        # the asked vehicle density gains (insert) or loses (remove) the box's cells
-        sign = torch.tensor([1.0 if kind == "insert" else -1.0 for kind in kinds])
-        traffic = cond_before["traffic"].clone()
-        traffic[:, 0] = (traffic[:, 0] + sign * boxes_t.flatten(1).float().mean(1)).clamp_min(0)
-        new_cond["traffic"] = traffic
+    # the asked vehicle density gains (insert) or loses (remove) the box's cells
+    sign = torch.tensor([1.0 if kind == "insert" else -1.0 for kind in kinds])
+    traffic = cond_before["traffic"].clone()
+    traffic[:, 0] = (traffic[:, 0] + sign * boxes_t.flatten(1).float().mean(1)).clamp_min(0)
+    new_cond = {**cond_before, "layout": torch.stack(layouts), "traffic": traffic}
     regions = torch.stack([_dilate(b, margin) for b in boxes_t])
     keep = (~regions).float()[:, None].expand_as(original)
     denoiser.eval()

@@ -31,6 +31,8 @@ from prefdiff_driving import bev
 TRAFFIC_FLOOR = 4 / bev.RESOLUTION ** 2
 """Added to both densities of ``traffic_match``: about half a car's cells, so a scene asked
 for no pedestrians is not failed by one stray cell."""
+SCENARIO_KEYS = ("layout", "route", "speed", "traffic")
+"""The conditions the scenario rewards read: the planner's, and the asked traffic."""
 
 
 def _check(samples: torch.Tensor, cond: Any, who: str, keys: tuple[str, ...] = ("layout", "route", "speed")) -> None:
@@ -106,10 +108,9 @@ def traffic_match(samples: torch.Tensor, traffic: torch.Tensor, sharpness: float
 
 def _scenario_reward(config, who: str, **overrides: Any):
     planner = _planner_reward(config, who, **overrides)
-    keys = ("layout", "route", "speed", "traffic")
 
     def reward(samples: torch.Tensor, cond: Any):
-        _check(samples, cond, who, keys)
+        _check(samples, cond, who, SCENARIO_KEYS)
         pdm, info = planner(samples, cond)
         match = traffic_match(samples.detach(), cond["traffic"]).to(pdm)
         iou = consistency_terms(samples.detach(), cond["layout"].to(samples.device))["iou"].to(pdm)
@@ -138,7 +139,7 @@ def scenario_feasibility_surrogate(sharpness: float = 16.0, sigma: float = 1.5):
     from prefdiff_driving.planner import soft_feasibility
 
     def reward(samples: torch.Tensor, cond: Any):
-        _check(samples, cond, "scenario_feasibility_surrogate", ("layout", "route", "speed", "traffic"))
+        _check(samples, cond, "scenario_feasibility_surrogate", SCENARIO_KEYS)
         feasible = soft_feasibility(samples, cond, sharpness=sharpness, sigma=sigma)
         match = traffic_match(samples, cond["traffic"], sharpness=sharpness)
         return (feasible * match).to(samples.dtype), {}

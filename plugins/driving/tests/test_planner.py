@@ -117,7 +117,7 @@ def test_layout_consistency_rewards_the_given_vehicles(test_split):
 
 def test_scenario_rewards_fail_the_empty_road_that_the_planner_prefers(test_split):
     """The planner alone scores an empty road above real traffic; the scenario reward does not."""
-    from prefdiff_driving.rewards import scenario_feasibility, scenario_judge, traffic_match
+    from prefdiff_driving.rewards import consistency_terms, scenario_feasibility, scenario_judge, traffic_match
 
     cond, real = test_split.conditions(), test_split.agents
     empty = torch.zeros_like(real)
@@ -127,6 +127,14 @@ def test_scenario_rewards_fail_the_empty_road_that_the_planner_prefers(test_spli
         assert real_scores.mean() > 2 * reward(empty, cond)[0].mean()
         assert info["traffic_match"] == pytest.approx(1.0) and 0 <= info["planner"] <= 1
     torch.testing.assert_close(traffic_match(real, cond["traffic"]), torch.ones(len(real)))
+    # on model-like scenes (given vehicles dropped, a stray car) it is the product of its three factors
+    scenes = real.clone()
+    scenes[:, bev.VEHICLE][cond["layout"][:, bev.GIVEN] > 0.5] = 0.0
+    scenes[:, bev.VEHICLE, 20:22, 20:23] = 1.0
+    iou = consistency_terms(scenes, cond["layout"])["iou"]
+    assert (iou < 1).any()
+    expected = (score_scenes(scenes, cond, JUDGE)["score"] * traffic_match(scenes, cond["traffic"]) * (1 + iou) / 2)
+    torch.testing.assert_close(scenario_judge()(scenes, cond)[0], expected)
     # ask for twice the traffic and a busy real scene matches each class about half: a third in all
     busy = (cond["traffic"] > 0.01).all(-1)
     half = traffic_match(real[busy], 2 * cond["traffic"][busy])
