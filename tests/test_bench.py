@@ -63,8 +63,15 @@ def test_tiny_benchmark_writes_the_contract(tmp_path):
 
 def test_several_samples_per_held_out_condition(tmp_path):
     recipe = replace(TINY, eval_samples=3, n_eval=4, default_methods=["dpo"])
+    # A rerun into a committed results folder: its own files are replaced, the notes kept.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/results.json").write_text('{"earlier": true}')
+    (tmp_path / "out/NOTES.md").write_text("what was seen")
     with registered_plugin(TinyBench(recipe), "tiny-bench"):
         results = run_benchmark("tiny", quick=True, out=tmp_path / "out", log=lambda m: None)
+    assert json.loads((tmp_path / "out/results.json").read_text()) == json.loads(json.dumps(results))
+    assert (tmp_path / "out/NOTES.md").read_text() == "what was seen"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert results["n_eval"] == 4 and results["eval_samples"] == 3
     dpo = results["methods"]["dpo"]
     # The mean over 4 x 3 samples; the interval is over the 4 conditions' mean differences.
@@ -98,3 +105,19 @@ def test_sliced_wasserstein_separates_distributions():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(256, 12, generator=g), torch.randn(256, 12, generator=g)
     assert sliced_wasserstein(a, b) < 0.2 < sliced_wasserstein(a, b + 1.0)
+
+
+def test_base_model_depends_on_the_seed_alone(tmp_path):
+    """Pretraining twice from nothing gives the same weights, whatever the global generator held."""
+    from safetensors.torch import load_file
+
+    from prefdiff.bench import Benchmark
+
+    weights = []
+    for i, noise in enumerate((1, 2)):
+        torch.manual_seed(noise)  # what a recipe's prepare step may leave behind
+        base = Benchmark(TINY, seed=0, quick=True, cache=tmp_path / f"cache{i}", log=lambda m: None).base_model()
+        weights.append({f"{f.parent.name}/{k}": v for f in sorted(base.glob("**/*.safetensors"))
+                        for k, v in load_file(f).items()})
+    assert any(k.startswith("net/") for k in weights[0]) and weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -153,14 +153,21 @@ def _recipe_key(recipe: Recipe, seed: int) -> str:
     keyed = {k: v for k, v in asdict(recipe).items()
              if k in ("domain", "dataset", "dataset_options", "model", "conditioner",
                       "conditioner_options", "pretrain_steps", "pretrain_batch", "train_size")}
-    blob = json.dumps({**keyed, "seed": seed}, sort_keys=True, default=str)
+    # "base": how a base model is made; 2 = its initial weights come from the seed
+    blob = json.dumps({**keyed, "seed": seed, "base": 2}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _seed(seed: int) -> None:
+    import pytorch_lightning as pl
+
+    pl.seed_everything(seed, workers=True, verbose=False)
 
 
 def _trainer(max_steps: int, seed: int, callbacks: list | None = None):
     import pytorch_lightning as pl
 
-    pl.seed_everything(seed, workers=True, verbose=False)
+    _seed(seed)
     return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, use_distributed_sampler=False,
@@ -258,6 +265,9 @@ class Benchmark:
             return base
         r = self.recipe
         self.log(f"base model: pretraining {r.pretrain_steps} SFT steps (cached afterwards in {base})")
+        # Seed before the network is built: its initial weights come from the seed, not
+        # from whatever the recipe's prepare step left in the global generator.
+        _seed(self.seed)
         module = SFTModule(model=r.model, lora_rank=0, lr=1e-3, **self.module_options())
         data = PrefDataModule.from_datasets(self.dataset("train", r.train_size),
                                             batch_size=r.pretrain_batch, seed=self.seed)
@@ -427,8 +437,6 @@ class Benchmark:
         (:func:`judge_curve`); the wall seconds include its evaluations, whose sum
         the callback holds in ``eval_s``.
         """
-        import pytorch_lightning as pl
-
         from prefdiff.data import PairDataset, WeightedSamples
         from prefdiff.datamodule import PrefDataModule
 
@@ -442,7 +450,7 @@ class Benchmark:
         options.setdefault("lora_rank", r.lora_rank)
         # Seed before the adapter is built: a method's result must not depend on
         # which methods ran before it.
-        pl.seed_everything(self.seed, workers=True, verbose=False)
+        _seed(self.seed)
         module = cls(base=str(base_dir), **options)
         if method in ("dpo", "kto"):
             train = PairDataset(self.pair_file)
@@ -530,9 +538,23 @@ def run_benchmark(domain: str, *, methods: list[str] | None = None, quick: bool 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    publish(tmp, out)
+    return results
+
+
+def publish(new: Path, out: Path) -> None:
+    """Put the finished run ``new`` in place of ``out``, keeping what the run does not write.
+
+    Files of the old folder that the new run has no file of the same name for
+    (a results folder's NOTES.md, a user's own files) move into the new one
+    first; then the folders swap with two renames, so ``out`` is never half
+    written.
+    """
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
+        for entry in out.iterdir():
+            if not (new / entry.name).exists():
+                os.replace(entry, new / entry.name)
         os.replace(out, old)
-    os.replace(tmp, out)
+    os.replace(new, out)
     shutil.rmtree(old, ignore_errors=True)
-    return results
