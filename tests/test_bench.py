@@ -67,10 +67,13 @@ def test_several_samples_per_held_out_condition(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out/results.json").write_text('{"earlier": true}')
     (tmp_path / "out/NOTES.md").write_text("what was seen")
+    (tmp_path / "out/probes").mkdir()
+    (tmp_path / "out/probes/lr.txt").write_text("a user's own folder")
     with registered_plugin(TinyBench(recipe), "tiny-bench"):
         results = run_benchmark("tiny", quick=True, out=tmp_path / "out", log=lambda m: None)
     assert json.loads((tmp_path / "out/results.json").read_text()) == json.loads(json.dumps(results))
     assert (tmp_path / "out/NOTES.md").read_text() == "what was seen"
+    assert (tmp_path / "out/probes/lr.txt").read_text() == "a user's own folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert results["n_eval"] == 4 and results["eval_samples"] == 3
     dpo = results["methods"]["dpo"]

@@ -546,15 +546,15 @@ def publish(new: Path, out: Path) -> None:
     """Put the finished run ``new`` in place of ``out``, keeping what the run does not write.
 
     Files of the old folder that the new run has no file of the same name for
-    (a results folder's NOTES.md, a user's own files) move into the new one
-    first; then the folders swap with two renames, so ``out`` is never half
-    written.
+    (a results folder's NOTES.md, a user's own files) are copied into the new
+    one first, so the old folder stays whole until the folders swap with two
+    renames: ``out`` is never half written, and a crash loses nothing.
     """
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         for entry in out.iterdir():
             if not (new / entry.name).exists():
-                os.replace(entry, new / entry.name)
+                (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, new / entry.name)
         os.replace(out, old)
     os.replace(new, out)
     shutil.rmtree(old, ignore_errors=True)
