@@ -7,27 +7,15 @@ import pytest
 import torch
 
 from prefdiff import hookimpl
-from prefdiff.bench import Recipe, paired_bootstrap_ci, run_benchmark, sliced_wasserstein
+from prefdiff.bench import paired_bootstrap_ci, run_benchmark, sliced_wasserstein
 from prefdiff.errors import PluginError
-from prefdiff.testing import registered_plugin
+from prefdiff.testing import RecipePlugin, registered_plugin, tiny_recipe
 
-TINY = Recipe(
-    domain="tiny", dataset="synthetic_textures", dataset_options={"resolution": 8},
-    model={"kind": "unet2d", "sample_size": 8, "channels": 3, "conditioning": "class", "num_classes": 4,
-           "block_out_channels": (8, 16)},
-    conditioner="class_label", reward="jpeg_compressibility", judge="jpeg_incompressibility",
-    methods={"draft": {"reward": "smoothness", "k": 2}, "ddpo": {"samples_per_condition": 2}},
-    default_methods=["dpo", "ddpo", "draft"], pretrain_steps=6, pretrain_batch=8, align_steps=2,
-    align_batch=4, n_eval=8, num_steps=3, mine_conditions=6, mine_per_condition=2, train_size=64)
+TINY = tiny_recipe()
 
 
-class TinyBench:
-    def __init__(self, recipe):
-        self.recipe = recipe
-
-    @hookimpl
-    def prefdiff_register_benchmarks(self, register):
-        register(self.recipe.domain, lambda quick: self.recipe)
+class TinyBench(RecipePlugin):
+    """The tiny recipe, and a reward that returns NaN."""
 
     @hookimpl
     def prefdiff_register_rewards(self, register):
@@ -36,7 +24,7 @@ class TinyBench:
 
 def test_tiny_benchmark_writes_the_contract(tmp_path):
     with registered_plugin(TinyBench(TINY), "tiny-bench"):
-        results = run_benchmark("tiny", quick=True, out=tmp_path / "out", log=lambda m: None)
+        results = run_benchmark("tiny", quick=True, out=tmp_path / "out")
     on_disk = json.loads((tmp_path / "out/results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert {"domain", "reward", "quick", "seed", "n_eval", "base", "methods", "env"} <= set(on_disk)
@@ -70,7 +58,7 @@ def test_several_samples_per_held_out_condition(tmp_path):
     (tmp_path / "out/probes").mkdir()
     (tmp_path / "out/probes/lr.txt").write_text("a user's own folder")
     with registered_plugin(TinyBench(recipe), "tiny-bench"):
-        results = run_benchmark("tiny", quick=True, out=tmp_path / "out", log=lambda m: None)
+        results = run_benchmark("tiny", quick=True, out=tmp_path / "out")
     assert json.loads((tmp_path / "out/results.json").read_text()) == json.loads(json.dumps(results))
     assert (tmp_path / "out/NOTES.md").read_text() == "what was seen"
     assert (tmp_path / "out/probes/lr.txt").read_text() == "a user's own folder"
@@ -91,7 +79,7 @@ def test_failed_run_leaves_the_earlier_output_intact(tmp_path):
     broken = replace(TINY, reward="nan_reward", default_methods=["ddpo"], methods={})
     with registered_plugin(TinyBench(broken), "tiny-bench"):
         with pytest.raises(PluginError, match="nan_reward"):
-            run_benchmark("tiny", quick=True, out=out, log=lambda m: None)
+            run_benchmark("tiny", quick=True, out=out)
     assert json.loads((out / "results.json").read_text()) == {"earlier": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -119,8 +107,36 @@ def test_base_model_depends_on_the_seed_alone(tmp_path):
     weights = []
     for i, noise in enumerate((1, 2)):
         torch.manual_seed(noise)  # what a recipe's prepare step may leave behind
-        base = Benchmark(TINY, seed=0, quick=True, cache=tmp_path / f"cache{i}", log=lambda m: None).base_model()
+        base = Benchmark(TINY, seed=0, quick=True, cache=tmp_path / f"cache{i}").base_model()
         weights.append({f"{f.parent.name}/{k}": v for f in sorted(base.glob("**/*.safetensors"))
                         for k, v in load_file(f).items()})
     assert any(k.startswith("net/") for k in weights[0]) and weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_command_prints_prefdiff_lines_and_logs_lightning_to_a_file(tmp_path, capfd):
+    from prefdiff.cli import main
+
+    with registered_plugin(TinyBench(replace(TINY, default_methods=["dpo"])), "tiny-bench"):
+        assert main(["bench", "tiny", "--quick", "--out", str(tmp_path / "out")]) == 0
+    out, err = capfd.readouterr()
+    assert "aligning with dpo" in out and "report:" in out
+    for chatter in ("GPU available", "TPU available", "Tip:", "LeafSpec", "max_steps="):
+        assert chatter not in out + err
+    log = (tmp_path / "out/bench.log").read_text()
+    assert "GPU available" in log and "aligning with dpo" in log
+
+
+def test_report_numbers_are_those_of_results_json(tmp_path):
+    from prefdiff.bench.report import report_markdown
+
+    with registered_plugin(TinyBench(replace(TINY, default_methods=["dpo", "draft"])), "tiny-bench"):
+        results = run_benchmark("tiny", quick=True, out=tmp_path / "out")
+    report = (tmp_path / "out/report.md").read_text()
+    assert report == report_markdown(results, TINY)
+    for name, entry in results["methods"].items():
+        lo, hi = entry["improvement_ci95"]
+        row = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
+        assert f"| {entry['reward_mean']:.4f} | {entry['reward_std']:.4f} | {entry['improvement']:+.4f} | " \
+               f"[{lo:+.4f}, {hi:+.4f}] | {entry['drift']:.4f} | {entry['reward_queries']} |" in row
+    assert f"| base | {results['base']['reward_mean']:.4f} |" in report

@@ -1,5 +1,7 @@
-"""`prefdiff label` as its own process: a SIGKILL between answers loses none, a restart asks none twice."""
+"""`prefdiff label` as its own process: a SIGKILL between answers loses none, a crash mid-write loses
+none either, a restart asks none twice."""
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from prefdiff.data import read_pairs
+from prefdiff.feedback.app import TOKEN_HEADER
 from prefdiff.feedback.candidates import write_sample_folder
 
 
@@ -40,9 +43,17 @@ def _start(folder, port):
     raise AssertionError("prefdiff label did not start in 60 s")
 
 
+@contextlib.contextmanager
+def _client(url):
+    """A client holding a token, as the page does."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        client.headers[TOKEN_HEADER] = client.get("/api/token").json()["token"]
+        yield client
+
+
 def _answer(url, labeler, n):
     ids = []
-    with httpx.Client(base_url=url, timeout=30) as c:
+    with _client(url) as c:
         for i in range(n):
             pair = c.get("/api/next", params={"labeler": labeler}).json()["pair"]
             c.post("/api/answer", json={"pair": pair["id"], "labeler": labeler,
@@ -58,13 +69,16 @@ def test_sigkill_between_answers_loses_nothing_and_restart_resumes(tmp_path):
     proc = _start(tmp_path, port)
     try:
         first = _answer(url, "ann", 4)
-        with httpx.Client(base_url=url) as c:
+        with _client(url) as c:
             c.post("/api/undo", json={"labeler": "ann"}).raise_for_status()
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     kept = first[:3]
     assert [r["id"] for r in read_pairs(tmp_path / "pairs.jsonl")] == kept
+    # A crash in the middle of a write leaves half a record and no newline.
+    with open(tmp_path / "pairs.jsonl", "ab") as handle:
+        handle.write(b'{"a": "samples/c000003_0.safetensors", "condition": "conds/c0000')
 
     proc = _start(tmp_path, port)
     try:
@@ -81,6 +95,7 @@ def test_sigkill_between_answers_loses_nothing_and_restart_resumes(tmp_path):
     records = read_pairs(tmp_path / "pairs.jsonl")
     assert [r["id"] for r in records] == kept + second
     assert [r["winner"] for r in records] == ["a", "b", "a"] + ["a", "b"] * 4 + ["a"]
+    assert b"conds/c0000\n" in (tmp_path / "pairs.jsonl.torn").read_bytes()
 
 
 def test_agreement_command_reports_shared_pairs(tmp_path, capsys):
@@ -101,6 +116,7 @@ def test_agreement_command_reports_shared_pairs(tmp_path, capsys):
     (["label", "{tmp}", "--labels-per-pair", "0"], "--labels-per-pair must be >= 1"),
     (["label", "{tmp}"], "holds no candidate pairs"),
     (["label", "{tmp}", "--model", "m"], "--model needs --dataset"),
+    (["label", "{tmp}", "--instructions", "{tmp}/none.md"], "--instructions {tmp}/none.md: cannot read it"),
     (["reward-model", "train", "{tmp}/none.jsonl", "--out", "{tmp}/rm"], "does not exist"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
@@ -108,28 +124,42 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
 
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    assert message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_foreign_line_in_the_pair_file_stops_the_server_at_start(tmp_path, capsys, monkeypatch):
+    import uvicorn
+
+    from prefdiff.cli import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
+    write_sample_folder(tmp_path, torch.rand(1, 2, 3, 8, 8), [torch.tensor(0)])
+    (tmp_path / "pairs.jsonl").write_text('left is better\n{"id": "c000000-0-1"}\n')
+    assert main(["label", str(tmp_path)]) == 2
+    assert "pairs.jsonl:1 is not a JSON record (Expecting value); fix or delete that line" in capsys.readouterr().err
 
 
 def test_label_draws_from_a_model_and_ranks_by_a_reward(tmp_path):
     from starlette.testclient import TestClient
 
-    from prefdiff.cli import _parser
+    from prefdiff.cli import _parse
     from prefdiff.feedback.server import build
     from prefdiff.models import save_model
     from prefdiff.testing import tiny_denoiser, tiny_scheduler
 
     save_model(tiny_denoiser(sample_size=8), tmp_path / "base")
     tiny_scheduler().save_pretrained(tmp_path / "base" / "scheduler")
-    args = _parser().parse_args(["label", str(tmp_path / "labels"), "--model", str(tmp_path / "base"),
-                                 "--dataset", "synthetic_textures", "--dataset-option", "resolution=8",
-                                 "--conditioner", "class_label", "--steps", "2", "--per-condition", "3",
-                                 "--reward", "smoothness"])
+    (tmp_path / "task.md").write_text("Prefer **smooth** textures.")
+    args = _parse(["label", str(tmp_path / "labels"), "--model", str(tmp_path / "base"),
+                   "--dataset", "synthetic_textures", "--dataset-option", "resolution=8",
+                   "--conditioner", "class_label", "--steps", "2", "--per-condition", "3",
+                   "--reward", "smoothness", "--instructions", str(tmp_path / "task.md")], {})["label"]
     app, pool, store = build(args)
     assert len(pool.pairs) == 8 * 3  # one draw: 8 conditions x 3 pairs
     margins = [pool.margin[pid] for pid in pool.order]
     assert margins == sorted(margins) and margins[0] < margins[-1]
     with TestClient(app) as client:
+        assert "<p>Prefer <strong>smooth</strong> textures.</p>" in client.get("/").text
         first = client.get("/api/next", params={"labeler": "ann"}).json()["pair"]
         assert first["id"] == pool.order[0]
         condition = client.get(first["condition"])  # drawn by the example plugin's draw_condition

@@ -1,4 +1,5 @@
-"""The label store: durable appends in the core's pair format, no answer twice, undo, many processes."""
+"""The label store: durable appends in the core's pair format, no answer twice, no more answers than
+--labels-per-pair, a torn last line moved aside, undo, many processes; pairs held while on screen."""
 
 import json
 import multiprocessing
@@ -8,7 +9,7 @@ import torch
 
 from prefdiff.data import PairDataset, read_pairs
 from prefdiff.feedback.candidates import CandidatePool, write_sample_folder
-from prefdiff.feedback.store import LabelConflict, LabelStore
+from prefdiff.feedback.store import LabelConflict, LabelStore, Reservations
 
 
 @pytest.fixture
@@ -102,3 +103,52 @@ def test_processes_writing_at_once_keep_every_line_whole(tmp_path):
     keys = [(r["id"], r["labeler"]) for r in records]
     assert len(keys) == len(set(keys)) == sum(landed)
     assert len(read_pairs(pair_file)) == sum(landed)
+
+
+def test_an_answer_after_a_torn_last_line_is_kept_whole(folder):
+    pair_file = folder / "pairs.jsonl"
+    pairs = _pairs(folder)
+    half = json.dumps({"id": pairs[1]["id"], "condition": pairs[1]["condition"], "a": pairs[1]["a"]})[:40]
+    pair_file.write_text(half)  # a crash mid-write: half a record, no newline
+    store = LabelStore(pair_file)
+    assert store.answered() == {}  # the torn line is not an answer
+    store.record(pairs[0], "ann", "a")
+    assert [(r["id"], r["winner"]) for r in read_pairs(pair_file)] == [(pairs[0]["id"], "a")]
+    assert LabelStore(pair_file).answered("ann") == {pairs[0]["id"]: {"ann"}}
+    assert (folder / "pairs.jsonl.torn").read_text().endswith(half + "\n")
+
+
+def test_a_pair_takes_no_more_than_labels_per_pair_answers(folder):
+    pair_file = folder / "pairs.jsonl"
+    store = LabelStore(pair_file)
+    pair = _pairs(folder)[0]
+    store.record(pair, "ann", "a", labels_per_pair=2)
+    store.record(pair, "bob", "skip", labels_per_pair=2)  # a skip takes a place too: bob was asked
+    before = pair_file.read_bytes(), store.skip_file.read_bytes()
+    for answer in ("b", "skip"):
+        with pytest.raises(LabelConflict, match=rf"pair '{pair['id']}' already has its 2 label\(s\)"):
+            store.record(pair, "carl", answer, labels_per_pair=2)
+    assert (pair_file.read_bytes(), store.skip_file.read_bytes()) == before
+    store.undo("bob")
+    store.record(pair, "carl", "b", labels_per_pair=2)  # bob's place is free again
+    assert [r["labeler"] for r in read_pairs(pair_file)] == ["ann", "carl"]
+
+
+def test_a_pair_handed_out_is_held_from_other_labelers_for_a_while(folder):
+    pool = CandidatePool(folder, folder / "pairs.jsonl")
+    now = [0.0]
+    holds = Reservations(seconds=60, clock=lambda: now[0])
+
+    def ask(who, answered=None):
+        return holds.hand_out(who, answered or {}, lambda view: pool.next_for(who, view, labels_per_pair=1))["id"]
+
+    first = ask("ann")
+    assert ask("ann") == first  # a reload shows ann the pair she holds
+    second = ask("bob")
+    assert second != first
+    assert holds.view("carl", {}) == {first: {"ann"}, second: {"bob"}}
+    assert ask("carl") not in (first, second)
+    now[0] = 61  # every hold ran out: ann walked away
+    assert ask("dan") == first
+    # With one label wanted, dan's hold keeps the first pair from eve and bob's answer the second.
+    assert ask("eve", {second: {"bob"}}) not in (first, second)

@@ -25,8 +25,7 @@ class TinyCurves:
 
 def test_bench_records_judge_curves_and_the_page_plots_them(tmp_path):
     with registered_plugin(TinyCurves(), "tiny-curves"):
-        results = run_benchmark("tinycurve", quick=True, out=tmp_path / "results" / "tinycurve",
-                                log=lambda m: None)
+        results = run_benchmark("tinycurve", quick=True, out=tmp_path / "results" / "tinycurve")
     assert results["curve_samples"] == 6  # every held-out sample when there are fewer than 16
     for method, steps in (("ddpo", 4), ("draft", 2)):
         entry = results["methods"][method]
@@ -54,7 +53,7 @@ def test_curve_evaluation_does_not_change_training(tmp_path):
     """The recorded run trains exactly as it would without the curve (forked RNG, train mode restored)."""
     import torch
 
-    from prefdiff.bench import judge_curve
+    from prefdiff.bench.curves import judge_curve
     from prefdiff.testing import tiny_denoiser
 
     calls = []

@@ -446,3 +446,24 @@ def test_one_dimensional_trajectories():
     assert torch.isfinite(out.log_probs).all()
     edited = sampling.sdedit(model, scheduler, out.samples, cond, 0.5, num_steps=6, generator=seeded(1))
     assert edited.shape == (3, 4, 32)
+
+
+def test_inpaint_noises_the_kept_region_to_the_next_timestep():
+    # RePaint's replacement: after the step t -> t_prev the kept region is a draw
+    # of q(x_{t_prev} | known) = N(sqrt(a) known, (1 - a) I), a = alpha_bar(t_prev).
+    # Standardised with the right a it is N(0, 1) at every intermediate step; one
+    # step off (t, or t - 2 * step_ratio) shifts its mean and its variance.
+    scheduler = make_scheduler()
+    known = 0.5 + torch.rand(256, 1, 8, 8, generator=seeded(1))
+    keep_mask = (torch.arange(8) < 4).float().view(1, 1, 1, 8)
+    out = sampling.sample(lambda x, t, c: 0.1 * x, scheduler, randn(256, 1, 8, 8, seed=2), None, num_steps=5, eta=0.0,
+                          generator=seeded(0), known=known, keep_mask=keep_mask, return_trajectory=True)
+    kept = keep_mask.bool().expand_as(known)
+    n = int(kept.sum())
+    for i, t_prev in enumerate(out.timesteps[1:].tolist()):
+        alpha = scheduler.alphas_cumprod[t_prev]
+        z = (out.latents[:, i + 1][kept] - alpha.sqrt() * known[kept]) / (1 - alpha).sqrt()
+        # Five standard errors of the mean and of the variance of n standard normals.
+        assert abs(z.mean().item()) < 5 / n**0.5, (t_prev, z.mean())
+        assert abs(z.var().item() - 1) < 5 * (2 / n) ** 0.5, (t_prev, z.var())
+    assert torch.equal(out.samples[kept], known[kept])

@@ -72,18 +72,23 @@ def test_every_method_trains_only_the_adapter(base, method, extra):
     if method == "sft":
         options.pop("reward")
     module = cls(base=base, **options)
-    before = _lora(module)
-    frozen = {n: p.detach().clone() for n, p in module.denoiser.named_parameters() if not p.requires_grad}
+    before = {n: p.detach().clone() for n, p in module.denoiser.named_parameters()}
+    adapter = {n for n in before if "lora_" in n}
+    assert adapter and set(_lora(module)) == adapter, f"{method} trains other weights than the adapter's"
     data = Conditions(with_pairs=method in ("dpo", "kto"))
     if method == "rwr":
         for i, item in enumerate(data.items):
             item["reward"] = torch.tensor(float(i))
     _fit(module, data)
-    after = _lora(module)
-    assert any(not torch.equal(before[n], after[n]) for n in before), f"{method} changed no weight"
-    for n, p in module.denoiser.named_parameters():
-        if not p.requires_grad:
-            assert torch.equal(frozen[n], p), f"{method} changed frozen {n}"
+    changed = {n for n, p in module.denoiser.named_parameters() if not torch.equal(before[n], p)}
+    assert not changed - adapter, f"{method} changed base weights {sorted(changed - adapter)[:3]}"
+    # peft starts B at zero, so every B gets gradient in the first step and every A
+    # from the second. A few A's of ReFL's single late timestep get gradients below
+    # Adam's eps (the time-embedding projections), hence a fraction for A.
+    lora_b = {n for n in adapter if "lora_B" in n}
+    lora_a = adapter - lora_b
+    assert lora_b <= changed, f"{method} left {sorted(lora_b - changed)[:3]} unchanged"
+    assert len(lora_a & changed) >= 0.8 * len(lora_a), f"{method} left {sorted(lora_a - changed)[:3]} unchanged"
     if method not in ("sft", "rwr", "dpo", "kto"):
         assert module.reward_queries > 0
 
@@ -95,6 +100,40 @@ def test_dpo_loss_is_ln2_with_a_fresh_adapter(base):
     batch = torch.utils.data.default_collate([Conditions(4, with_pairs=True)[i] for i in range(4)])
     loss = module.training_step(batch, 0)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    # ln 2 holds whichever sample the trainer takes for the winner; the direction is
+    # tested by test_trainer_direction.py::test_one_dpo_step_gives_the_true_winner_a_positive_implicit_reward.
+
+
+AUTOMATIC_OPTIMIZATION_IGNORES_IT = pytest.mark.xfail(strict=True, reason=(
+    "BUG (issue 20): SFTModule and PairModule use Lightning's automatic optimization, which clips "
+    "with Trainer(gradient_clip_val=None), so --model.max_grad_norm is never applied; only the "
+    "manual-optimization families call clip_and_step"))
+
+
+@pytest.mark.parametrize("method", [
+    "ddpo", pytest.param("sft", marks=AUTOMATIC_OPTIMIZATION_IGNORES_IT),
+    pytest.param("dpo", marks=AUTOMATIC_OPTIMIZATION_IGNORES_IT),
+])
+def test_max_grad_norm_bounds_every_optimizer_step(base, method):
+    from prefdiff.trainers import METHODS
+
+    cls, fixed = METHODS[method]
+    extra = {"reward": "smoothness", "samples_per_condition": 2} if method == "ddpo" else {}
+    module = cls(base=base, **{**COMMON, **fixed, **extra, "max_grad_norm": 1e-4})
+    norms = []
+    configure = module.configure_optimizers
+
+    def configure_and_watch():
+        optimizer = configure()
+        optimizer.register_step_post_hook(lambda opt, args, kwargs: norms.append(torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for group in opt.param_groups for p in group["params"]
+                         if p.grad is not None]))))
+        return optimizer
+
+    module.configure_optimizers = configure_and_watch
+    _fit(module, Conditions(with_pairs=method == "dpo"))
+    assert len(norms) == 2
+    assert all(norm <= 1e-4 * (1 + 1e-4) for norm in norms), norms
 
 
 class NaNReward:

@@ -1,16 +1,21 @@
 """prefdiff: align diffusion models with preferences in applied fields.
 
 Field plugins implement the hooks in :mod:`prefdiff.hookspecs` with the
-:data:`hookimpl` marker and register through the ``prefdiff`` entry-point group.
+``hookimpl`` marker and register through the ``prefdiff`` entry-point group.
+Everything a plugin may use is in :mod:`prefdiff.api`, re-exported here.
 """
 
-import pluggy
+from typing import Any
+
+from prefdiff import api as _api
+from prefdiff.markers import hookimpl
 
 __version__ = "0.1.0"
 
-#: Marker for plugin hook implementations: ``@prefdiff.hookimpl``.
-hookimpl = pluggy.HookimplMarker("prefdiff")
+__all__ = ["__version__", *_api.__all__]
 
-from prefdiff.errors import UserError  # noqa: E402  (after hookimpl: plugins import it early)
 
-__all__ = ["hookimpl", "UserError", "__version__"]
+def __getattr__(name: str) -> Any:
+    if name in _api.__all__:
+        return getattr(_api, name)
+    raise AttributeError(f"module 'prefdiff' has no attribute '{name}'")

@@ -1,5 +1,10 @@
 """The `prefdiff` command.
 
+Every command parses through jsonargparse, as `prefdiff fit` does through
+LightningCLI, so each takes ``--config FILE.yaml`` and ``--print_config`` the
+same way. Plugins add their own commands under ``prefdiff PLUGIN ...`` with
+the ``prefdiff_register_commands`` hook.
+
 A mistake the user can fix (bad config, unknown name, bad file) prints one
 line naming the culprit and the fix and exits with code 2; a traceback means
 a bug in prefdiff.
@@ -7,7 +12,6 @@ a bug in prefdiff.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -16,6 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prefdiff.errors import UserError
+
+CORE_COMMANDS = ("plugins", "bench", "new-plugin", "fit", "sample", "edit", "label", "reward-model")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,20 +36,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prefdiff", description="Align diffusion models with preferences.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _subparser(description: str):
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
-    plugins = sub.add_parser("plugins", help="list plugins and what they register; install or remove one")
+    parser = ArgumentParser(description=description, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
+    return parser
+
+
+def _parser(plugin_commands: dict[str, dict[str, Any]]):
+    from jsonargparse import ArgumentParser
+
+    from prefdiff.commands import add_function_command
+    from prefdiff.feedback import commands as feedback
+
+    parser = ArgumentParser(prog="prefdiff", description="Align diffusion models with preferences.",
+                            exit_on_error=False)
+    sub = parser.add_subcommands(dest="command")
+
+    plugins = _subparser("List plugins and what they register; install or remove one.")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
-    plugins_sub = plugins.add_subparsers(dest="action")
-    install = plugins_sub.add_parser("install", help="pip install a plugin into prefdiff's environment")
+    sub.add_subcommand("plugins", plugins, help="list plugins and what they register; install or remove one")
+    # jsonargparse wants each level added to its parent before its own subcommands.
+    actions = plugins.add_subcommands(dest="action", required=False)
+    install = _subparser("pip install a plugin into prefdiff's environment.")
     install.add_argument("target", help="a package name or a path to a plugin folder")
     install.add_argument("-e", "--editable", action="store_true", help="install a folder in editable mode")
-    uninstall = plugins_sub.add_parser("uninstall", help="pip uninstall a plugin distribution")
-    uninstall.add_argument("name")
+    actions.add_subcommand("install", install, help="pip install a plugin into prefdiff's environment")
+    uninstall = _subparser("pip uninstall a plugin distribution.")
+    uninstall.add_argument("name", help="the distribution to remove")
+    actions.add_subcommand("uninstall", uninstall, help="pip uninstall a plugin distribution")
 
-    bench = sub.add_parser("bench", help="pretrain, align with each method, evaluate, write a report")
+    bench = _subparser("Pretrain, align with each method, evaluate on held-out conditions, write a report.")
     bench.add_argument("domain", help="a registered benchmark (`prefdiff plugins` lists them)")
     bench.add_argument("--method", action="append", default=None, help="a method to run (repeatable)")
     bench.add_argument("--quick", action="store_true", help="the small settings (minutes)")
@@ -54,19 +78,24 @@ def _parser() -> argparse.ArgumentParser:
                        help="torch threads (1 is faster when other jobs share the cores)")
     bench.add_argument("--reward", default=None, help="train with this reward instead of the recipe's")
     bench.add_argument("--judge", default=None, help="evaluate with this reward instead of the recipe's judge")
+    sub.add_subcommand("bench", bench, help="pretrain, align with each method, evaluate, write a report")
 
-    new = sub.add_parser("new-plugin", help="write a pip-installable plugin package to start from")
+    new = _subparser("Write a pip-installable plugin package to start from.")
     new.add_argument("name", help="plugin name: lower-case letters, digits, underscores")
     new.add_argument("--dir", default=None, help="target folder (default ./prefdiff-NAME)")
+    sub.add_subcommand("new-plugin", new, help="write a pip-installable plugin package to start from")
 
-    sub.add_parser("fit", help="train with LightningCLI conventions (--config FILE.yaml)", add_help=False)
+    sub.add_subcommand("fit", _subparser("Train with LightningCLI conventions: prefdiff fit --config FILE.yaml "
+                                         "(`prefdiff fit --help` lists the options)."),
+                       help="train with LightningCLI conventions (--config FILE.yaml)")
 
-    sample = sub.add_parser("sample", help="sample a saved model on a dataset's conditions")
+    sample = _subparser("Sample a saved model on a dataset's conditions.")
     _model_args(sample)
     sample.add_argument("--n", type=int, default=16, help="number of samples")
     sample.add_argument("--out", required=True, help="output folder")
+    sub.add_subcommand("sample", sample, help="sample a saved model on a dataset's conditions")
 
-    edit = sub.add_parser("edit", help="edit real samples: SDEdit under a new condition, or inpaint")
+    edit = _subparser("Edit real samples: SDEdit under a new condition, or inpaint outside a keep mask.")
     _model_args(edit)
     edit.add_argument("--index", type=int, default=0, help="dataset item to edit")
     edit.add_argument("--cond-from", type=int, default=None,
@@ -75,19 +104,28 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--mask", default=None,
                       help="safetensors file with a 'keep' tensor (1 keeps the input): inpaint instead")
     edit.add_argument("--out", required=True, help="output folder")
+    sub.add_subcommand("edit", edit, help="edit real samples: SDEdit under a new condition, or inpaint")
 
-    from prefdiff.feedback import commands
+    label = _subparser("Serve the labeling page: people pick the better of two samples.")
+    feedback.add_label_arguments(label)
+    sub.add_subcommand("label", label, help="serve the labeling page: people pick the better of two samples")
+    reward_model = _subparser("Learn a reward model from labelled pairs.")
+    sub.add_subcommand("reward-model", reward_model, help="learn a reward model from labelled pairs")
+    reward_actions = reward_model.add_subcommands(dest="action")
+    train = _subparser("Fit a Bradley-Terry reward model.")
+    feedback.add_reward_model_arguments(train)
+    reward_actions.add_subcommand("train", train, help="fit a Bradley-Terry reward model")
 
-    commands.add_label_arguments(sub.add_parser("label", help="serve the labeling page: people pick the "
-                                                             "better of two samples"))
-    reward_model = sub.add_parser("reward-model", help="learn a reward model from labelled pairs")
-    reward_model_sub = reward_model.add_subparsers(dest="action", required=True)
-    commands.add_reward_model_arguments(reward_model_sub.add_parser("train", help="fit a Bradley-Terry "
-                                                                                  "reward model"))
+    for plugin, entries in sorted(plugin_commands.items()):
+        group = _subparser(f"Commands of the '{plugin}' plugin.")
+        sub.add_subcommand(plugin, group, help=f"commands of the '{plugin}' plugin")
+        group_sub = group.add_subcommands(dest="action")
+        for name, entry in sorted(entries.items()):
+            add_function_command(group_sub, name, entry.factory)
     return parser
 
 
-def _model_args(parser: argparse.ArgumentParser) -> None:
+def _model_args(parser) -> None:
     parser.add_argument("--model", required=True, help="a saved model folder")
     parser.add_argument("--lora", default=None, help="a LoRA adapter folder to apply")
     parser.add_argument("--dataset", required=True, help="registered dataset giving the conditions")
@@ -98,50 +136,88 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def _plugin_commands() -> dict[str, dict[str, Any]]:
+    from prefdiff.plugins import get_manager
+
+    grouped = get_manager().commands()
+    clashes = sorted(set(grouped) & set(CORE_COMMANDS))
+    if clashes:
+        raise UserError(f"plugin '{clashes[0]}' registers commands, but `prefdiff {clashes[0]}` is a core "
+                        f"command; rename the plugin's entry point")
+    return grouped
+
+
+def _parse(argv: list[str], plugin_commands: dict[str, dict[str, Any]]):
+    from jsonargparse import ArgumentError
+
+    try:
+        return _parser(plugin_commands).parse_args(argv)
+    except ArgumentError as exc:
+        command = " ".join(a for a in argv[:1] if not a.startswith("-"))
+        where = f"prefdiff {command}" if command else "prefdiff"
+        message = " ".join(str(exc).split())
+        raise UserError(f"{message} (see `{where} --help`)") from None
+
+
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "fit":
         from prefdiff.fit import fit
 
         return fit(argv[1:])
-    args = _parser().parse_args(argv)
-    if args.command == "plugins":
+    plugin_commands = _plugin_commands()
+    config = _parse(argv, plugin_commands)
+    command = config.command
+    args = config[command]
+    if command == "plugins":
         return _plugins(args)
-    if args.command == "bench":
-        from prefdiff.bench import run_benchmark
-
-        if args.threads is not None:
-            if args.threads < 1:
-                raise UserError(f"--threads must be >= 1, got {args.threads}")
-            import torch
-
-            torch.set_num_threads(args.threads)
-        out = Path(args.out or f"runs/bench-{args.domain}{'-quick' if args.quick else ''}")
-        run_benchmark(args.domain, methods=args.method, quick=args.quick, seed=args.seed, out=out,
-                      cache=Path(args.cache) if args.cache else None, reward=args.reward, judge=args.judge)
-        print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}\nsamples: {out / 'samples.png'}")
-        return 0
-    if args.command == "new-plugin":
+    if command == "bench":
+        return _bench(args)
+    if command == "new-plugin":
         from prefdiff.scaffold import new_plugin
 
         root = new_plugin(args.name, args.dir)
         print(f"wrote {root}; install it with: prefdiff plugins install -e {root}")
         return 0
-    if args.command in ("label", "reward-model"):
+    if command in ("label", "reward-model"):
         from prefdiff.feedback import commands
 
-        return commands.label(args) if args.command == "label" else commands.reward_model(args)
-    if args.command in ("sample", "edit"):
+        return commands.label(args) if command == "label" else commands.reward_model(args[args.action])
+    if command in ("sample", "edit"):
         from prefdiff.generate import edit, sample_to_folder
 
-        return (sample_to_folder if args.command == "sample" else edit)(args)
-    raise AssertionError(args.command)
+        return (sample_to_folder if command == "sample" else edit)(args)
+    from prefdiff.commands import call_function_command
+    from prefdiff.quiet import show_progress_lines
+
+    show_progress_lines()
+    call_function_command(plugin_commands[command][args.action].factory, args[args.action])
+    return 0
 
 
-def _plugins(args: argparse.Namespace) -> int:
+def _bench(args) -> int:
+    from prefdiff.bench import run_benchmark
+    from prefdiff.quiet import show_progress_lines
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    show_progress_lines()
+    out = Path(args.out or f"runs/bench-{args.domain}{'-quick' if args.quick else ''}")
+    run_benchmark(args.domain, methods=args.method, quick=args.quick, seed=args.seed, out=out,
+                  cache=Path(args.cache) if args.cache else None, reward=args.reward, judge=args.judge)
+    print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}\nsamples: {out / 'samples.png'}\n"
+          f"log (with Lightning's lines): {out / 'bench.log'}")
+    return 0
+
+
+def _plugins(args) -> int:
     from prefdiff.plugins import get_manager
 
     if args.action in ("install", "uninstall"):
-        return _pip(args)
+        return _pip(args.action, args[args.action])
     infos = get_manager().plugins()
     if args.json:
         print(json.dumps([info.as_dict() for info in infos], indent=2))
@@ -156,9 +232,9 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pip(args: argparse.Namespace) -> int:
+def _pip(action: str, args) -> int:
     # Like `llm install`: pip runs in the interpreter that runs prefdiff.
-    if args.action == "install":
+    if action == "install":
         target = args.target
         if os.path.exists(target):
             target = str(Path(target).resolve())
@@ -167,22 +243,9 @@ def _pip(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "pip", "uninstall", "-y", args.name]
     result = subprocess.run(cmd)
     if result.returncode != 0:
-        raise UserError(f"pip {args.action} {getattr(args, 'target', None) or args.name} failed "
+        raise UserError(f"pip {action} {getattr(args, 'target', None) or args.name} failed "
                         f"(exit {result.returncode}); see pip's message above")
     return 0
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["size=64", "root=/data"]`` -> ``{"size": 64, "root": "/data"}`` (values parsed as YAML)."""
-    import yaml
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UserError(f"--dataset-option '{pair}' is not KEY=VALUE")
-        options[key] = yaml.safe_load(value)
-    return options
 
 
 if __name__ == "__main__":

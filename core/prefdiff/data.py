@@ -14,8 +14,6 @@ and AI labels (mining, below) share the format.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
+from prefdiff.durable import append_record, read_records
 from prefdiff.errors import UserError
 
 WINNERS = ("a", "b", "tie")
@@ -33,7 +32,8 @@ WINNERS = ("a", "b", "tie")
 # ------------------------------------------------------------ pair file ----
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a dict of tensors as one safetensors file (CPU, contiguous), creating its folder."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,16 +53,9 @@ def tensors_condition(tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def append_pair(pair_file: Path, record: dict[str, Any]) -> None:
-    """Append one record and make it durable before returning (flush + fsync)."""
-    pair_file.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, sort_keys=True) + "\n"
-    # O_APPEND keeps concurrent writers' lines whole; one write call per record.
-    fd = os.open(pair_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Append one record as a whole line, durable before returning (:func:`prefdiff.durable.append_record`:
+    a torn last line left by a crash is moved aside first, never appended to)."""
+    append_record(pair_file, record)
 
 
 def read_pairs(pair_file: str | Path) -> list[dict[str, Any]]:
@@ -72,13 +65,7 @@ def read_pairs(pair_file: str | Path) -> list[dict[str, Any]]:
         raise UserError(f"pair file {pair_file} does not exist; mine pairs with `prefdiff bench` "
                         f"or label them with `prefdiff label`")
     records = []
-    for number, line in enumerate(pair_file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{pair_file}:{number} is not valid JSON ({exc.msg}); fix or delete the line") from None
+    for number, rec in read_records(pair_file):
         missing = [k for k in ("condition", "a", "b", "winner") if k not in rec]
         if missing:
             raise UserError(f"{pair_file}:{number} lacks {', '.join(missing)}; each line needs "
@@ -172,11 +159,11 @@ def write_best_worst_pairs(mined: MinedSamples, out_dir: str | Path, labeler: st
         if mined.rewards[i, best] - mined.rewards[i, worst] <= min_gap:
             continue
         cond_rel = f"conds/c{i:05d}.safetensors"
-        _save_tensors(out_dir / cond_rel, condition_tensors(cond))
+        save_tensors(out_dir / cond_rel, condition_tensors(cond))
         names = []
         for j in (best, worst):
             rel = f"samples/c{i:05d}_{j}.safetensors"
-            _save_tensors(out_dir / rel, {"sample": mined.samples[i, j]})
+            save_tensors(out_dir / rel, {"sample": mined.samples[i, j]})
             names.append(rel)
         append_pair(pair_file, {"id": f"c{i:05d}-{best}-{worst}", "condition": cond_rel,
                                 "a": names[0], "b": names[1], "winner": "a", "labeler": labeler,

@@ -1,4 +1,4 @@
-"""The one error type for mistakes a user can fix (DESIGN.md: exit code 2, one line)."""
+"""The error types for mistakes a user can fix: the command line prints one line and exits with code 2."""
 
 
 class UserError(Exception):

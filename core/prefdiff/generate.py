@@ -11,8 +11,8 @@ from prefdiff.errors import UserError
 
 
 def _load(args: argparse.Namespace):
-    from prefdiff.cli import parse_options
     from prefdiff.models import load_lora, load_model
+    from prefdiff.options import parse_options
     from prefdiff.plugins import get_manager
     from prefdiff.schedulers import load_scheduler
 
@@ -22,7 +22,7 @@ def _load(args: argparse.Namespace):
     if args.lora:
         load_lora(denoiser, args.lora)
     denoiser.eval()
-    dataset = manager.dataset(args.dataset, split=args.split, **parse_options(args.dataset_option))
+    dataset = manager.dataset(args.dataset, split=args.split, **parse_options(args.dataset_option, "--dataset-option"))
     if len(dataset) == 0:
         raise UserError(f"dataset '{args.dataset}' split '{args.split}' is empty")
     return denoiser, load_scheduler(args.model), dataset

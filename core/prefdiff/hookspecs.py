@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-import pluggy
-
-hookspec = pluggy.HookspecMarker("prefdiff")
+from prefdiff.markers import hookspec
 
 
 class Register(Protocol):
@@ -75,7 +73,26 @@ def prefdiff_register_benchmarks(register: Register) -> None:
     """Register a per-domain benchmark recipe.
 
     :param register: call ``register(name, factory)``; the factory takes
-        ``quick: bool`` and returns a :class:`prefdiff.bench.Recipe` (dataset,
+        ``quick: bool`` and returns a :class:`prefdiff.api.Recipe` (dataset,
         model preset, conditioner, training reward, held-out judge,
         methods and budgets). ``prefdiff bench NAME`` runs it.
+    """
+
+
+# ------------------------------------------------------------- commands ----
+
+
+@hookspec
+def prefdiff_register_commands(register: Register) -> None:
+    """Register subcommands under ``prefdiff PLUGIN ...`` (simonw/llm's ``register_commands``).
+
+    :param register: call ``register(name, function)`` once per command; the
+        command is ``prefdiff PLUGIN NAME``, PLUGIN being the plugin's
+        entry-point name (``prefdiff medical make-data DIR``). The function's
+        typed signature is its command line, as litgpt's recipes have it: a
+        parameter without a default is a positional argument, one with a
+        default a ``--flag`` (underscores become dashes), and the
+        ``:param NAME:`` lines of its docstring are the help. The function
+        prints what it did; it raises :class:`prefdiff.api.UserError` for bad
+        input, which the command line prints as one line with exit code 2.
     """

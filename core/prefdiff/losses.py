@@ -38,9 +38,9 @@ def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
     return diff.pow(2).reshape(diff.shape[0], -1).mean(dim=1)
 
 
-def _check_positive(value: float, flag: str) -> None:
+def _check_positive(value: float, name: str) -> None:
     if not value > 0:
-        raise ValueError(f"{flag} must be > 0, got {value}")
+        raise ValueError(f"{name} must be > 0, got {value}")
 
 
 def _detached(**values: Tensor) -> Metrics:
@@ -89,7 +89,7 @@ def rwr_weights(rewards: Tensor, temperature: float) -> Tensor:
     # for text-to-image alignment by Lee et al. 2023, "Aligning Text-to-Image
     # Models using Human Feedback". Scaling by B keeps the mean weight at 1 so
     # the learning rate means the same as for plain SFT.
-    _check_positive(temperature, "--rwr.temperature")
+    _check_positive(temperature, "temperature")
     rewards = rewards.detach()
     return torch.softmax(rewards / temperature, dim=0) * rewards.shape[0]
 
@@ -122,7 +122,7 @@ def diffusion_dpo_loss(
     # Optimization", eq. 14, in the scaling of the authors' training code:
     # the policy should lower its error on x^w, relative to the reference,
     # more than on x^l.
-    _check_positive(beta, "--dpo.beta")
+    _check_positive(beta, "beta")
     inside = -0.5 * beta * ((model_err_w - model_err_l) - (ref_err_w - ref_err_l))
     loss = -F.logsigmoid(inside).mean()
     return loss, _detached(
@@ -159,7 +159,7 @@ def kto_loss(
     # Diffusion-DPO implicit reward r = -beta * (err_theta - err_ref).
     # The reference point z estimates KL(policy || ref) from the batch, and,
     # as in KTO, carries no gradient and is never negative.
-    _check_positive(beta, "--kto.beta")
+    _check_positive(beta, "beta")
     if desirable.dtype != torch.bool:
         raise ValueError(f"desirable must be a bool tensor, got {desirable.dtype}")
     reward = -beta * (model_err - ref_err)
@@ -201,7 +201,7 @@ def d3po_loss(
     # Yang et al. 2024, "Using Human Feedback to Fine-tune Diffusion Models
     # without Any Reward Model" (D3PO): the DPO loss of Rafailov et al. 2023,
     # eq. 7, with each denoising step treated as an action of the MDP.
-    _check_positive(beta, "--d3po.beta")
+    _check_positive(beta, "beta")
     logits = beta * ((logp_w - ref_logp_w) - (logp_l - ref_logp_l))
     loss = -F.logsigmoid(logits).mean()
     return loss, _detached(implicit_acc=_win_rate(logits), margin=logits.mean())
@@ -228,7 +228,7 @@ def ppo_clip_loss(
     # Learning" (DDPO), the importance-sampling policy gradient with the
     # clipped surrogate of Schulman et al. 2017 (PPO, eq. 7), negated to be
     # minimised.
-    _check_positive(clip_range, "--ppo.clip_range")
+    _check_positive(clip_range, "clip_range")
     log_ratio = log_prob - old_log_prob
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -359,7 +359,7 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Ten
     # flow models by Liu et al. 2025 (Flow-GRPO) and Xue et al. 2025
     # (DanceGRPO).
     if group_size <= 0 or rewards.shape[0] % group_size != 0:
-        raise ValueError(f"batch size {rewards.shape[0]} must be a positive multiple of --grpo.group_size={group_size}")
+        raise ValueError(f"batch size {rewards.shape[0]} must be a positive multiple of group_size={group_size}")
     groups = rewards.reshape(-1, group_size)
     mean = groups.mean(dim=1, keepdim=True)
     std = groups.std(dim=1, keepdim=True, correction=0)

@@ -23,7 +23,8 @@ from prefdiff.errors import PluginError, UserError
 
 ENTRY_POINT_GROUP = "prefdiff"
 ALLOW_LIST_VARIABLE = "PREFDIFF_PLUGINS"
-KINDS = ("datasets", "conditioners", "rewards", "benchmarks")
+KINDS = ("datasets", "conditioners", "rewards", "benchmarks", "commands")
+"""What plugins register; commands are kept per plugin (``prefdiff PLUGIN COMMAND``)."""
 
 #: The core's own generic pieces, loaded like any plugin (pytest's default_plugins).
 DEFAULT_PLUGINS = {"example": "prefdiff.builtin.example", "feedback": "prefdiff.builtin.feedback"}
@@ -157,20 +158,21 @@ class PluginManager:
             if not callable(factory):
                 raise PluginError(f"plugin '{plugin}' registered {kind[:-1]} '{name}' with a factory "
                                   f"that is not callable ({type(factory).__name__})")
-            existing = self._registry[kind].get(name)
+            key = f"{plugin} {name}" if kind == "commands" else name
+            existing = self._registry[kind].get(key)
             if existing is not None:
-                self._clashes.setdefault((kind, name), [existing.plugin]).append(plugin)
+                self._clashes.setdefault((kind, key), [existing.plugin]).append(plugin)
                 info.errors.append(f"registers {kind[:-1]} '{name}', already registered by plugin "
                                    f"'{existing.plugin}'; rename one of them")
                 return
-            self._registry[kind][name] = Entry(kind, name, plugin, factory, meta)
+            self._registry[kind][key] = Entry(kind, name, plugin, factory, meta)
             added.append(name)
 
         try:
             impl.function(*[register for _ in impl.argnames])
         except Exception as exc:
             for name in added:
-                del self._registry[kind][name]
+                del self._registry[kind][f"{plugin} {name}" if kind == "commands" else name]
             added.clear()
             info.errors.append(f"registration of {kind} failed: {type(exc).__name__}: {exc}")
         info.registered[kind].extend(added)
@@ -198,7 +200,11 @@ class PluginManager:
             return self._registry[kind][name]
         except KeyError:
             known = ", ".join(self.names(kind)) or "none"
-            raise UserError(f"unknown {kind[:-1]} '{name}'; known {kind}: {known} "
+            broken = [f"'{info.name}' ({info.errors[0]})" for info in self._infos.values()
+                      if info.errors and not any(info.registered.values())]
+            hint = (f"; plugin {broken[0]} failed to load and may provide it" if len(broken) == 1 else
+                    f"; plugins that failed to load and may provide it: {', '.join(broken)}" if broken else "")
+            raise UserError(f"unknown {kind[:-1]} '{name}'; known {kind}: {known}{hint} "
                             f"(`prefdiff plugins` lists what each plugin provides)") from None
 
     def build(self, kind: str, name: str, **options: Any) -> Any:
@@ -225,6 +231,14 @@ class PluginManager:
         from prefdiff.rewards import build_reward
 
         return build_reward(self, spec, **options)
+
+    def commands(self) -> dict[str, dict[str, Entry]]:
+        """Each plugin's commands: plugin name -> command name -> entry."""
+        self._collect()
+        grouped: dict[str, dict[str, Entry]] = {}
+        for entry in self._registry["commands"].values():
+            grouped.setdefault(entry.plugin, {})[entry.name] = entry
+        return grouped
 
     def benchmark(self, name: str, *, quick: bool = False):
         """Build the benchmark recipe registered under ``name``."""

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from prefdiff import UserError, hookimpl
+from prefdiff.api import UserError, hookimpl
 
 
 class Blobs(Dataset):
@@ -93,21 +93,18 @@ TESTS = '''"""Tests written with prefdiff.testing, as every plugin should have."
 import torch
 
 import prefdiff_{module} as plugin
-from prefdiff.plugins import PluginManager, get_manager, reset_manager
-from prefdiff.testing import check_reward
+from prefdiff.testing import check_reward, fresh_manager, plugin_info
 
 
 def test_the_plugin_is_installed_and_lists_what_it_registers():
-    reset_manager()
-    info = {{p.name: p for p in PluginManager().plugins()}}["{name}"]
+    info = plugin_info("{name}")
     assert info.errors == []
     assert info.registered["rewards"] == ["{name}_contrast"]
     assert info.registered["datasets"] == ["{name}_blobs"]
 
 
 def test_reward_meets_the_contract():
-    reset_manager()
-    reward = get_manager().reward("{name}_contrast")
+    reward = fresh_manager().reward("{name}_contrast")
     samples = torch.rand(4, 3, 16, 16) * 2 - 1
     check_reward(reward, torch.arange(4), samples)
     flat, busy = torch.zeros(1, 3, 16, 16), samples[:1]
@@ -118,6 +115,11 @@ def test_dataset_items():
     item = plugin.Blobs("train", size=4)[0]
     assert item["x0"].shape == (3, 16, 16) and -1 <= item["x0"].min() and item["x0"].max() <= 1
     assert 0 <= int(item["cond"]) < 4
+'''
+
+CONFTEST = '''"""prefdiff's test fixtures for every test here: a fresh plugin manager, a private cache, one thread."""
+
+pytest_plugins = ["prefdiff.testing"]
 '''
 
 README = '''# prefdiff-{name}
@@ -147,6 +149,7 @@ def new_plugin(name: str, directory: str | Path | None = None) -> Path:
         "pyproject.toml": PYPROJECT,
         f"prefdiff_{name}/__init__.py": MODULE,
         f"tests/test_{name}.py": TESTS,
+        "conftest.py": CONFTEST,
         "README.md": README,
     }
     for rel, template in files.items():

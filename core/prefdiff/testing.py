@@ -16,9 +16,25 @@ from typing import Any, Iterator
 import torch
 
 from prefdiff.data import select
+from prefdiff.markers import hookimpl
 from prefdiff.models import Denoiser, ModelPreset, build_denoiser
 from prefdiff.plugins import PluginManager, get_manager
 from prefdiff.rewards import Reward, check_reward_output
+
+
+def fresh_manager() -> PluginManager:
+    """A new process-wide plugin manager, loading every installed plugin again."""
+    from prefdiff.plugins import reset_manager
+
+    reset_manager()
+    return get_manager()
+
+
+def plugin_info(name: str):
+    """What the installed plugin ``name`` registered (and its errors), as `prefdiff plugins` shows it."""
+    infos = {info.name: info for info in fresh_manager().plugins()}
+    assert name in infos, f"plugin '{name}' is not installed; installed: {', '.join(sorted(infos))}"
+    return infos[name]
 
 
 @contextlib.contextmanager
@@ -71,6 +87,38 @@ def condition_batch(batch: int = 4, num_classes: int = 4, seed: int = 0) -> torc
     return torch.randint(num_classes, (batch,), generator=torch.Generator().manual_seed(seed))
 
 
+def tiny_recipe(**overrides: Any):
+    """A benchmark recipe on the built-in textures that runs in seconds (8x8 images, a few steps).
+
+    Register it with :class:`RecipePlugin` and run it with ``prefdiff.bench.run_benchmark``.
+    """
+    from dataclasses import replace
+
+    from prefdiff.bench.recipe import Recipe
+
+    recipe = Recipe(
+        domain="tiny", dataset="synthetic_textures", dataset_options={"resolution": 8},
+        model={"kind": "unet2d", "sample_size": 8, "channels": 3, "conditioning": "class", "num_classes": 4,
+               "block_out_channels": (8, 16)},
+        conditioner="class_label", reward="jpeg_compressibility", judge="jpeg_incompressibility",
+        methods={"draft": {"reward": "smoothness", "k": 2}, "ddpo": {"samples_per_condition": 2}},
+        default_methods=["dpo", "ddpo", "draft"], pretrain_steps=6, pretrain_batch=8, align_steps=2,
+        align_batch=4, n_eval=8, num_steps=3, mine_conditions=6, mine_per_condition=2, train_size=64)
+    return replace(recipe, **overrides)
+
+
+class RecipePlugin:
+    """A plugin object registering one benchmark recipe under its domain name (use with
+    :func:`registered_plugin`)."""
+
+    def __init__(self, recipe) -> None:
+        self.recipe = recipe
+
+    @hookimpl
+    def prefdiff_register_benchmarks(self, register) -> None:
+        register(self.recipe.domain, lambda quick: self.recipe)
+
+
 def check_reward(reward: Reward | Any, conditions: Any, samples: torch.Tensor, *,
                  differentiable: bool | None = None, atol: float = 1e-5) -> torch.Tensor:
     """Assert the reward contract on ``samples``; returns the scores.
@@ -103,9 +151,9 @@ def check_reward(reward: Reward | Any, conditions: Any, samples: torch.Tensor, *
 
 
 # ------------------------------------------------------------ fixtures ----
-# Import these into a conftest.py (``from prefdiff.testing import isolated_prefdiff,
-# one_thread``) and every test gets a fresh plugin manager, a private benchmark
-# cache and one torch thread, as the core's own tests do.
+# This module is a pytest plugin: ``pytest_plugins = ["prefdiff.testing"]`` in a
+# top-level conftest.py gives every test a fresh plugin manager, a private
+# benchmark cache and one torch thread, as prefdiff's own tests have.
 
 import pytest  # noqa: E402  (only test code imports this module)
 

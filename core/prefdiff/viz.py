@@ -31,3 +31,41 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def save_labelled_rows(rows: dict[str, torch.Tensor], path: str | Path, *, columns: int = 8,
+                       scale: int = 3, title: str | None = None) -> Path:
+    """Write one labelled row of images per entry of ``rows`` as one PNG.
+
+    :param rows: row label -> images in [-1, 1], ``[B, 1 or 3, H, W]`` (grey rows are
+        shown in grey beside colour rows); the first ``columns`` of each are shown.
+    :param title: an optional line above the rows.
+
+    The labels are drawn on the image itself, left of each row, so the figure
+    explains itself wherever it is copied.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    k = min(columns, *(len(v) for v in rows.values()))
+    tiles = [to_uint8(v[:k].detach().float().cpu().expand(-1, 3, -1, -1) if v.shape[1] == 1 else v[:k])
+             for v in rows.values()]
+    h, w = tiles[0].shape[1] * scale, tiles[0].shape[2] * scale
+    font = ImageFont.load_default(size=max(12, min(h // 3, 18)))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = 12 + max(int(measure.textlength(name, font=font)) for name in rows)
+    top = 28 if title else 4
+    gap = 4
+    sheet = Image.new("RGB", (label_w + k * (w + gap), top + len(rows) * (h + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((6, 6), title, fill="black", font=font)
+    for r, (name, pixels) in enumerate(zip(rows, tiles)):
+        y = top + r * (h + gap)
+        draw.text((6, y + h // 2), name, fill="black", font=font, anchor="lm")
+        for i, tile in enumerate(pixels.numpy()):
+            image = Image.fromarray(tile).resize((w, h), Image.NEAREST)
+            sheet.paste(image, (label_w + i * (w + gap), y))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from prefdiff import hookimpl
-from prefdiff.errors import UserError
+from prefdiff.api import UserError, hookimpl
 
 PATTERNS = ("horizontal", "vertical", "diagonal", "checker")
 SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
@@ -29,7 +28,7 @@ class SyntheticTextures(Dataset):
 
     def __init__(self, split: str = "train", size: int = 2048, resolution: int = 16, seed: int = 0) -> None:
         if split not in SPLIT_OFFSET:
-            raise UserError(f"--data.split must be one of {', '.join(SPLIT_OFFSET)}, got '{split}'")
+            raise UserError(f"dataset split must be one of {', '.join(SPLIT_OFFSET)}, got '{split}'")
         if size <= 0:
             raise UserError(f"dataset size must be > 0, got {size}")
         self.split, self.size, self.resolution, self.seed = split, size, resolution, seed
@@ -59,7 +58,7 @@ def _jpeg_sizes(images: torch.Tensor, quality: int = 95) -> torch.Tensor:
     """Size in kB of each image saved as JPEG (ddpo-pytorch's measure)."""
     from PIL import Image
 
-    from prefdiff.viz import to_uint8
+    from prefdiff.api import to_uint8
 
     sizes = []
     for pixels in to_uint8(images).cpu().numpy():
@@ -156,7 +155,7 @@ def example_recipe(quick: bool = False):
     random walk that small batches add to the policy; Diffusion-DPO helps for about
     30 steps and then drifts (60 steps at the same beta measured worse).
     """
-    from prefdiff.bench import Recipe
+    from prefdiff.api import Recipe
 
     grad_steps = {"lr": 1e-3, "steps": 30}
     return Recipe(

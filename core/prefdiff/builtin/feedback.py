@@ -6,7 +6,7 @@ One of the core's default plugins (``prefdiff.plugins.DEFAULT_PLUGINS``);
 
 from __future__ import annotations
 
-from prefdiff import hookimpl
+from prefdiff.api import hookimpl
 
 
 def preference_model(path: str):

@@ -39,16 +39,16 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def write_sample_folder(folder: str | Path, samples: torch.Tensor, conditions: list[Any], prefix: str = "c",
                         start: int = 0) -> list[str]:
     """Write ``samples[i, j]`` (sample j of condition i) in the sample-folder layout; returns the names."""
-    from prefdiff.data import _save_tensors, condition_tensors
+    from prefdiff.data import condition_tensors, save_tensors
 
     folder = Path(folder)
     names = []
     for i, cond in enumerate(conditions):
         name = f"{prefix}{start + i:06d}"
         for j in range(samples.shape[1]):
-            _save_tensors(folder / "samples" / f"{name}_{j}.safetensors", {"sample": samples[i, j]})
+            save_tensors(folder / "samples" / f"{name}_{j}.safetensors", {"sample": samples[i, j]})
         # The condition goes last: a pair exists only once its condition file does.
-        _save_tensors(folder / "conds" / f"{name}.safetensors", condition_tensors(cond))
+        save_tensors(folder / "conds" / f"{name}.safetensors", condition_tensors(cond))
         names.append(name)
     return names
 

@@ -16,7 +16,11 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--labels-per-pair", type=int, default=2,
-                        help="labelers asked per pair; 2 or more measures agreement (default 2)")
+                        help="labelers asked per pair, and the most answers a pair takes; 2 or more "
+                             "measures agreement (default 2)")
+    parser.add_argument("--instructions", default=None, metavar="FILE",
+                        help="a Markdown file shown above each pair: what to judge by (paragraphs, "
+                             "**bold**, *italic*, `code`, '- ' lists)")
     parser.add_argument("--reward", default=None,
                         help="rank pairs by this reward's uncertainty (closest scores first), e.g. "
                              "preference_model with --reward-option path=DIR")

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from prefdiff.feedback.candidates import load_tensors
+from prefdiff.quiet import QUIET_TRAINER
 
 
 def brightness(samples: torch.Tensor) -> torch.Tensor:
@@ -119,7 +120,7 @@ def label_round(folder: Path, labelers: list[SimulatedLabeler], budget: int, *, 
     """Serve the folder on uvicorn and let each labeler answer ``budget`` pairs over HTTP."""
     import httpx
 
-    from prefdiff.feedback.app import create_app
+    from prefdiff.feedback.app import TOKEN_HEADER, create_app
     from prefdiff.feedback.candidates import CandidatePool
     from prefdiff.feedback.store import LabelStore
 
@@ -128,6 +129,7 @@ def label_round(folder: Path, labelers: list[SimulatedLabeler], budget: int, *, 
     app = create_app(pool, LabelStore(pair_file), labels_per_pair=labels_per_pair)
     counts = {}
     with ThreadedServer(app) as server, httpx.Client(base_url=server.url, timeout=120) as client:
+        client.headers[TOKEN_HEADER] = client.get("/api/token").json()["token"]  # as the page sends it
         for labeler in labelers:
             counts[labeler.name] = labeler.label(client, pool.pair_root, budget)
     return counts
@@ -159,9 +161,8 @@ def fit_ddpo(base: Path, reward_model: Path, out: Path, *, steps: int, condition
     """`prefdiff fit` DDPO on the learned reward; returns the LoRA adapter folder."""
     config = {
         "seed_everything": seed,
-        "trainer": {"accelerator": "cpu", "max_steps": steps, "default_root_dir": str(out), "logger": False,
-                    "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
-                    "num_sanity_val_steps": 0},
+        "trainer": {"accelerator": "cpu", "max_steps": steps, "default_root_dir": str(out), **QUIET_TRAINER,
+                    "limit_val_batches": 0},
         "model": {"class_path": "prefdiff.trainers.PolicyGradientModule",
                   "init_args": {"base": str(base), "conditioner": "class_label", "method": "ddpo",
                                 "reward": "preference_model", "reward_options": {"path": str(reward_model)},
@@ -180,8 +181,7 @@ def fit_pairs(base: Path, pair_file: Path, out: Path, *, objective: str = "dpo",
     """`prefdiff fit` Diffusion-DPO (or KTO) on the labelled pairs directly; returns the LoRA adapter folder."""
     config = {
         "seed_everything": seed,
-        "trainer": {"accelerator": "cpu", "max_steps": steps, "default_root_dir": str(out), "logger": False,
-                    "enable_progress_bar": False, "enable_model_summary": False},
+        "trainer": {"accelerator": "cpu", "max_steps": steps, "default_root_dir": str(out), **QUIET_TRAINER},
         "model": {"class_path": "prefdiff.trainers.PairModule",
                   "init_args": {"base": str(base), "conditioner": "class_label", "objective": objective,
                                 "beta": beta, "lr": lr, "lora_rank": 8, "seed": seed}},
@@ -206,7 +206,7 @@ def _fit(config: dict[str, Any], out: Path, name: str) -> Path:
 
 def paired_summary(before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:
     """Means before/after and the paired improvement with a bootstrap 95% interval."""
-    from prefdiff.bench import paired_bootstrap_ci
+    from prefdiff.bench.stats import paired_bootstrap_ci
 
     diff = after - before
     return {"before": float(before.mean()), "after": float(after.mean()), "improvement": float(diff.mean()),

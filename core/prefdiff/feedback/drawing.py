@@ -5,7 +5,8 @@ A field plugin draws its own conditions by registering its dataset with a
 draw_condition=fn)`` where ``fn(condition)`` returns a PIL image or an
 ``[H, W, 3]`` uint8 array. Anything else gets the generic drawing below:
 images through :func:`prefdiff.viz.to_uint8`, 1-D signals as a path or as
-lines, small tensors (a class label, a goal) as text.
+lines, small tensors (a class label, a goal) as text large enough to read
+at a glance, integer values without a trailing ``.0``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-SIZE = 192  # pixels on the page's longer side
+SIZE = 384  # pixels on the page's longer side: room to judge fine detail
+TEXT_PX = 32  # font size of a condition drawn as text
+CAPTION_PX = 18  # font size of the key above each part of a dict condition
 
 
 def png_bytes(image) -> bytes:
@@ -33,12 +36,34 @@ def _fit(image):
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
 
 
-def _text(text: str):
+def _font(px: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=px)  # Pillow >= 10.1: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _text(text: str, px: int = TEXT_PX):
+    """``text`` in black on white, at least SIZE wide (wider when the text needs it)."""
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (SIZE, 48), "white")
-    ImageDraw.Draw(image).text((8, 16), text, fill="black")
+    font, pad = _font(px), px // 2
+    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
+    image = Image.new("RGB", (max(SIZE, right - left + 2 * pad), px + 2 * pad), "white")
+    ImageDraw.Draw(image).text((pad - left, pad), text, fill="black", font=font)
     return image
+
+
+def format_values(t: torch.Tensor) -> str:
+    """A small tensor as text: ``2`` for a class label stored as 2.0, else values to 3 decimals."""
+    t = t.detach().cpu()
+    if not t.is_floating_point():
+        return str(t.tolist())
+    if bool(torch.isfinite(t).all()) and bool((t == t.round()).all()):
+        return str(t.long().tolist())
+    return str(np.round(t.double().numpy(), 3).tolist())  # double: 0.123, not 0.12300000339746475
 
 
 def _curves(t: torch.Tensor):
@@ -55,14 +80,14 @@ def _curves(t: torch.Tensor):
 
     if t.shape[0] == 2:
         xs, ys = to_px(t[0]), SIZE - to_px(t[1])
-        draw.line(list(zip(xs.tolist(), ys.tolist())), fill="black", width=2)
-        draw.ellipse([xs[0] - 4, ys[0] - 4, xs[0] + 4, ys[0] + 4], fill="green")
-        draw.ellipse([xs[-1] - 4, ys[-1] - 4, xs[-1] + 4, ys[-1] + 4], fill="red")
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill="black", width=3)
+        draw.ellipse([xs[0] - 6, ys[0] - 6, xs[0] + 6, ys[0] + 6], fill="green")
+        draw.ellipse([xs[-1] - 6, ys[-1] - 6, xs[-1] + 6, ys[-1] + 6], fill="red")
         return image
     xs = torch.linspace(8, SIZE - 8, t.shape[1])
     colours = ["black", "red", "blue", "green", "orange", "purple"]
     for c in range(t.shape[0]):
-        draw.line(list(zip(xs.tolist(), (SIZE - to_px(t[c])).tolist())), fill=colours[c % 6], width=1)
+        draw.line(list(zip(xs.tolist(), (SIZE - to_px(t[c])).tolist())), fill=colours[c % 6], width=2)
     return image
 
 
@@ -83,8 +108,7 @@ def draw_tensor(t: torch.Tensor):
         return _fit(Image.fromarray(torch.cat(list(planes), dim=1).numpy()))
     if t.ndim == 2 and t.shape[1] > 8:
         return _curves(t)
-    values = np.round(t.float().numpy(), 3).tolist()
-    return _text(str(values))
+    return _text(format_values(t))
 
 
 def draw_condition(tensors: dict[str, torch.Tensor], drawer: Callable[[Any], Any] | None = None) -> bytes:
@@ -100,13 +124,12 @@ def draw_condition(tensors: dict[str, torch.Tensor], drawer: Callable[[Any], Any
     parts = [(key, draw_tensor(value)) for key, value in sorted(tensors.items())]
     if len(parts) == 1:
         return png_bytes(parts[0][1])
-    width = max(p.width for _, p in parts)
-    canvas = Image.new("RGB", (width, sum(p.height + 16 for _, p in parts)), "white")
+    stacked = [image for key, part in parts for image in (_text(key, CAPTION_PX), part)]
+    canvas = Image.new("RGB", (max(p.width for p in stacked), sum(p.height for p in stacked)), "white")
     y = 0
-    for key, part in parts:
-        canvas.paste(_text(key).crop((0, 12, width, 28)), (0, y))
-        canvas.paste(part, (0, y + 16))
-        y += part.height + 16
+    for image in stacked:
+        canvas.paste(image, (0, y))
+        y += image.height
     return png_bytes(canvas)
 
 

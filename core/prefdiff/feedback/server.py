@@ -13,7 +13,7 @@ def build(args: argparse.Namespace):
     """The Starlette app (and its pool and store) for parsed `prefdiff label` options."""
     import os
 
-    from prefdiff.cli import parse_options
+    from prefdiff.options import parse_options
     from prefdiff.feedback.app import create_app
     from prefdiff.feedback.candidates import CandidatePool, ModelSource
     from prefdiff.feedback.drawing import condition_drawer
@@ -28,22 +28,36 @@ def build(args: argparse.Namespace):
                         f"draw them")
     if args.model is not None and args.dataset is None:
         raise UserError("--model needs --dataset to give the conditions to sample")
-    dataset_options = parse_options(args.dataset_option)
+    instructions = read_instructions(args.instructions)
+    dataset_options = parse_options(args.dataset_option, "--dataset-option")
     source = None
     if args.model is not None:
         source = ModelSource(args.model, args.dataset, lora=args.lora, conditioner=args.conditioner,
                              dataset_options=dataset_options, split=args.split,
                              per_condition=args.per_condition, num_steps=args.steps, seed=args.seed)
         folder.mkdir(parents=True, exist_ok=True)
-    reward = (get_manager().reward(args.reward, **parse_options(args.reward_option))
+    reward = (get_manager().reward(args.reward, **parse_options(args.reward_option, "--reward-option"))
               if args.reward else None)
     pair_file = Path(args.pairs) if args.pairs else folder / "pairs.jsonl"
     pool = CandidatePool(folder, pair_file, reward=reward, source=source, seed=args.seed)
     store = LabelStore(pair_file)
+    store.answered()  # a foreign line in the pair file stops us here, not at the first answer
     labeler = args.labeler or os.environ.get("USER") or "anonymous"
     app = create_app(pool, store, default_labeler=labeler, labels_per_pair=args.labels_per_pair,
-                     drawer=condition_drawer(args.dataset))
+                     drawer=condition_drawer(args.dataset), instructions=instructions,
+                     host_names=[args.host])
     return app, pool, store
+
+
+def read_instructions(path: str | None) -> str:
+    """The Markdown of ``--instructions FILE`` ("" without one)."""
+    if path is None:
+        return ""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise UserError(f"--instructions {path}: cannot read it ({reason}); pass a Markdown file") from None
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -1,30 +1,32 @@
-"""The pair file that labels go to: durable appends, a lock between processes, undo.
+"""The pair file that labels go to (durable appends, a lock between processes, undo),
+and the pairs handed out but not answered yet.
 
 Answers are records of the core's pair format (:mod:`prefdiff.data`) with the
 labeler's name and a timestamp, so `prefdiff fit` trains DPO/KTO on the file
 as it is. Skips are not preferences; they go to a side file
 (``NAME.skips.jsonl``) so a restart does not ask them again.
 
-Every write holds an exclusive ``fcntl`` lock on ``NAME.lock`` (a separate
-file, because undo replaces the pair file's inode), re-reads what other
-processes wrote, checks, writes and fsyncs before it returns. Undo rewrites
-the file without the labeler's last record through a temporary file and
-``os.replace``, so readers only ever see the old or the new whole file.
+Both files follow :mod:`prefdiff.durable`: whole-line fsynced appends, a torn
+last line (a crash mid-write) moved aside before the next append, rewrites
+through a temporary file and a rename. Every write holds an exclusive
+``fcntl`` lock on ``NAME.lock`` (a separate file, because undo replaces the
+pair file's inode), re-reads what other processes wrote, checks, writes and
+fsyncs before it returns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
-import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from prefdiff.data import WINNERS, append_pair
+from prefdiff.durable import append_record, atomic_write_bytes, read_records
 
 ANSWERS = (*WINNERS, "skip")
 
@@ -72,18 +74,14 @@ class LabelStore:
 
     @staticmethod
     def records(path: Path) -> list[dict[str, Any]]:
-        """The JSON records of a pair or skip file; [] when it does not exist yet."""
+        """The JSON records of a pair or skip file; [] when it does not exist yet.
+
+        :raises UserError: a line in the middle is not a JSON record. A torn last
+            line is not an answer and is skipped: the next append moves it aside.
+        """
         if not path.is_file():
             return []
-        records = []
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line from a crash mid-write is not an answer
-        return records
+        return [record for _, record in read_records(path, torn_tail_ok=True)]
 
     def actions(self) -> list[Action]:
         """Every answer and skip on disk, oldest first."""
@@ -102,21 +100,27 @@ class LabelStore:
 
     # ------------------------------------------------------------- writing ----
 
-    def record(self, pair: dict[str, Any], labeler: str, answer: str) -> dict[str, Any]:
+    def record(self, pair: dict[str, Any], labeler: str, answer: str, *,
+               labels_per_pair: int | None = None) -> dict[str, Any]:
         """Append ``labeler``'s answer to ``pair`` (its id, condition, a, b) durably.
 
-        :raises LabelConflict: the labeler already answered or skipped this pair.
+        :param labels_per_pair: refuse once this many labelers answered or skipped the pair.
+        :raises LabelConflict: the labeler already answered or skipped this pair, or it has all its labels.
         """
         if answer not in ANSWERS:
             raise ValueError(f"answer must be one of {ANSWERS}, got {answer!r}")
         with self.locked():
-            if any(a.pair == pair["id"] and a.labeler == labeler for a in self.actions()):
+            who = {a.labeler for a in self.actions() if a.pair == pair["id"]}
+            if labeler in who:
                 raise LabelConflict(f"labeler '{labeler}' already answered pair '{pair['id']}'; "
                                     f"undo it first to change the answer")
+            if labels_per_pair is not None and len(who) >= labels_per_pair:
+                raise LabelConflict(f"pair '{pair['id']}' already has its {labels_per_pair} label(s) "
+                                    f"(--labels-per-pair); ask for the next pair")
             now = time.time()
             if answer == "skip":
                 record = {"id": pair["id"], "labeler": labeler, "time": now}
-                append_pair(self.skip_file, record)
+                append_record(self.skip_file, record)
             else:
                 record = {"id": pair["id"], "condition": pair["condition"], "a": pair["a"], "b": pair["b"],
                           "winner": answer, "labeler": labeler, "time": now}
@@ -131,34 +135,58 @@ class LabelStore:
                 return None
             last = mine[-1]
             path = self.skip_file if last.answer == "skip" else self.pair_file
-            lines = path.read_text().splitlines(keepends=True)
-            for i in range(len(lines) - 1, -1, -1):
-                try:
-                    rec = json.loads(lines[i])
-                except json.JSONDecodeError:
-                    continue
+            lines = path.read_bytes().split(b"\n")  # joined back byte for byte, less one line
+            for number, rec in reversed(read_records(path, torn_tail_ok=True)):
                 if rec.get("id") == last.pair and rec.get("labeler") == labeler:
-                    del lines[i]
+                    del lines[number - 1]
                     break
-            _replace_atomically(path, "".join(lines))
+            atomic_write_bytes(path, b"\n".join(lines))
         return last
 
 
-def _replace_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a crash leaves the old or the new file, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
+
+class Reservations:
+    """Pairs handed out and not answered yet: each labeler holds the pair on their screen for a while.
+
+    With ``--labels-per-pair N``, a pair is not handed out once its answers plus
+    other labelers' holds reach N, so two labelers working in lockstep are not
+    shown the same pair when it needs one more label. Holds live in this server
+    process only; :meth:`LabelStore.record`'s limit is what holds across processes.
+
+    :param seconds: how long a hold lasts; a labeler who walks away frees the pair after it.
+    :param clock: seconds, monotonic (tests pass a fake one).
+    """
+
+    def __init__(self, seconds: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = seconds, clock
+        self._held: dict[str, tuple[str, float]] = {}  # labeler -> (pair id, until)
+        self._lock = threading.Lock()
+
+    def view(self, labeler: str, answered: dict[str, set[str]]) -> dict[str, set[str]]:
+        """``answered`` (pair id -> labelers) plus the other labelers holding each pair now."""
+        with self._lock:
+            return self._view(labeler, answered)
+
+    def hand_out(self, labeler: str, answered: dict[str, set[str]],
+                 pick: Callable[[dict[str, set[str]]], dict[str, Any] | None]) -> dict[str, Any] | None:
+        """The pair ``pick`` chooses from :meth:`view`, held for ``labeler`` in place of what they held.
+
+        Picking and holding happen under one lock, so two labelers asking at once
+        cannot both be handed the last free place of a pair.
+        """
+        with self._lock:
+            pair = pick(self._view(labeler, answered))
+            if pair is None:
+                self._held.pop(labeler, None)
+            else:
+                self._held[labeler] = (pair["id"], self.clock() + self.seconds)
+            return pair
+
+    def _view(self, labeler: str, answered: dict[str, set[str]]) -> dict[str, set[str]]:
+        now = self.clock()
+        self._held = {who: held for who, held in self._held.items() if held[1] > now}
+        view = {pid: set(who) for pid, who in answered.items()}
+        for who, (pid, _) in self._held.items():
+            if who != labeler:  # a labeler's own hold must not hide their pair from them
+                view.setdefault(pid, set()).add(who)
+        return view

@@ -80,6 +80,8 @@ def lightning_block(module, batch: Any, steps: int, warmup: int = 1,
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, Dataset
 
+    from prefdiff.quiet import quiet_trainer
+
     class Repeat(Dataset):
         def __len__(self) -> int:
             return warmup + steps
@@ -106,14 +108,9 @@ def lightning_block(module, batch: Any, steps: int, warmup: int = 1,
             self.end = clock()
 
     timer = Clock()
-    options = dict(max_steps=warmup + steps, accelerator="cpu", devices=1, logger=False,
-                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   use_distributed_sampler=False, limit_val_batches=0, num_sanity_val_steps=0,
-                   callbacks=[timer])
-    options.update(trainer_options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no workers in the DataLoader" and the like
-        trainer = pl.Trainer(**options)
+        trainer = quiet_trainer(warmup + steps, callbacks=[timer], **trainer_options)
         trainer.fit(module, train_dataloaders=DataLoader(Repeat(), batch_size=None))
     own = (timer.own + [timer.end - timer.start])[warmup:]
     if between is None:
@@ -125,7 +122,7 @@ def lightning_block(module, batch: Any, steps: int, warmup: int = 1,
 
 
 def unet_preset(quick: bool, **overrides: Any) -> dict:
-    """The 1.1M-parameter 32x32 class-conditioned UNet of FACTS.md (quick: 16x16, 0.3M)."""
+    """The 1.1M-parameter 32x32 class-conditioned UNet of docs/facts.md (quick: 16x16, 0.3M)."""
     preset = dict(kind="unet2d", sample_size=16 if quick else 32, channels=3, conditioning="class",
                   num_classes=4, block_out_channels=(16, 32) if quick else (32, 64, 64), layers_per_block=1)
     preset.update(overrides)

@@ -108,10 +108,10 @@ def _backprop_child(spec: dict) -> dict:
 
 def child(spec: dict) -> dict:
     """Run one configuration in this process and report its memory."""
-    from prefdiff.bench import PeakRSS, _rss_mb
+    from prefdiff.bench.memory import PeakRSS, rss_mb
 
     _reset_high_water_mark()
-    baseline = _rss_mb()
+    baseline = rss_mb()
     with PeakRSS() as memory:
         info = {"dpo": _dpo_child, "backprop": _backprop_child}[spec["kind"]](spec)
     # The kernel's high-water mark catches a peak shorter than PeakRSS's 20 ms poll.

@@ -34,7 +34,7 @@ def _recipe_inputs(domain: str, quick: bool) -> tuple[Any, Any, torch.Tensor]:
     from prefdiff.bench import Benchmark
     from prefdiff.plugins import get_manager
 
-    bench = Benchmark(get_manager().benchmark(domain, quick=quick), quick=quick, log=lambda m: None)
+    bench = Benchmark(get_manager().benchmark(domain, quick=quick), quick=quick)
     cond, real = bench.eval_set()
     n = condition_count(cond)
     if real is None:
@@ -49,12 +49,11 @@ def _recipe_inputs(domain: str, quick: bool) -> tuple[Any, Any, torch.Tensor]:
 def _reward_options(recipe, name: str) -> tuple[dict, str | None]:
     """(factory options, the online method that trains with it) for a reward the recipe names."""
     if name == recipe.reward:
-        method = next((m for m in ONLINE if recipe.methods.get(m, {}).get("reward", name) == name), "ddpo")
+        method = next((m for m in ONLINE if recipe.reward_for(m)[0] == name), "ddpo")
         return recipe.reward_options, method
     for method in ONLINE:
-        options = recipe.methods.get(method, {})
-        if options.get("reward") == name:
-            return options.get("reward_options", {}), method
+        if recipe.reward_for(method)[0] == name:
+            return recipe.reward_for(method)[1], method
     if name == recipe.judge:
         return recipe.judge_options, None
     return {}, None

@@ -1,10 +1,12 @@
 """One LightningModule per family of alignment methods.
 
-``METHODS`` maps every method name of the DESIGN.md contract to the module
-that trains it and the options that select the variant.
+``METHODS`` maps every method name of the contract (the keys of results.json
+and of ``prefdiff bench --method``) to the module that trains it and the
+options that select the variant. Each module says what data it trains on
+(:meth:`AlignmentModule.training_data`), so callers never branch on names.
 """
 
-from prefdiff.trainers.base import AlignmentModule
+from prefdiff.trainers.base import AlignmentModule, TrainingData
 from prefdiff.trainers.pairs import PairModule
 from prefdiff.trainers.online_pairs import D3POModule
 from prefdiff.trainers.policy_gradient import PolicyGradientModule
@@ -27,4 +29,4 @@ METHODS = {
 }
 
 __all__ = ["AlignmentModule", "SFTModule", "PairModule", "D3POModule", "PolicyGradientModule",
-           "RewardBackpropModule", "METHODS"]
+           "RewardBackpropModule", "METHODS", "TrainingData"]

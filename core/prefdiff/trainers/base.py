@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,24 @@ from prefdiff.models import LoraOptions, ModelPreset, add_lora, build_denoiser, 
 from prefdiff.plugins import get_manager
 from prefdiff.sampling import sample
 from prefdiff.schedulers import build_scheduler, load_scheduler
+
+
+class TrainingData(Enum):
+    """What a trainer family trains on; the benchmark runner and `prefdiff fit` ask it."""
+
+    TARGETS = "targets"
+    """Dataset items with a target sample ``x0`` and its condition (SFT)."""
+    CONDITIONS = "conditions"
+    """Conditions only: the method samples its own data (online methods)."""
+    PAIRS = "pairs"
+    """Winner/loser pairs from a pair file: human labels, or mined by a benchmark."""
+    SCORED_SAMPLES = "scored_samples"
+    """Samples with their rewards (reward-weighted SFT)."""
+
+    @property
+    def mined(self) -> bool:
+        """Whether a benchmark makes this data by sampling the base model and scoring it."""
+        return self in (TrainingData.PAIRS, TrainingData.SCORED_SAMPLES)
 
 
 class AlignmentModule(pl.LightningModule):
@@ -68,6 +87,18 @@ class AlignmentModule(pl.LightningModule):
             add_lora(self.denoiser, LoraOptions(r=lora_rank, alpha=lora_alpha or float(lora_rank)))
         self.reward_fn = manager.reward(reward, **(reward_options or {})) if reward else None
         self.reward_queries = 0
+
+    # ------------------------------------------------------ what it needs ----
+
+    @classmethod
+    def training_data(cls, **options: Any) -> TrainingData:
+        """The data this family trains on with the given fixed options (default: conditions)."""
+        return TrainingData.CONDITIONS
+
+    @classmethod
+    def uses_reward(cls, **options: Any) -> bool:
+        """Whether this family trains on what a reward says (default: yes)."""
+        return True
 
     # ------------------------------------------------------------ helpers ----
 

@@ -10,7 +10,7 @@ from prefdiff.data import concat
 from prefdiff.errors import UserError
 from prefdiff.losses import diffusion_dpo_loss, kto_loss, per_sample_mse
 from prefdiff.models import reference_mode
-from prefdiff.trainers.base import AlignmentModule
+from prefdiff.trainers.base import AlignmentModule, TrainingData
 
 OBJECTIVES = ("dpo", "kto")
 
@@ -32,6 +32,11 @@ class PairModule(AlignmentModule):
         if self.hparams.lora_rank <= 0:
             raise UserError("pair objectives use the adapter-disabled model as reference; "
                             "set --model.lora_rank > 0")
+
+    @classmethod
+    def training_data(cls, **options: Any) -> TrainingData:
+        """Decided pairs."""
+        return TrainingData.PAIRS
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         x_w, x_l, cond = batch["x_w"], batch["x_l"], batch["cond"]

@@ -8,7 +8,7 @@ import torch
 
 from prefdiff.errors import UserError
 from prefdiff.losses import rwr_weights, sft_loss
-from prefdiff.trainers.base import AlignmentModule
+from prefdiff.trainers.base import AlignmentModule, TrainingData
 
 
 class SFTModule(AlignmentModule):
@@ -27,6 +27,16 @@ class SFTModule(AlignmentModule):
             raise UserError(f"--model.p_uncond must be in [0, 1), got {p_uncond}")
         if reward_weighted and temperature <= 0:
             raise UserError(f"--model.temperature must be > 0, got {temperature}")
+
+    @classmethod
+    def training_data(cls, reward_weighted: bool = False, **options: Any) -> TrainingData:
+        """Targets with their conditions; scored samples when reward-weighted."""
+        return TrainingData.SCORED_SAMPLES if reward_weighted else TrainingData.TARGETS
+
+    @classmethod
+    def uses_reward(cls, reward_weighted: bool = False, **options: Any) -> bool:
+        """Plain SFT needs no reward; reward-weighted SFT learns from one."""
+        return reward_weighted
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         generator = self.step_generator()

@@ -4,13 +4,14 @@ Registers the dataset ``nuscenes_bev`` (a nuScenes dataroot read with the
 nuscenes-devkit), the conditioner ``layout_route`` (map layout and ego route),
 the rewards ``planner_feasibility`` (training), ``planner_judge`` (held-out),
 ``planner_feasibility_surrogate`` (differentiable, reward backpropagation only)
-and ``layout_consistency``, and the benchmark ``driving``. The devkit is
+and ``layout_consistency``, the benchmark ``driving`` and the command
+``prefdiff driving make-data``. The devkit is
 imported only inside the factories.
 """
 
 from __future__ import annotations
 
-from prefdiff import hookimpl
+from prefdiff.api import hookimpl
 
 __version__ = "0.1.0"
 
@@ -67,3 +68,10 @@ def prefdiff_register_rewards(register):
 @hookimpl
 def prefdiff_register_benchmarks(register):
     register("driving", _recipe)
+
+
+@hookimpl
+def prefdiff_register_commands(register):
+    from prefdiff_driving.commands import make_data
+
+    register("make-data", make_data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 from prefdiff_driving import bev
 
 CHANNELS_OUT = bev.LAYOUT_CHANNELS + 4

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 from prefdiff_driving import bev
 
 TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose",
@@ -50,7 +50,7 @@ CACHE_FORMAT = 2
 
 
 def _read_table(path: Path, name: str) -> list[dict]:
-    fix = "re-extract the dataset or rewrite it with `prefdiff-driving make-data`"
+    fix = "re-extract the dataset or rewrite it with `prefdiff driving make-data`"
     if not path.is_file():
         raise UserError(f"nuScenes table {path} is missing; {fix}")
     try:
@@ -78,11 +78,11 @@ def check_dataroot(root: str | Path, version: str) -> dict[str, list[dict]]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"nuScenes dataroot {root} does not exist; download nuScenes there or write a "
-                        f"synthetic one with `prefdiff-driving make-data {root}`")
+                        f"synthetic one with `prefdiff driving make-data {root}`")
     if not (root / version).is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("v1.0"))
         raise UserError(f"nuScenes dataroot {root} has no '{version}' folder of tables (found: "
-                        f"{', '.join(found) or 'none'}); pass --dataset.version or the right dataroot")
+                        f"{', '.join(found) or 'none'}); set the dataset option version or pass the right dataroot")
     tables = {name: _read_table(root / version / f"{name}.json", name) for name in TABLES}
     for log in tables["log"]:
         if log["location"] not in locations:
@@ -113,7 +113,7 @@ def check_dataroot(root: str | Path, version: str) -> dict[str, list[dict]]:
 
 
 def _cache_file(root: Path, version: str, split: str) -> Path:
-    from prefdiff.bench import cache_root
+    from prefdiff.api import cache_root
 
     # a changed or missing table changes the key, so a broken dataroot is re-read and reported
     stamps = [(name, p.stat().st_mtime_ns if p.is_file() else None)
@@ -151,7 +151,7 @@ def read_split(root: str | Path, version: str, split: str, log=None) -> dict[str
     from pyquaternion import Quaternion
 
     if version not in SPLITS:
-        raise UserError(f"--dataset.version must be one of {', '.join(SPLITS)}, got '{version}'")
+        raise UserError(f"dataset option version must be one of {', '.join(SPLITS)}, got '{version}'")
     if split not in SPLITS[version]:
         raise UserError(f"--dataset.split must be one of {', '.join(SPLITS[version])}, got '{split}'")
     root = Path(root)
@@ -239,12 +239,12 @@ class NuScenesBEV(Dataset):
                  size: int | None = None) -> None:
         if root is None:
             raise UserError("the nuscenes_bev dataset needs --dataset.root (a nuScenes dataroot; "
-                            "`prefdiff-driving make-data DIR` writes a synthetic one)")
+                            "`prefdiff driving make-data DIR` writes a synthetic one)")
         if size is not None and size < 1:
             raise UserError(f"--dataset.size must be >= 1, got {size}")
         root_path = Path(root)
         if version not in SPLITS:
-            raise UserError(f"--dataset.version must be one of {', '.join(SPLITS)}, got '{version}'")
+            raise UserError(f"dataset option version must be one of {', '.join(SPLITS)}, got '{version}'")
         cache = _cache_file(root_path, version, split) if (root_path / version).is_dir() else None
         if cache is not None and cache.is_file():
             data = torch.load(cache, weights_only=True)

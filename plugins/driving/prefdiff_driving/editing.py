@@ -18,42 +18,30 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from prefdiff.data import select
-from prefdiff.errors import UserError
+from prefdiff.api import UserError, connected_components, dilate, inpaint, select
 from prefdiff_driving import bev
 
 KINDS = ("insert", "remove")
-
-
-def _dilate(mask: torch.Tensor, cells: int = 1) -> torch.Tensor:
-    return F.max_pool2d(mask[None, None].float(), 2 * cells + 1, 1, cells)[0, 0] > 0
-
-
-def _components(mask: np.ndarray) -> list[np.ndarray]:
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask)
-    return [labels == k for k in range(1, n + 1)]
 
 
 def plan_edit(x0: torch.Tensor, layout: torch.Tensor, kind: str, rng: np.random.Generator
               ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(box, new_layout)`` for one edit of a real raster, or None when the scene allows none."""
     if kind not in KINDS:
-        raise UserError(f"--edit.kind must be one of {', '.join(KINDS)}, got '{kind}'")
+        raise UserError(f"a scene edit is one of {', '.join(KINDS)}, got '{kind}'")
     vehicles = (x0[bev.VEHICLE] > bev.OCCUPIED).numpy()
     given = layout[bev.GIVEN].numpy() > 0.5
     centres = bev.cell_centres(x0.shape[-1])
     if kind == "remove":
-        options = [c for c in _components(vehicles) if not (c & given).any()]
+        # A vehicle is a 4-connected group of cells: boxes touching at a corner are two vehicles.
+        options = [c for c in connected_components(vehicles, diagonal=False) if not (c & given).any()]
         if not options:
             return None
         box = options[int(rng.integers(len(options)))]
         return torch.from_numpy(box), layout.clone()
     agents = torch.from_numpy(vehicles | (x0[bev.PEDESTRIAN] > bev.OCCUPIED).numpy())
-    busy = _dilate(agents, 2).numpy()
+    busy = dilate(agents, 2).numpy()
     ego = np.linalg.norm(centres, axis=-1) < 7.0
     spots = np.argwhere((layout[bev.DRIVABLE].numpy() >= 0.9) & ~busy & ~ego)
     rng.shuffle(spots)
@@ -70,8 +58,6 @@ def plan_edit(x0: torch.Tensor, layout: torch.Tensor, kind: str, rng: np.random.
 def edit_scenes(denoiser, scheduler, x0: torch.Tensor, cond: dict[str, torch.Tensor], *, n: int = 32,
                 num_steps: int = 20, margin: int = 1, seed: int = 0) -> dict[str, Any]:
     """Insert and remove vehicles (alternating) in up to ``n`` real scenes; returns tensors and metrics."""
-    from prefdiff.sampling import inpaint
-
     rng = np.random.default_rng(seed)
     picked, boxes, layouts, kinds = [], [], [], []
     # visit the scenes in a seeded order: neighbouring keyframes look alike
@@ -96,7 +82,7 @@ def edit_scenes(denoiser, scheduler, x0: torch.Tensor, cond: dict[str, torch.Ten
     traffic = cond_before["traffic"].clone()
     traffic[:, 0] = (traffic[:, 0] + sign * boxes_t.flatten(1).float().mean(1)).clamp_min(0)
     new_cond = {**cond_before, "layout": torch.stack(layouts), "traffic": traffic}
-    regions = torch.stack([_dilate(b, margin) for b in boxes_t])
+    regions = torch.stack([dilate(b, margin) for b in boxes_t])
     keep = (~regions).float()[:, None].expand_as(original)
     denoiser.eval()
     g = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prefdiff.data import select
+from prefdiff.api import select
 from prefdiff_driving import bev
 
 

@@ -1,6 +1,6 @@
 """The ``driving`` benchmark: BEV traffic scenes aligned for planner feasibility.
 
-On first run ``prepare`` writes the synthetic nuScenes dataroot into the
+On first run :func:`prepare` writes the synthetic nuScenes dataroot into the
 benchmark cache (``v1.0-mini`` for ``--quick``, a ``v1.0-trainval``-schema set
 of 48 + 12 scenes otherwise), or uses the user's dataroot named by
 ``PREFDIFF_DRIVING_DATAROOT`` (with ``PREFDIFF_DRIVING_VERSION``, default
@@ -14,15 +14,19 @@ change of agent density against the real held-out scenes.
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from prefdiff.bench import Recipe
+from prefdiff.api import Recipe
 
 from prefdiff_driving import bev
 from prefdiff_driving.conditioner import CHANNELS_OUT
+
+log = logging.getLogger("prefdiff.driving")
 
 ROOT_VARIABLE = "PREFDIFF_DRIVING_DATAROOT"
 VERSION_VARIABLE = "PREFDIFF_DRIVING_VERSION"
@@ -35,14 +39,8 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 
 def driving_recipe(quick: bool = False) -> Recipe:
-    """The recipe `prefdiff bench driving [--quick]` runs."""
+    """The recipe `prefdiff bench driving [--quick]` runs; :func:`prepare` fills in the dataroot."""
     settings = _settings(quick)
-    user_root = os.environ.get(ROOT_VARIABLE)
-    if user_root:
-        options = {"root": str(Path(user_root).resolve()), "version": os.environ.get(VERSION_VARIABLE, "v1.0-mini")}
-    else:
-        # a placeholder naming the data (it keys the base-model cache); prepare replaces it
-        options = {"root": f"synthetic:{settings['version']}:{settings['scenes']}", "version": settings["version"]}
     surrogate = "scenario_feasibility_surrogate"
     methods: dict[str, dict] = {
         "sft": {"lr": 5e-4},
@@ -59,7 +57,7 @@ def driving_recipe(quick: bool = False) -> Recipe:
         "refl": {"reward": surrogate, "drift_coef": 0.1, "lr": 3e-4},
     }
     return Recipe(
-        domain="driving", dataset="nuscenes_bev", dataset_options=options,
+        domain="driving", dataset="nuscenes_bev",
         model={"kind": "unet2d", "sample_size": bev.RESOLUTION, "channels": bev.AGENT_CHANNELS,
                "conditioning": "concat", "cond_channels": CHANNELS_OUT, "block_out_channels": settings["model"],
                "layers_per_block": 1, "norm_num_groups": 8},
@@ -75,7 +73,7 @@ def driving_recipe(quick: bool = False) -> Recipe:
         align_steps=4 if quick else 40, align_batch=2 if quick else 8,
         lora_rank=8, n_eval=12 if quick else 192, eval_samples=1 if quick else 4, num_steps=6 if quick else 10,
         mine_conditions=16 if quick else 192, mine_per_condition=4,
-        prepare=partial(prepare, quick=quick, user_root=user_root),
+        prepare=partial(prepare, quick=quick),
         drift=_drift, drift_note="relative difference of agent density (share of cells holding a vehicle or "
                                  "pedestrian) from the real held-out scenes; 0 = as much traffic as real",
     )
@@ -87,23 +85,23 @@ def _drift(samples, real) -> float:
     return density_drift(samples, real)
 
 
-def prepare(cache_dir: Path, *, quick: bool, user_root: str | None,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write the synthetic dataroot when missing; return the Recipe overrides (data, render, edit)."""
+def prepare(recipe: Recipe, data_dir: Path, *, quick: bool) -> Recipe:
+    """The user's dataroot (``PREFDIFF_DRIVING_DATAROOT``), or the synthetic one written when missing;
+    returns the recipe with its data, figure and editing task pointing at it."""
     from prefdiff_driving.synthetic import make_dataset
 
     settings = _settings(quick)
+    user_root = os.environ.get(ROOT_VARIABLE)
     if user_root:
         options = {"root": str(Path(user_root).resolve()), "version": os.environ.get(VERSION_VARIABLE, "v1.0-mini")}
     else:
-        root = Path(cache_dir) / f"nuscenes-synthetic-{settings['version']}-{settings['scenes']}"
+        root = Path(data_dir) / f"nuscenes-synthetic-{settings['version']}-{settings['scenes']}"
         if not (root / settings["version"] / "scene.json").is_file():
-            log(f"writing the synthetic nuScenes dataroot to {root}")
+            log.info(f"writing the synthetic nuScenes dataroot to {root}")
             make_dataset(root, settings["version"], scenes=settings["scenes"], seed=0)
         options = {"root": str(root), "version": settings["version"]}
-    recipe = driving_recipe(quick)
     edit = partial(_edit, data_options=options, n=8 if quick else 64, num_steps=recipe.num_steps)
-    return {"dataset_options": options, "render": partial(_render, data_options=options), "edit": edit}
+    return replace(recipe, dataset_options=options, render=partial(_render, data_options=options), edit=edit)
 
 
 def _render(rows, cond, png_path, *, data_options: dict[str, Any]) -> None:
@@ -112,7 +110,6 @@ def _render(rows, cond, png_path, *, data_options: dict[str, Any]) -> None:
 
     real = NuScenesBEV(split="test", **data_options).agents
     render(rows, cond, png_path, real=real[:next(iter(rows.values())).shape[0]])
-    Path(png_path).with_suffix(".txt").write_text("rows, top to bottom: real, " + ", ".join(rows) + "\n")
 
 
 def _edit(denoiser, scheduler, out_dir, *, data_options: dict[str, Any], n: int, num_steps: int) -> dict:

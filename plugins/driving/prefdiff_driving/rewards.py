@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 from prefdiff_driving import bev
 
 
@@ -50,7 +50,7 @@ def _planner_reward(config, who: str, **overrides: Any):
         cfg = replace(config, **overrides)
     except TypeError as exc:
         known = ", ".join(PlannerConfig.__dataclass_fields__)
-        raise UserError(f"--reward_options for '{who}': {exc}; known options: {known}") from None
+        raise UserError(f"reward options for '{who}': {exc}; known options: {known}") from None
 
     def reward(samples: torch.Tensor, cond: Any):
         _check(samples, cond, who)

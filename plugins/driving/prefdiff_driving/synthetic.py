@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 from prefdiff_driving import world
 
 MAP_NAME = "singapore-onenorth"

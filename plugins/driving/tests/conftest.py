@@ -1,20 +1,18 @@
-"""Shared fixtures: a fresh plugin manager per test, a private bench cache, one thread, a mini dataroot."""
+"""Shared fixtures (prefdiff.testing's come from the repository's conftest.py): a mini dataroot."""
 
 import shutil
 from pathlib import Path
 
 import pytest
 
-from prefdiff.testing import isolated_prefdiff, one_thread  # noqa: F401  (autouse fixtures)
-
 
 @pytest.fixture(scope="session")
 def dataroot(tmp_path_factory) -> Path:
     """A synthetic v1.0-mini dataroot written by the make-data command (read-only: copy it to break it)."""
-    from prefdiff_driving.cli import main
+    from prefdiff.cli import main
 
     root = tmp_path_factory.mktemp("nuscenes") / "mini"
-    assert main(["make-data", str(root), "--seed", "3"]) == 0
+    assert main(["driving", "make-data", str(root), "--seed", "3"]) == 0
     return root
 
 

@@ -129,12 +129,14 @@ def test_broken_content_is_named(dataroot_copy, breakage, message):
 
 
 def test_make_data_command_errors_exit_2(tmp_path, capsys):
-    from prefdiff_driving.cli import main
+    from prefdiff.cli import main
 
-    assert main(["make-data", str(tmp_path / "x"), "--version", "v2.0"]) == 2
-    assert "--version must be one of v1.0-mini, v1.0-trainval" in capsys.readouterr().err
+    assert main(["driving", "make-data", str(tmp_path / "x"), "--version", "v2.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--version must be one of v1.0-mini, v1.0-trainval" in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
-    assert main(["make-data", str(tmp_path / "x"), "--scenes", "0"]) == 2
+    assert main(["driving", "make-data", str(tmp_path / "x"), "--scenes", "0"]) == 2
+    assert "--scenes must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_a_failed_make_data_leaves_the_earlier_dataroot_intact(dataroot_copy, monkeypatch):

@@ -22,7 +22,7 @@ def test_plan_edit_picks_a_vehicle_to_remove_and_a_free_road_spot_to_insert(test
     box, new = plan_edit(x0, layout, "insert", rng)
     assert box.sum() >= 3 and (x0[bev.VEHICLE][box] == 0).all()
     assert (new[bev.GIVEN][box] == 1).all() and (layout[bev.DRIVABLE][box] >= 0.5).all()
-    with pytest.raises(UserError, match="--edit.kind must be one of insert, remove"):
+    with pytest.raises(UserError, match="a scene edit is one of insert, remove"):
         plan_edit(x0, layout, "grow", rng)
 
 

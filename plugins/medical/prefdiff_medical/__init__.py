@@ -3,13 +3,14 @@ segmentation consistency, on MONAI.
 
 Registers the ``decathlon`` dataset (Medical Segmentation Decathlon task
 folders), the ``mask_onehot`` and ``mask_controlnet`` conditioners, the
-``segmentation_consistency`` rewards and judge, and the ``medical`` benchmark.
+``segmentation_consistency`` rewards and judge, the ``medical`` benchmark, and the
+commands ``prefdiff medical make-data`` and ``prefdiff medical train-segmenter``.
 Heavy imports (MONAI, nibabel) happen inside the factories.
 """
 
 from __future__ import annotations
 
-from prefdiff import hookimpl
+from prefdiff.api import hookimpl
 
 __version__ = "0.1.0"
 
@@ -69,3 +70,11 @@ def prefdiff_register_rewards(register):
 @hookimpl
 def prefdiff_register_benchmarks(register):
     register("medical", _recipe)
+
+
+@hookimpl
+def prefdiff_register_commands(register):
+    from prefdiff_medical import commands
+
+    register("make-data", commands.make_data)
+    register("train-segmenter", commands.train_segmenter)

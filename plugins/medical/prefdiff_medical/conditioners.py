@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 
 
 def _one_hot_foreground(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -36,7 +36,7 @@ class MaskOneHot(nn.Module):
     def __init__(self, num_classes: int = 2) -> None:
         super().__init__()
         if num_classes < 1:
-            raise UserError(f"--conditioner.num_classes must be >= 1, got {num_classes}")
+            raise UserError(f"conditioner option num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
 
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
@@ -53,7 +53,7 @@ class MaskControlNet(nn.Module):
     def __init__(self, num_classes: int = 2, context_dim: int = 32) -> None:
         super().__init__()
         if num_classes < 1 or context_dim < 1:
-            raise UserError(f"--conditioner.num_classes and context_dim must be >= 1, got {num_classes}, {context_dim}")
+            raise UserError(f"conditioner options num_classes and context_dim must be >= 1, got {num_classes}, {context_dim}")
         self.num_classes = num_classes
         # Which classes are present, as one learned token: the UNet's cross-attention
         # needs a context and the mask's content is the only one there is.

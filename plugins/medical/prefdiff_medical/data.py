@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 
 SPLITS = ("train", "val", "test")
-MAKE_DATA = "prefdiff-medical make-data DIR"
+MAKE_DATA = "prefdiff medical make-data DIR"
 
 
 # ------------------------------------------------------------ task folder ----
@@ -81,7 +81,7 @@ def split_volumes(records: list[dict[str, str]], split: str, val_fraction: float
                   test_fraction: float = 0.15, seed: int = 0) -> list[dict[str, str]]:
     """The volumes of one split: a seeded shuffle of the sorted records, cut by volume."""
     if split not in SPLITS:
-        raise UserError(f"--data.split must be one of {', '.join(SPLITS)}, got '{split}'")
+        raise UserError(f"dataset split must be one of {', '.join(SPLITS)}, got '{split}'")
     ordered = sorted(records, key=lambda r: r["image"])
     order = torch.randperm(len(ordered), generator=torch.Generator().manual_seed(seed)).tolist()
     n = len(ordered)

@@ -14,35 +14,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError, component_at, dilate, inpaint, sdedit
 
 EDITS = ("add", "remove", "grow")
 METHODS = ("inpaint", "sdedit")
 
 
 # ------------------------------------------------------------ mask edits ----
-
-
-def _dilate(region: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Binary dilation of ``[..., H, W]`` by a (2p+1)-square."""
-    if pixels <= 0:
-        return region
-    shape = region.shape
-    x = region.reshape(-1, 1, *shape[-2:]).float()
-    return (F.max_pool2d(x, 2 * pixels + 1, stride=1, padding=pixels) > 0).reshape(shape)
-
-
-def _component(region: torch.Tensor, seed: tuple[int, int]) -> torch.Tensor:
-    """The 8-connected component of a binary ``[H, W]`` region that holds ``seed``."""
-    comp = torch.zeros_like(region, dtype=torch.bool)
-    comp[seed] = True
-    while True:
-        grown = _dilate(comp, 1) & region
-        if torch.equal(grown, comp):
-            return comp
-        comp = grown
 
 
 def edit_mask(mask: torch.Tensor, kind: str, num_classes: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -53,13 +32,13 @@ def edit_mask(mask: torch.Tensor, kind: str, num_classes: int, generator: torch.
     * ``grow``: one class dilated by two pixels into the background.
     """
     if kind not in EDITS:
-        raise UserError(f"--edit must be one of {', '.join(EDITS)}, got '{kind}'")
+        raise UserError(f"a mask edit is one of {', '.join(EDITS)}, got '{kind}'")
     m = mask[0].round()
     h, w = m.shape
     out = m.clone()
     if kind == "add":
         radius = max(2, min(h, w) // 10)
-        free = ~_dilate(m > 0, radius + 1)
+        free = ~dilate(m > 0, radius + 1)
         free[:radius + 1], free[-radius - 1:], free[:, :radius + 1], free[:, -radius - 1:] = False, False, False, False
         spots = free.nonzero()
         if len(spots) == 0:
@@ -73,13 +52,13 @@ def edit_mask(mask: torch.Tensor, kind: str, num_classes: int, generator: torch.
         if len(fg) == 0:
             return None
         y, x = fg[int(torch.randint(len(fg), (1,), generator=generator))].tolist()
-        out[_component(m == m[y, x], (y, x))] = 0
+        out[torch.from_numpy(component_at(m == m[y, x], (y, x)))] = 0
     else:
         present = [int(c) for c in m.unique().tolist() if c > 0]
         if not present:
             return None
         c = present[int(torch.randint(len(present), (1,), generator=generator))]
-        out[_dilate(m == c, 2) & (m == 0)] = float(c)
+        out[dilate(m == c, 2) & (m == 0)] = float(c)
     if torch.equal(out, m):
         return None
     return out.unsqueeze(0)
@@ -87,7 +66,7 @@ def edit_mask(mask: torch.Tensor, kind: str, num_classes: int, generator: torch.
 
 def keep_region(old: torch.Tensor, new: torch.Tensor, margin: int = 2) -> torch.Tensor:
     """1 where the image is kept: outside the changed labels dilated by ``margin`` pixels."""
-    return (~_dilate(old.round() != new.round(), margin)).float()
+    return (~dilate(old.round() != new.round(), margin)).float()
 
 
 # ------------------------------------------------------------- editing ----
@@ -98,10 +77,8 @@ def edit_images(denoiser, scheduler, images: torch.Tensor, old: torch.Tensor, ne
                 method: str = "inpaint", strength: float = 0.6, margin: int = 2, num_steps: int = 20,
                 seed: int = 0) -> torch.Tensor:
     """Edit real images ``[B, 1, H, W]`` from masks ``old`` to ``new`` with the mask-conditioned model."""
-    from prefdiff.sampling import inpaint, sdedit
-
     if method not in METHODS:
-        raise UserError(f"--edit.method must be one of {', '.join(METHODS)}, got '{method}'")
+        raise UserError(f"the edit method must be one of {', '.join(METHODS)}, got '{method}'")
     denoiser.eval()
     generator = torch.Generator().manual_seed(seed)
     if method == "sdedit":

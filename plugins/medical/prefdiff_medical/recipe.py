@@ -1,6 +1,6 @@
 """The ``medical`` benchmark: mask-conditioned slices aligned for segmentation consistency.
 
-On first run ``prepare`` writes the synthetic Decathlon task (or uses the
+On first run :func:`prepare` writes the synthetic Decathlon task (or uses the
 user's task named by ``PREFDIFF_MEDICAL_TASK``) and trains the two
 segmenters: the reward's UNet and the judge's BasicUNet, with other seeds.
 Both are cached beside the data, so later runs start at the base model.
@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from prefdiff.bench import Recipe
+from prefdiff.api import Recipe
 
 from prefdiff_medical.synthetic import SyntheticTask
 
+log = logging.getLogger("prefdiff.medical")
+
 TASK_VARIABLE = "PREFDIFF_MEDICAL_TASK"
 RESOLUTION = 32
-REWARD_BACKPROP = ("draft", "alignprop", "refl")
 
 
 def _settings(quick: bool) -> dict[str, Any]:
@@ -34,21 +36,15 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 
 def medical_recipe(quick: bool = False) -> Recipe:
-    """The recipe `prefdiff bench medical [--quick]` runs."""
+    """The recipe `prefdiff bench medical [--quick]` runs; :func:`prepare` fills in the data and segmenters."""
     settings = _settings(quick)
-    task: SyntheticTask = settings["task"]
     user_task = os.environ.get(TASK_VARIABLE)
     if user_task:
         from prefdiff_medical.data import read_task
 
         num_classes = len(read_task(user_task)["classes"]) - 1
-        root = str(Path(user_task).resolve())
     else:
-        num_classes = task.num_classes
-        # A placeholder that names the data (it keys the base-model cache); prepare
-        # replaces it with the folder it writes.
-        root = f"synthetic:{task.tag()}"
-    data_options = _data_options(root, user_task)
+        num_classes = settings["task"].num_classes
     lr = 5e-4
     methods: dict[str, dict] = {
         "sft": {"lr": lr},
@@ -61,15 +57,16 @@ def medical_recipe(quick: bool = False) -> Recipe:
         "ddpo": {"samples_per_condition": 2, "timestep_fraction": 0.25, "lr": 3e-4, "steps": 40},
         "dpok": {"samples_per_condition": 4, "kl_coef": 0.01, "lr": 3e-4},
         "grpo": {"samples_per_condition": 4, "kl_coef": 0.01, "lr": 3e-4},
-        # Reward backprop hacks a single segmenter fast (FACTS: DRaFT-1 raised the reward,
-        # not the judge): several gradient steps and a drift penalty to the base.
+        # Reward backprop hacks a single segmenter fast (a one-seed probe: DRaFT-1 raised the
+        # reward segmenter's Dice from 0.92 to 0.98 while the judge's did not move): several
+        # gradient steps and a drift penalty to the base.
         "draft": {"reward": "segmentation_consistency_soft", "k": 3, "drift_coef": 50.0, "lr": 3e-4},
         "alignprop": {"reward": "segmentation_consistency_soft", "k": 5, "drift_coef": 50.0, "lr": 3e-4},
         "refl": {"reward": "segmentation_consistency_soft", "drift_coef": 50.0, "lr": 3e-4},
     }
     return Recipe(
         domain="medical", dataset="decathlon",
-        dataset_options=data_options,
+        dataset_options=_data_options(user_task),
         model={"kind": "unet2d", "sample_size": RESOLUTION, "channels": 1, "conditioning": "concat",
                "cond_channels": num_classes, "block_out_channels": settings["model"], "layers_per_block": 1,
                "norm_num_groups": 8},
@@ -89,12 +86,11 @@ def medical_recipe(quick: bool = False) -> Recipe:
     )
 
 
-def _data_options(root: str, user_task: str | None) -> dict[str, Any]:
+def _data_options(user_task: str | None) -> dict[str, Any]:
     # The synthetic images are already in [0, 1] with objects as the brightest voxels:
     # min-max scaling keeps the two classes' intensities apart, where percentile
     # clipping (right for MR and CT) would saturate both.
-    return {"root": root, "resolution": RESOLUTION,
-            **({} if user_task else {"percentiles": [0.0, 100.0]})}
+    return {"resolution": RESOLUTION, **({} if user_task else {"percentiles": [0.0, 100.0]})}
 
 
 def _drift(samples, real) -> float:
@@ -109,9 +105,12 @@ def _render(rows, cond, png_path) -> None:
     render(rows, cond, png_path)
 
 
-def prepare(cache_dir: Path, *, quick: bool, user_task: str | None,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write the synthetic task and train both segmenters when missing; return the Recipe overrides."""
+def prepare(recipe: Recipe, data_dir: Path, *, quick: bool, user_task: str | None) -> Recipe:
+    """Write the synthetic task and train both segmenters when missing; return the prepared recipe.
+
+    The reward's UNet and the judge's BasicUNet are trained with other seeds on the
+    same images and cached beside the data, so later runs start at the base model.
+    """
     from prefdiff_medical.editing import run_edit_task
     from prefdiff_medical.figures import render
     from prefdiff_medical.segmenters import train_segmenter
@@ -119,34 +118,31 @@ def prepare(cache_dir: Path, *, quick: bool, user_task: str | None,
 
     settings = _settings(quick)
     task: SyntheticTask = settings["task"]
-    cache_dir = Path(cache_dir)
+    data_dir = Path(data_dir)
     if user_task:
         root = Path(user_task).resolve()
     else:
-        root = cache_dir / f"synthetic-{task.tag()}"
+        root = data_dir / f"synthetic-{task.tag()}"
         if not (root / "dataset.json").is_file():
-            log(f"writing the synthetic Decathlon task to {root}")
+            log.info(f"writing the synthetic Decathlon task to {root}")
             make_task(root, task)
-    data_options = _data_options(str(root), user_task)
-    key = hashlib.sha256(json.dumps({"data": data_options, "task": None if user_task else asdict(task),
+    data_options = {"root": str(root), **recipe.dataset_options}
+    key = hashlib.sha256(json.dumps({"data": {"root": str(root), **_data_options(user_task)},
+                                     "task": None if user_task else asdict(task),
                                      "steps": [settings["reward_steps"], settings["judge_steps"]]},
                                     sort_keys=True).encode()).hexdigest()[:10]
-    segmenters = cache_dir / f"segmenters-{key}"
+    segmenters = data_dir / f"segmenters-{key}"
     reward_ckpt, judge_ckpt = segmenters / "reward_unet.safetensors", segmenters / "judge_basicunet.safetensors"
     seg_options = {k: v for k, v in data_options.items() if k != "root"}
     if not reward_ckpt.is_file():
         train_segmenter(root, reward_ckpt, arch="unet", steps=settings["reward_steps"], batch_size=16,
-                        seed=1, log=log, **seg_options)
+                        seed=1, **seg_options)
     if not judge_ckpt.is_file():
         train_segmenter(root, judge_ckpt, arch="basicunet", steps=settings["judge_steps"], batch_size=16,
-                        seed=2, log=log, **seg_options)
-    recipe = medical_recipe(quick)
-    reward_options = {"checkpoint": str(reward_ckpt)}
-    # The bench builds each trainer's reward from the method options alone, so the
-    # checkpoint travels there too.
-    methods = {m: {**opts, "reward_options": reward_options} for m, opts in recipe.methods.items()}
+                        seed=2, **seg_options)
+    segmenter = {"checkpoint": str(reward_ckpt)}
     edit = partial(run_edit_task, data_options=data_options, judge_checkpoint=str(judge_ckpt),
                    n=12 if quick else 48, num_steps=recipe.num_steps, render=render)
-    return {"dataset_options": data_options,
-            "reward_options": reward_options, "judge_options": {"checkpoint": str(judge_ckpt)},
-            "methods": methods, "edit": edit}
+    return replace(recipe, dataset_options=data_options, reward_options=segmenter,
+                   other_reward_options={"segmentation_consistency_soft": segmenter},
+                   judge_options={"checkpoint": str(judge_ckpt)}, edit=edit)

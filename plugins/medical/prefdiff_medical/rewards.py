@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 
 
 def _check(samples: torch.Tensor, conditions: Any, meta: dict[str, Any], name: str) -> torch.Tensor:
@@ -55,7 +55,7 @@ def _segmentation_reward(checkpoint: str | None, soft: bool, name: str, sharpnes
 def segmentation_consistency(checkpoint: str | None = None):
     """Mean Dice (MONAI DiceMetric) between a segmenter's mask of the image and the conditioning mask.
 
-    :param checkpoint: a segmenter written by ``prefdiff-medical train-segmenter``.
+    :param checkpoint: a segmenter written by ``prefdiff medical train-segmenter``.
     """
     return _segmentation_reward(checkpoint, soft=False, name="segmentation_consistency")
 
@@ -64,11 +64,11 @@ def segmentation_consistency_soft(checkpoint: str | None = None, sharpness: floa
     """The differentiable form of :func:`segmentation_consistency`: soft Dice of the softmax,
     for reward backpropagation (DRaFT, AlignProp, ReFL).
 
-    :param checkpoint: a segmenter written by ``prefdiff-medical train-segmenter``.
+    :param checkpoint: a segmenter written by ``prefdiff medical train-segmenter``.
     :param sharpness: logits are scaled by it before the softmax (see ``soft_dice``).
     """
     if sharpness <= 0:
-        raise UserError(f"--reward_options.sharpness must be > 0, got {sharpness}")
+        raise UserError(f"reward option sharpness must be > 0, got {sharpness}")
     return _segmentation_reward(checkpoint, soft=True, name="segmentation_consistency_soft", sharpness=sharpness)
 
 

@@ -8,19 +8,22 @@ are one safetensors file with the settings as metadata; nothing is pickled.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 
 ARCHITECTURES = ("unet", "basicunet")
 FORMAT = "prefdiff-medical-segmenter/1"
-TRAIN_COMMAND = "prefdiff-medical train-segmenter TASK_DIR OUT.safetensors"
+TRAIN_COMMAND = "prefdiff medical train-segmenter TASK_DIR OUT.safetensors"
+
+log = logging.getLogger("prefdiff.medical")
 
 
 def build_segmenter(arch: str, num_classes: int) -> nn.Module:
@@ -80,7 +83,9 @@ def soft_dice(logits: torch.Tensor, masks: torch.Tensor, num_classes: int, smoot
     mass, area = probs.flatten(2).sum(-1), target.flatten(2).sum(-1)
     dice = (2 * inter + smooth) / (mass + area + smooth)
     weight = torch.where(area > 0, torch.ones_like(mass), mass / (mass + 1))
-    return (weight * dice).sum(1) / weight.sum(1).clamp(min=1e-6)
+    # The 1e-6 in both sums makes an image with nothing in the mask and nothing predicted
+    # score 1, as hard_dice does, where a clamp of the weight sum scored it 0.
+    return ((weight * dice).sum(1) + 1e-6) / (weight.sum(1) + 1e-6)
 
 
 # ------------------------------------------------------------- training ----
@@ -101,8 +106,7 @@ def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torc
 
 
 def train_segmenter(root: str | Path, out: str | Path, *, arch: str = "unet", steps: int = 300,
-                    batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
-                    log: Callable[[str], None] = print, **data_options: Any) -> Path:
+                    batch_size: int = 32, lr: float = 3e-3, seed: int = 0, **data_options: Any) -> Path:
     """Train a segmenter on the task's training split and write it to ``out`` (atomically).
 
     ``data_options`` go to :class:`~prefdiff_medical.data.DecathlonSlices`
@@ -143,7 +147,7 @@ def train_segmenter(root: str | Path, out: str | Path, *, arch: str = "unet", st
         yv = torch.stack([val[i]["cond"] for i in range(len(val))])
         val_dice = float(hard_dice(net(xv), yv, k).mean())
     wall = time.perf_counter() - start
-    log(f"segmenter {arch} (seed {seed}): {steps} steps in {wall:.0f} s, validation Dice {val_dice:.3f}")
+    log.info(f"segmenter {arch} (seed {seed}): {steps} steps in {wall:.0f} s, validation Dice {val_dice:.3f}")
     meta = {"format": FORMAT, "arch": arch, "num_classes": k, "resolution": train.resolution, "seed": seed,
             "steps": steps, "val_dice": val_dice, "train_wall_s": wall, "task": str(Path(root).resolve())}
     out = Path(out)

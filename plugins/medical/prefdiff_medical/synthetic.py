@@ -1,6 +1,6 @@
 """A synthetic Medical Segmentation Decathlon task written in the real layout.
 
-``prefdiff-medical make-data DIR`` writes ``DIR/dataset.json``,
+``prefdiff medical make-data DIR`` writes ``DIR/dataset.json``,
 ``DIR/imagesTr/*.nii.gz`` and ``DIR/labelsTr/*.nii.gz`` from MONAI's
 ``create_test_image_3d`` volumes (spheres of several label classes on a noisy
 background), so tests and the demo read data through the same path as a
@@ -15,7 +15,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 
 
 @dataclass
@@ -96,7 +96,7 @@ def make_task(directory: str | Path, task: SyntheticTask | None = None) -> Path:
                                     for k in range(1, task.num_classes + 1)}}
     meta = {
         "name": task.name,
-        "description": "Synthetic spheres from MONAI create_test_image_3d (prefdiff-medical make-data)",
+        "description": "Synthetic spheres from MONAI create_test_image_3d (prefdiff medical make-data)",
         "reference": "prefdiff-medical", "licence": "CC0", "release": "1.0",
         "tensorImageSize": "3D", "modality": {"0": "MRI"}, "labels": labels,
         "numTraining": len(training), "numTest": 0, "training": training, "test": [],

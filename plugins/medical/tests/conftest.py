@@ -1,29 +1,17 @@
-"""Shared fixtures: one thread, a fresh plugin manager, a small task, the quick benchmark's cache."""
+"""Shared fixtures (prefdiff.testing's come from the repository's conftest.py): a small task,
+the quick benchmark's cache and its prepared recipe."""
 
 import os
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
-
-from prefdiff.plugins import reset_manager
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _threads():
-    # Two cores shared by everyone: one intra-op thread keeps tiny models fast and repeatable.
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _fresh_manager(monkeypatch, tmp_path_factory):
-    monkeypatch.delenv("PREFDIFF_PLUGINS", raising=False)
+def _no_user_task(monkeypatch):
+    # A developer's own task in the environment must not leak into the tests.
     monkeypatch.delenv("PREFDIFF_MEDICAL_TASK", raising=False)
-    monkeypatch.setenv("PREFDIFF_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    reset_manager()
-    yield
-    reset_manager()
 
 
 @pytest.fixture(scope="session")
@@ -47,13 +35,14 @@ def bench_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prepared(bench_cache) -> dict:
-    """The quick recipe's prepared data and segmenters, where `run_benchmark(cache=bench_cache)` finds them."""
-    from prefdiff_medical.recipe import prepare
+def prepared(bench_cache):
+    """The quick recipe, prepared where `run_benchmark(cache=bench_cache)` finds its data and segmenters."""
+    from prefdiff_medical.recipe import medical_recipe, prepare
 
     old = os.environ.pop("PREFDIFF_MEDICAL_TASK", None)
     try:
-        return prepare(bench_cache / "bench" / "medical-data", quick=True, user_task=None, log=lambda m: None)
+        return prepare(medical_recipe(quick=True), bench_cache / "bench" / "medical-data", quick=True,
+                       user_task=None)
     finally:
         if old is not None:
             os.environ["PREFDIFF_MEDICAL_TASK"] = old

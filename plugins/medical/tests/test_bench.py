@@ -14,10 +14,11 @@ def test_plugins_lists_what_medical_registers(capsys):
     assert info["conditioners"] == ["mask_onehot", "mask_controlnet"]
     assert info["rewards"] == ["segmentation_consistency", "segmentation_consistency_soft", "segmentation_judge"]
     assert info["benchmarks"] == ["medical"]
+    assert info["commands"] == ["make-data", "train-segmenter"]
 
 
 def test_quick_benchmark_end_to_end(prepared, bench_cache, tmp_path):
-    results = run_benchmark("medical", quick=True, out=tmp_path / "out", cache=bench_cache, log=lambda m: None)
+    results = run_benchmark("medical", quick=True, out=tmp_path / "out", cache=bench_cache)
     on_disk = json.loads((tmp_path / "out/results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert {"domain", "reward", "quick", "seed", "n_eval", "base", "methods", "edit", "env"} <= set(on_disk)
@@ -34,5 +35,4 @@ def test_quick_benchmark_end_to_end(prepared, bench_cache, tmp_path):
     assert 0 < edit["preservation"] <= 1
     for name in ("samples.png", "edit.png", "report.md", "mined/pairs.jsonl"):
         assert (tmp_path / "out" / name).stat().st_size > 0
-    rows = (tmp_path / "out/samples.txt").read_text()
-    assert "conditioning mask, base, dpo, draft" in rows
+    assert (tmp_path / "out/bench.log").stat().st_size > 0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from prefdiff.errors import UserError
-from prefdiff_medical.cli import main
+from prefdiff.api import UserError
+from prefdiff.cli import main
 from prefdiff_medical.data import SPLITS, DecathlonSlices
 
 
@@ -19,7 +19,7 @@ def load_all(root, **options):
 
 def test_make_data_writes_the_decathlon_layout_and_reads_back_split_by_volume(tmp_path, capsys):
     root = tmp_path / "Task90_Demo"
-    assert main(["make-data", str(root), "--volumes", "7", "--depth", "10", "--classes", "3"]) == 0
+    assert main(["medical", "make-data", str(root), "--volumes", "7", "--depth", "10", "--classes", "3"]) == 0
     meta = json.loads((root / "dataset.json").read_text())
     assert meta["numTraining"] == 7 and set(meta["labels"]) == {"0", "1", "2", "3"}
     assert len(list((root / "imagesTr").glob("*.nii.gz"))) == 7 == len(list((root / "labelsTr").glob("*.nii.gz")))
@@ -40,7 +40,7 @@ def test_make_data_writes_the_decathlon_layout_and_reads_back_split_by_volume(tm
     # The same split every time, and `size` caps the number of slices.
     assert DecathlonSlices(root, split="test", resolution=16).volumes == splits["test"].volumes
     assert len(DecathlonSlices(root, split="train", resolution=16, size=5)) == 5
-    assert main(["make-data", str(root)]) == 2
+    assert main(["medical", "make-data", str(root)]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
@@ -121,7 +121,7 @@ def test_gzip_that_is_valid_but_not_nifti(task_copy):
 
 
 def test_bad_options_are_named_as_flags(small_task):
-    with pytest.raises(UserError, match="--data.split"):
+    with pytest.raises(UserError, match="dataset split must be one of train, val, test"):
         DecathlonSlices(small_task, split="training")
     with pytest.raises(UserError, match="--data.percentiles"):
         DecathlonSlices(small_task, percentiles=(99, 1))
@@ -130,8 +130,8 @@ def test_bad_options_are_named_as_flags(small_task):
 def test_commands_print_one_line_and_exit_2_on_bad_input(task_copy, capsys):
     meta = task_copy / "dataset.json"
     meta.write_text("{not json")
-    assert main(["train-segmenter", str(task_copy), str(task_copy / "seg.safetensors")]) == 2
+    assert main(["medical", "train-segmenter", str(task_copy), str(task_copy / "seg.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(meta) in err and "does not parse" in err
-    assert main(["make-data", str(task_copy / "new"), "--volumes", "2"]) == 2
+    assert main(["medical", "make-data", str(task_copy / "new"), "--volumes", "2"]) == 2
     assert "--volumes must be >= 3" in capsys.readouterr().err

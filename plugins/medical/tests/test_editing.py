@@ -69,5 +69,5 @@ def test_sdedit_changes_the_whole_image_and_bad_method_is_named():
     assert out.shape == x.shape and not torch.allclose(out, x)
     from prefdiff.errors import UserError
 
-    with pytest.raises(UserError, match="--edit.method"):
+    with pytest.raises(UserError, match="edit method must be one of inpaint, sdedit, got .paint."):
         edit_images(model, build_scheduler(), x, m, m, method="paint")

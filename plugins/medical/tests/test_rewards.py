@@ -1,4 +1,5 @@
-"""Rewards and judge on trained segmenters: the contract, real beats noise, judge is independent."""
+"""Rewards and judge on trained segmenters: the contract, real beats noise, judge is independent;
+the soft and hard Dice against MONAI's, and the rewards on a fixed fake segmenter."""
 
 import json
 
@@ -10,12 +11,12 @@ from prefdiff.plugins import get_manager
 from prefdiff.testing import check_reward
 from prefdiff_medical.data import DecathlonSlices
 from prefdiff_medical.rewards import intensity_drift
-from prefdiff_medical.segmenters import load_segmenter
+from prefdiff_medical.segmenters import hard_dice, load_segmenter, one_hot_mask, soft_dice
 
 
 @pytest.fixture(scope="module")
 def real(prepared):
-    test = DecathlonSlices(split="test", **prepared["dataset_options"])
+    test = DecathlonSlices(split="test", **prepared.dataset_options)
     items = [test[i] for i in range(0, len(test), max(1, len(test) // 8))][:8]
     return torch.stack([i["x0"] for i in items]), torch.stack([i["cond"] for i in items])
 
@@ -25,7 +26,7 @@ def real(prepared):
                                            ("segmentation_judge", "judge_options")])
 def test_reward_contract_and_real_images_beat_noise(prepared, real, name, options):
     images, masks = real
-    reward = get_manager().reward(name, **prepared[options])
+    reward = get_manager().reward(name, **getattr(prepared, options))
     assert reward.differentiable == name.endswith("_soft")
     scores = check_reward(reward, masks, images, atol=1e-4)
     noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -38,16 +39,18 @@ def test_reward_contract_and_real_images_beat_noise(prepared, real, name, option
 
 
 def test_judge_is_another_network_than_the_reward(prepared, real):
-    reward_net, reward_meta = load_segmenter(prepared["reward_options"]["checkpoint"])
-    judge_net, judge_meta = load_segmenter(prepared["judge_options"]["checkpoint"])
-    assert prepared["reward_options"]["checkpoint"] != prepared["judge_options"]["checkpoint"]
+    reward_net, reward_meta = load_segmenter(prepared.reward_options["checkpoint"])
+    judge_net, judge_meta = load_segmenter(prepared.judge_options["checkpoint"])
+    assert prepared.reward_options["checkpoint"] != prepared.judge_options["checkpoint"]
     assert (reward_meta["arch"], judge_meta["arch"]) == ("unet", "basicunet")
     assert reward_meta["seed"] != judge_meta["seed"]
     assert reward_meta["val_dice"] > 0.7 and judge_meta["val_dice"] > 0.7
     # Every training method gets the reward's checkpoint, never the judge's.
-    for options in prepared["methods"].values():
-        assert options["reward_options"] == prepared["reward_options"]
-    assert prepared["judge_options"]["checkpoint"] not in json.dumps(prepared["methods"])
+    for method in prepared.methods:
+        name, options = prepared.reward_for(method)
+        assert name.startswith("segmentation_consistency") and options == prepared.reward_options
+    training = json.dumps([prepared.reward_options, prepared.other_reward_options, prepared.methods])
+    assert prepared.judge_options["checkpoint"] not in training
     images, _ = real
     with torch.no_grad():
         assert not torch.allclose(reward_net(images).softmax(1), judge_net(images).softmax(1), atol=1e-3)
@@ -55,7 +58,7 @@ def test_judge_is_another_network_than_the_reward(prepared, real):
 
 def test_soft_reward_gradient_points_towards_the_mask(prepared, real):
     images, masks = real
-    reward = get_manager().reward("segmentation_consistency_soft", **prepared["reward_options"])
+    reward = get_manager().reward("segmentation_consistency_soft", **prepared.reward_options)
     x = torch.zeros_like(images, requires_grad=True)
     reward(x, masks)[0].sum().backward()
     # Raising the brightness inside the structures should raise the soft Dice.
@@ -73,7 +76,7 @@ def test_reward_errors_name_the_fix(prepared, real, tmp_path):
     broken.write_bytes(b"\0" * 64)
     with pytest.raises(UserError, match="not a prefdiff-medical segmenter checkpoint"):
         manager.reward("segmentation_judge", checkpoint=str(broken))
-    reward = manager.reward("segmentation_consistency", **prepared["reward_options"])
+    reward = manager.reward("segmentation_consistency", **prepared.reward_options)
     with pytest.raises(UserError, match="do not match images"):
         reward(images, masks[..., :16, :16])
 
@@ -84,3 +87,98 @@ def test_intensity_drift_is_zero_for_real_data_and_grows_with_damage(real):
     darker = intensity_drift(images * 0.5 - 0.3, images)
     noisy = intensity_drift(torch.rand_like(images) * 2 - 1, images)
     assert 0.1 < darker and 0.1 < noisy
+
+
+# ------------------------------------------- Dice against MONAI, term by term ----
+
+
+def monai_dice(pred: torch.Tensor, masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per image, MONAI's Dice of two class-index masks averaged over the foreground classes present in
+    either; a class absent from both is left out, and an image with no foreground at all scores 1."""
+    from monai.metrics import compute_dice
+
+    p, t = one_hot_mask(pred, num_classes), one_hot_mask(masks, num_classes)
+    dice = compute_dice(p, t, include_background=False, ignore_empty=False)
+    seen = (p[:, 1:] + t[:, 1:]).flatten(2).sum(-1) > 0
+    mean = torch.where(seen, dice, torch.nan).nanmean(1)
+    return torch.where(seen.any(1), mean, torch.ones_like(mean))
+
+
+def confident(pred: torch.Tensor, num_classes: int, gap: float = 1e4) -> torch.Tensor:
+    """Logits whose softmax is the one-hot of the class-index mask ``pred`` (0/1 with the default gap)."""
+    return one_hot_mask(pred, num_classes) * gap
+
+
+def random_masks(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks of classes 0..2 (class 3 never occurs) and predictions with a third of the pixels redrawn."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.randint(0, 3, (6, 1, 24, 24), generator=g).float()
+    redraw = torch.rand(masks.shape, generator=g) < 0.3
+    pred = masks.clone()
+    pred[redraw] = torch.randint(0, 3, (int(redraw.sum()),), generator=g).float()
+    pred[0][pred[0] == 2] = 0.0                                  # a structure of the mask missed entirely
+    return masks, pred
+
+
+def test_soft_dice_of_a_binary_prediction_is_monai_hard_dice():
+    """On 0/1 probabilities the soft Dice is MONAI's Dice, with the same conventions: a class missed or
+    hallucinated counts 0, a class absent from both prediction and mask is left out of the mean."""
+    masks, pred = random_masks(0)
+    reference = monai_dice(pred, masks, 3)
+    assert reference[0] < reference[1:].min() and (reference < 0.95).all()
+    torch.testing.assert_close(hard_dice(confident(pred, 3), masks, 3), reference)
+    # without V-Net's smoothing the two are the same number; with it they differ by under 1/(area + 1)
+    torch.testing.assert_close(soft_dice(confident(pred, 3), masks, 3, smooth=1e-6), reference)
+    torch.testing.assert_close(soft_dice(confident(pred, 3), masks, 3), reference, atol=0.01, rtol=0.0)
+    # class 3, absent from both, is left out: the score is the one of a two-class task
+    torch.testing.assert_close(soft_dice(confident(pred, 3), masks, 3), soft_dice(confident(pred, 2), masks, 2))
+    # a hallucinated class-3 structure of 20 pixels counts 0 in both (the soft form weighs it 20/21)
+    hallucinated = pred.clone()
+    hallucinated[:, :, :4, :5] = 3.0
+    reference = monai_dice(hallucinated, masks, 3)
+    torch.testing.assert_close(hard_dice(confident(hallucinated, 3), masks, 3), reference)
+    torch.testing.assert_close(soft_dice(confident(hallucinated, 3), masks, 3, smooth=1e-6), reference,
+                               atol=0.02, rtol=0.0)
+    assert (soft_dice(confident(hallucinated, 3), masks, 3) < soft_dice(confident(pred, 3), masks, 3)).all()
+
+
+def test_soft_dice_of_an_empty_image_rightly_segmented_is_one_like_the_hard_dice():
+    """Convention for empty against empty: the image scores 1 (``hard_dice``, documented)."""
+    empty = torch.zeros(2, 1, 16, 16)
+    torch.testing.assert_close(monai_dice(empty, empty, 2), torch.ones(2))
+    torch.testing.assert_close(hard_dice(confident(empty, 2), empty, 2), torch.ones(2))
+    # a segmenter sure of its background by a logit gap of 10
+    torch.testing.assert_close(soft_dice(confident(empty, 2, gap=10.0), empty, 2), torch.ones(2), atol=1e-3, rtol=0)
+
+
+class IntensityToClass(torch.nn.Module):
+    """A fixed fake segmenter: pixel intensity ``-1 + 2 k / K`` is class ``k``, nothing trained."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("levels", torch.linspace(-1, 1, num_classes + 1).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -20.0 * (x - self.levels) ** 2
+
+
+@pytest.mark.parametrize("name", ["segmentation_consistency", "segmentation_consistency_soft", "segmentation_judge"])
+def test_reward_scores_the_image_of_its_mask_above_the_image_of_another(monkeypatch, name):
+    from prefdiff_medical import segmenters
+
+    k = 2
+    monkeypatch.setattr(segmenters, "load_segmenter",
+                        lambda path: (IntensityToClass(k), {"arch": "fake", "num_classes": k, "resolution": 32}))
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    masks = torch.zeros(4, 1, 32, 32)
+    for i in range(4):                     # an organ and a smaller lesion, placed differently in each image
+        masks[i, 0][(yy - 10 - 3 * i) ** 2 + (xx - 12 - 2 * i) ** 2 < 49] = 1.0
+        masks[i, 0][(yy - 20 + i) ** 2 + (xx - 22 + 3 * i) ** 2 < 9] = 2.0
+    images = masks * (2 / k) - 1                                   # what the fake segmenter reads back exactly
+    reward = get_manager().reward(name, checkpoint="fake")
+    own, _ = reward(images, masks)
+    other, _ = reward(images.roll(1, 0), masks)
+    torch.testing.assert_close(own, torch.ones(4))
+    expected = monai_dice(masks.roll(1, 0), masks, k)
+    assert (expected < 0.6).all()
+    torch.testing.assert_close(other, expected, atol=0.03 if name.endswith("_soft") else 1e-6, rtol=0.0)

@@ -5,17 +5,14 @@ Registers the dataset ``robot_demos`` (robomimic HDF5 demonstrations), the
 conditioner ``layout_timeline``, the rewards
 ``robot_feasibility`` (simulated; training reward and held-out judge), ``robot_success``
 and ``robot_feasibility_surrogate`` (differentiable, for reward backpropagation only),
-and the benchmark ``robotics``. Importing the package registers the gymnasium
-environment ``prefdiff_robotics/PointRoom-v0``. MuJoCo is imported only when a
-simulator is built.
+the benchmark ``robotics`` and the command ``prefdiff robotics make-data``. Loading
+the plugin has no side effects: MuJoCo is imported (with ``MUJOCO_GL=egl`` unless
+set) when a simulator is built, and the gymnasium environment
+``prefdiff_robotics/PointRoom-v0`` is registered when :mod:`prefdiff_robotics.env`
+is imported, e.g. by ``gym.make("prefdiff_robotics.env:prefdiff_robotics/PointRoom-v0")``.
 """
 
-import os
-
-from prefdiff import hookimpl
-
-# Headless rendering: MuJoCo picks its OpenGL backend when it is first imported.
-os.environ.setdefault("MUJOCO_GL", "egl")
+from prefdiff.api import hookimpl
 
 __version__ = "0.1.0"
 
@@ -50,12 +47,8 @@ def prefdiff_register_benchmarks(register):
     register("robotics", robotics_recipe)
 
 
-def _register_env() -> None:
-    try:
-        from prefdiff_robotics.env import register
-    except ImportError:  # gymnasium missing: the rest of the plugin still works
-        return
-    register()
+@hookimpl
+def prefdiff_register_commands(register):
+    from prefdiff_robotics.commands import make_data
 
-
-_register_env()
+    register("make-data", make_data)

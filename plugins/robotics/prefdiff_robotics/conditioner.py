@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 from prefdiff_robotics.scene import COND_DIM, HORIZON, MAX_OBSTACLES, ROBOT_RADIUS, ROOM
 
 CHANNELS_OUT = 2 + 3 * MAX_OBSTACLES + COND_DIM

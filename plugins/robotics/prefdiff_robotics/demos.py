@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 from prefdiff_robotics.scene import (ACTION_DIM, COND_DIM, DT, GOAL_TOLERANCE, HORIZON, MAX_OBSTACLES,
                                      ROOM, STATE_DIM, VMAX, Layout, encode_trajectory)
 
 ENV_ID = "prefdiff_robotics/PointRoom-v0"
 SPLITS = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
-MAKE = "make one with `prefdiff-robotics make-data FILE`"
+MAKE = "make one with `prefdiff robotics make-data FILE`"
 
 
 def write_robomimic(path: str | Path, demos, splits=(0.8, 0.1, 0.1)) -> Path:
@@ -162,7 +162,7 @@ class RobotDemos(Dataset):
                  root: str | None = None, horizon: int = HORIZON, state_dim: int = STATE_DIM,
                  action_dim: int = ACTION_DIM) -> None:
         if split not in SPLITS:
-            raise UserError(f"--data.split must be one of train, val, test; got '{split}'")
+            raise UserError(f"dataset split must be one of train, val, test; got '{split}'")
         if (state_dim, action_dim) != (STATE_DIM, ACTION_DIM):
             raise UserError(f"the point robot has state_dim={STATE_DIM} and action_dim={ACTION_DIM}; "
                             f"got state_dim={state_dim}, action_dim={action_dim}")

@@ -1,4 +1,7 @@
-"""The task as a gymnasium environment, registered as ``prefdiff_robotics/PointRoom-v0``.
+"""The task as a gymnasium environment, registered as ``prefdiff_robotics/PointRoom-v0`` on import.
+
+``gym.make("prefdiff_robotics.env:prefdiff_robotics/PointRoom-v0")`` imports this
+module (and so registers the environment) before making it.
 
 Each episode draws a new layout (start, goal, two to four obstacles) from the
 reset seed, or takes one from ``reset(options={"layout": Layout})``. The action
@@ -75,6 +78,9 @@ class PointRoomEnv(gym.Env):
 
 
 def register() -> None:
-    """Register the environment with gymnasium once (a second import is a no-op)."""
+    """Register the environment with gymnasium once (a second call is a no-op)."""
     if ENV_ID not in gym.registry:
         gym.register(id=ENV_ID, entry_point=PointRoomEnv, max_episode_steps=2 * HORIZON)
+
+
+register()  # importing this module is asking for the environment

@@ -1,4 +1,4 @@
-"""The scripted demonstrator behind `prefdiff-robotics make-data`.
+"""The scripted demonstrator behind `prefdiff robotics make-data`.
 
 The expert plans with A* on an occupancy grid of the obstacles inflated by the
 robot's radius and a margin, shortcuts the grid path to a few straight

@@ -4,7 +4,7 @@ Each row is one model (base, then each aligned one), each block one held-out
 layout, and each block shows the robot at a few moments of its simulated run,
 rendered by MuJoCo from the scene's top camera. Rendering needs an OpenGL
 backend; headless that is EGL, which the package selects by default
-(``MUJOCO_GL=egl``) unless the variable is already set. Where no backend
+(``MUJOCO_GL=egl``, set when the first simulator is built) unless the variable is already set. Where no backend
 works, :func:`render_film_strip` returns the reason and writes nothing.
 """
 
@@ -26,30 +26,7 @@ def film_strip_frames(sim, layout: Layout, trajectory: np.ndarray, moments: int 
     positions, actions = decode_trajectory(trajectory)
     run = sim.execute(layout, positions, actions)
     picks = np.linspace(0, len(run.path) - 1, moments).round().astype(int)
-    frames = []
-    renderer = sim._mj.Renderer(sim.model, FRAME, FRAME)
-    try:
-        for k in picks:
-            sim.data.qpos[:2] = run.path[k]
-            sim.data.qvel[:] = 0.0
-            sim._mj.mj_forward(sim.model, sim.data)
-            renderer.update_scene(sim.data, camera="top")
-            _draw_trail(sim._mj, renderer.scene, run.path[:k + 1])
-            frames.append(renderer.render().copy())
-    finally:
-        renderer.close()
-    return frames
-
-
-def _draw_trail(mujoco, scene, path: np.ndarray) -> None:
-    """Small spheres where the robot has been, added to the scene after update_scene."""
-    for x, y in path:
-        if scene.ngeom >= scene.maxgeom:
-            return
-        mujoco.mjv_initGeom(scene.geoms[scene.ngeom], type=mujoco.mjtGeom.mjGEOM_SPHERE,
-                            size=np.array([0.015, 0.0, 0.0]), pos=np.array([x, y, 0.1]),
-                            mat=np.eye(3).ravel(), rgba=np.array([0.15, 0.35, 0.8, 0.5], dtype=np.float32))
-        scene.ngeom += 1
+    return sim.render_along(run.path, picks.tolist(), FRAME)
 
 
 def render_film_strip(rows: dict[str, torch.Tensor], cond: torch.Tensor, png_path: Path, *,
@@ -60,9 +37,8 @@ def render_film_strip(rows: dict[str, torch.Tensor], cond: torch.Tensor, png_pat
     """
     from PIL import Image, ImageDraw
 
+    from prefdiff_robotics.figures import distinct_conditions
     from prefdiff_robotics.sim import Simulator
-
-    from prefdiff_robotics.recipe import distinct_conditions
 
     sim = Simulator()
     index = distinct_conditions(cond, layouts)

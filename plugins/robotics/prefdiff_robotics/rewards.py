@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 from prefdiff_robotics.scene import (CHANNELS, COND_DIM, DT, GOAL_TOLERANCE, JOINT_LIMIT,
                                      MAX_OBSTACLES, ROBOT_RADIUS, ROOM, VMAX, Layout, decode_trajectory)
 

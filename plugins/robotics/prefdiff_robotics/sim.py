@@ -14,12 +14,13 @@ for ``SUBSTEPS`` physics steps.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from prefdiff.errors import UserError
+from prefdiff.api import UserError
 from prefdiff_robotics.scene import (DT, JOINT_LIMIT, MAX_OBSTACLES, SUBSTEPS, VMAX, Layout)
 
 DEFAULT_MJCF = Path(__file__).parent / "assets" / "point_room.xml"
@@ -31,9 +32,21 @@ HEIGHT = 0.1
 """Half-height of the obstacle cylinders."""
 
 
+def import_mujoco():
+    """The ``mujoco`` module, imported with headless rendering (EGL) unless ``MUJOCO_GL`` says otherwise.
+
+    MuJoCo picks its OpenGL backend when it is first imported, so the variable is
+    set here, where the first simulator is built, not when the plugin is loaded.
+    """
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import mujoco
+
+    return mujoco
+
+
 def load_mjcf(path: str | Path | None = None):
     """Compile the scene and check it has what the task drives; a clear error otherwise."""
-    import mujoco
+    mujoco = import_mujoco()
 
     path = Path(path) if path is not None else DEFAULT_MJCF
     if not path.is_file():
@@ -87,8 +100,7 @@ class Simulator:
     """
 
     def __init__(self, mjcf: str | Path | None = None) -> None:
-        import mujoco
-
+        mujoco = import_mujoco()
         self._mj = mujoco
         self.model = load_mjcf(mjcf)
         self.data = mujoco.MjData(self.model)
@@ -221,3 +233,31 @@ class Simulator:
             return renderer.render().copy()
         finally:
             renderer.close()
+
+    def render_along(self, path: np.ndarray, moments: list[int], size: int = 160) -> list[np.ndarray]:
+        """Top-down frames with the robot placed at ``path[k]`` for each ``k`` in ``moments``,
+        the path travelled so far drawn as a trail of small spheres."""
+        renderer = self._mj.Renderer(self.model, size, size)
+        frames = []
+        try:
+            for k in moments:
+                self.data.qpos[:2] = path[k]
+                self.data.qvel[:] = 0.0
+                self._mj.mj_forward(self.model, self.data)
+                renderer.update_scene(self.data, camera="top")
+                self._draw_trail(renderer.scene, path[:k + 1])
+                frames.append(renderer.render().copy())
+        finally:
+            renderer.close()
+        return frames
+
+    def _draw_trail(self, scene, path: np.ndarray) -> None:
+        """Small spheres where the robot has been, added to the scene after update_scene."""
+        mujoco = self._mj
+        for x, y in path:
+            if scene.ngeom >= scene.maxgeom:
+                return
+            mujoco.mjv_initGeom(scene.geoms[scene.ngeom], type=mujoco.mjtGeom.mjGEOM_SPHERE,
+                                size=np.array([0.015, 0.0, 0.0]), pos=np.array([x, y, 0.1]),
+                                mat=np.eye(3).ravel(), rgba=np.array([0.15, 0.35, 0.8, 0.5], dtype=np.float32))
+            scene.ngeom += 1

@@ -2,16 +2,16 @@
 
 import json
 
+import pytest
 import torch
 
 from prefdiff.bench import run_benchmark
 from prefdiff.testing import tiny_scheduler
-from prefdiff_robotics.recipe import edit_around_new_obstacle, pin_start_goal, plan
+from prefdiff_robotics.editing import edit_around_new_obstacle, pin_start_goal, plan
 
 
 def test_quick_benchmark_writes_the_contract(tmp_path):
-    results = run_benchmark("robotics", quick=True, out=tmp_path / "out", cache=tmp_path / "cache",
-                            log=lambda m: None)
+    results = run_benchmark("robotics", quick=True, out=tmp_path / "out", cache=tmp_path / "cache")
     out = tmp_path / "out"
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
@@ -24,13 +24,19 @@ def test_quick_benchmark_writes_the_contract(tmp_path):
         assert 0.0 <= entry["reward_mean"] <= 1.0
     assert on_disk["base"]["reward_mean"] > on_disk["untrained"]["reward_mean"]
     assert {"reward_mean", "preservation", "success_rate", "kept_fraction"} <= set(on_disk["edit"])
-    success = json.loads((out / "success.json").read_text())
-    assert set(success) == {"base", "dpo", "ddpo", "draft"}
-    assert all(0.0 <= s["success_rate"] <= 1.0 for s in success.values())
+    # the recipe's metrics hook: every model's success rate, and its change against the base
+    assert 0.0 <= on_disk["base"]["metrics"]["success_rate"] <= 1.0
+    for name, entry in on_disk["methods"].items():
+        metrics = entry["metrics"]
+        assert 0.0 <= metrics["success_rate"] <= 1.0 and metrics["n"] == on_disk["n_eval"]
+        lo, hi = metrics["success_improvement_ci95"]
+        assert lo <= metrics["success_improvement"] <= hi
+        assert metrics["success_improvement"] == pytest.approx(
+            metrics["success_rate"] - on_disk["base"]["metrics"]["success_rate"])
     assert (out / "frames.png").is_file() or "MUJOCO_GL" in (out / "frames.txt").read_text()
     for figure in ("samples.png", "edit.png"):
         assert (out / figure).stat().st_size > 1000
-    assert "success rate" in (out / "success.md").read_text()
+    assert "success_rate" in (out / "report.md").read_text()
     # the demonstrations were generated once, in the cache, in the robomimic layout
     assert list((tmp_path / "cache" / "bench" / "robotics-data").glob("demos-*.hdf5"))
 

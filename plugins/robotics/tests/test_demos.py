@@ -10,7 +10,7 @@ import torch
 
 from prefdiff.errors import UserError
 from prefdiff.plugins import get_manager
-from prefdiff_robotics.cli import main
+from prefdiff.cli import main
 from prefdiff_robotics.scene import COND_DIM, HORIZON
 
 
@@ -99,5 +99,5 @@ def test_demo_with_nan_is_skipped_with_a_warning(demo_file, tmp_path):
 
 
 def test_make_data_rejects_bad_arguments(tmp_path, capsys):
-    assert main(["make-data", str(tmp_path / "x.hdf5"), "--demos", "0"]) == 2
+    assert main(["robotics", "make-data", str(tmp_path / "x.hdf5"), "--demos", "0"]) == 2
     assert "--demos must be >= 1" in capsys.readouterr().err

@@ -1,13 +1,32 @@
 """The gymnasium environment through the standard API."""
 
+import os
+
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import prefdiff_robotics  # noqa: F401  (registers the environment)
-from prefdiff_robotics.env import ENV_ID, PointRoomEnv
+from prefdiff_robotics.env import ENV_ID, PointRoomEnv  # importing it registers the environment
 from prefdiff_robotics.scene import Layout
+
+
+def test_loading_the_plugin_has_no_side_effects():
+    import subprocess
+    import sys
+
+    code = ("import os, gymnasium as gym, prefdiff_robotics; from prefdiff.plugins import get_manager; "
+            "get_manager().plugins(); "
+            "print('MUJOCO_GL' in os.environ, 'prefdiff_robotics/PointRoom-v0' in gym.registry)")
+    env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_make_by_module_path_registers_the_env():
+    env = gym.make("prefdiff_robotics.env:prefdiff_robotics/PointRoom-v0")
+    assert isinstance(env.unwrapped, PointRoomEnv)
+    env.close()
 
 
 def test_registered_env_passes_gymnasium_checker():

@@ -1,4 +1,7 @@
-"""Rendered MuJoCo frames of an executed trajectory (skipped where no OpenGL backend works)."""
+"""Rendered MuJoCo frames of an executed trajectory (skipped only where libEGL is missing)."""
+
+import ctypes.util
+import os
 
 import numpy as np
 import pytest
@@ -23,10 +26,10 @@ def straight_line() -> torch.Tensor:
 def test_film_strip_shows_the_robot_moving(tmp_path):
     trajectory = straight_line()
     assert trajectory.shape == (CHANNELS, HORIZON)
-    try:
-        frames = film_strip_frames(Simulator(), LAYOUT, trajectory.double().numpy(), moments=3)
-    except Exception as exc:  # noqa: BLE001 - any GL failure means no backend here
-        pytest.skip(f"no OpenGL backend for MuJoCo ({exc}); set MUJOCO_GL=egl with libEGL installed")
+    if os.environ.get("MUJOCO_GL", "egl") == "egl" and ctypes.util.find_library("EGL") is None:
+        pytest.skip("the system library libEGL is missing (Debian: apt-get install libegl1); MuJoCo needs it "
+                    "to render headless")
+    frames = film_strip_frames(Simulator(), LAYOUT, trajectory.double().numpy(), moments=3)
     assert [f.shape for f in frames] == [(FRAME, FRAME, 3)] * 3
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).sum() > 0  # the robot moved
     cond = torch.from_numpy(LAYOUT.to_vector()).float()[None]
@@ -37,7 +40,7 @@ def test_film_strip_shows_the_robot_moving(tmp_path):
 
 def test_figures_show_distinct_layouts_not_repeated_draws():
     from prefdiff.data import repeat_condition
-    from prefdiff_robotics.recipe import distinct_conditions
+    from prefdiff_robotics.figures import distinct_conditions
 
     cond = torch.arange(12.0).view(3, 4)
     assert distinct_conditions(repeat_condition(cond, 4), 2) == [0, 4]

@@ -1,12 +1,14 @@
 """The simulator: layouts placed without recompiling, malformed scenes rejected."""
 
-import mujoco
 import numpy as np
 import pytest
 
 from prefdiff.errors import UserError
 from prefdiff_robotics.scene import Layout
-from prefdiff_robotics.sim import DEFAULT_MJCF, Simulator
+from prefdiff_robotics.sim import DEFAULT_MJCF, Simulator, import_mujoco
+
+# MuJoCo picks its OpenGL backend on first import: import it the way the plugin does (EGL).
+mujoco = import_mujoco()
 
 
 def test_resized_obstacles_match_a_compiled_model():

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from prefdiff import hookimpl
+from prefdiff.api import hookimpl
 
 
 def colorfulness(eps: float = 1e-6):

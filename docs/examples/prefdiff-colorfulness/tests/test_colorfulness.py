@@ -2,20 +2,17 @@
 
 import torch
 
-from prefdiff.plugins import get_manager, reset_manager
-from prefdiff.testing import check_reward
+from prefdiff.testing import check_reward, fresh_manager
 
 
 def test_installed_and_meets_the_contract():
-    reset_manager()
-    reward = get_manager().reward("colorfulness")
+    reward = fresh_manager().reward("colorfulness")
     assert reward.plugin == "colorfulness" and reward.differentiable
     check_reward(reward, None, torch.rand(4, 3, 8, 8) * 2 - 1)
 
 
 def test_grey_scores_zero_and_saturated_colour_scores_high():
-    reset_manager()
-    reward = get_manager().reward("colorfulness")
+    reward = fresh_manager().reward("colorfulness")
     grey = torch.zeros(1, 3, 8, 8)
     red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
     scores, _ = reward(torch.cat([grey, red]))
