@@ -190,10 +190,6 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, family):
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (issue 20): fit.py's ModelCheckpoint(save_last=True, save_top_k=0) writes last.ckpt only when "
-    "training ends, since Lightning 2.6 saves 'last' only after a top-k save; a SIGKILL mid-run leaves "
-    "nothing for --ckpt_path last to resume"))
 def test_fit_keeps_a_checkpoint_of_every_finished_epoch(tmp_path, monkeypatch):
     import pytorch_lightning as pl
 
@@ -233,11 +229,6 @@ def test_ddp_with_two_processes(tmp_path):
     assert any(w.abs().max() > 0 for key, w in adapter.items() if "lora_B" in key), "DDP trained nothing"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (issue 20): a DDP run is not the same training as one process with the same global batch: "
-    "step_generator() seeds each rank's timesteps and noise with its rank, so sample i draws other noise "
-    "than in one process, and EpochSampler gives each rank a contiguous half of the epoch instead of its "
-    "share of each global batch"))
 def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     # 16 and 32 channels: with 8 channels in 8 GroupNorm groups a block's time-embedding
     # shift is normalised away, its LoRA's gradient is rounding noise, and Adam turns

@@ -2,8 +2,8 @@
 
 import torch
 
-from prefdiff.data import PairDataset, mine, read_pairs, write_best_worst_pairs
 from prefdiff.builtin.example import smoothness
+from prefdiff.data import PairDataset, mine, read_pairs, write_best_worst_pairs
 from prefdiff.testing import tiny_denoiser, tiny_scheduler
 
 

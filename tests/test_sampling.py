@@ -85,9 +85,10 @@ def test_add_noise_and_predict_x0_invert_each_other():
     assert_close(sampling.predict_x0(scheduler, x_t, noise, t), x0, atol=1e-4, rtol=1e-4)
 
 
-def test_only_epsilon_prediction_is_supported():
-    scheduler = make_scheduler(prediction_type="v_prediction")
-    with pytest.raises(ValueError, match="epsilon"):
+def test_only_epsilon_and_v_prediction_are_supported():
+    # v-prediction is checked against diffusers' pipelines in test_pipelines.py
+    scheduler = make_scheduler(prediction_type="sample")
+    with pytest.raises(ValueError, match="epsilon or v_prediction, got 'sample'"):
         sampling.sample(lambda x, t, c: x, scheduler, randn(1, 3, 8, 8), None, num_steps=2)
 
 

@@ -11,6 +11,7 @@ from prefdiff.datamodule import PrefDataModule
 from prefdiff.errors import PluginError, UserError
 from prefdiff.models import save_model
 from prefdiff.testing import registered_plugin
+from prefdiff.trainers import TrainingData
 
 TINY = dict(kind="unet2d", sample_size=8, channels=3, conditioning="class", num_classes=4,
             block_out_channels=(8, 16), norm_num_groups=8)
@@ -68,15 +69,16 @@ def test_every_method_trains_only_the_adapter(base, method, extra):
     from prefdiff.trainers import METHODS
 
     cls, fixed = METHODS[method]
-    options = {**COMMON, **fixed, "reward": "jpeg_compressibility", **extra}
-    if method == "sft":
-        options.pop("reward")
+    options = {**COMMON, **fixed, **extra}
+    if cls.uses_reward(**fixed):
+        options.setdefault("reward", "jpeg_compressibility")
     module = cls(base=base, **options)
     before = {n: p.detach().clone() for n, p in module.denoiser.named_parameters()}
     adapter = {n for n in before if "lora_" in n}
     assert adapter and set(_lora(module)) == adapter, f"{method} trains other weights than the adapter's"
-    data = Conditions(with_pairs=method in ("dpo", "kto"))
-    if method == "rwr":
+    data_kind = cls.training_data(**fixed)
+    data = Conditions(with_pairs=data_kind is TrainingData.PAIRS)
+    if data_kind is TrainingData.SCORED_SAMPLES:
         for i, item in enumerate(data.items):
             item["reward"] = torch.tensor(float(i))
     _fit(module, data)
@@ -89,7 +91,7 @@ def test_every_method_trains_only_the_adapter(base, method, extra):
     lora_a = adapter - lora_b
     assert lora_b <= changed, f"{method} left {sorted(lora_b - changed)[:3]} unchanged"
     assert len(lora_a & changed) >= 0.8 * len(lora_a), f"{method} left {sorted(lora_a - changed)[:3]} unchanged"
-    if method not in ("sft", "rwr", "dpo", "kto"):
+    if data_kind is TrainingData.CONDITIONS:  # online methods query the reward themselves
         assert module.reward_queries > 0
 
 
@@ -104,16 +106,7 @@ def test_dpo_loss_is_ln2_with_a_fresh_adapter(base):
     # tested by test_trainer_direction.py::test_one_dpo_step_gives_the_true_winner_a_positive_implicit_reward.
 
 
-AUTOMATIC_OPTIMIZATION_IGNORES_IT = pytest.mark.xfail(strict=True, reason=(
-    "BUG (issue 20): SFTModule and PairModule use Lightning's automatic optimization, which clips "
-    "with Trainer(gradient_clip_val=None), so --model.max_grad_norm is never applied; only the "
-    "manual-optimization families call clip_and_step"))
-
-
-@pytest.mark.parametrize("method", [
-    "ddpo", pytest.param("sft", marks=AUTOMATIC_OPTIMIZATION_IGNORES_IT),
-    pytest.param("dpo", marks=AUTOMATIC_OPTIMIZATION_IGNORES_IT),
-])
+@pytest.mark.parametrize("method", ["ddpo", "sft", "dpo"])
 def test_max_grad_norm_bounds_every_optimizer_step(base, method):
     from prefdiff.trainers import METHODS
 

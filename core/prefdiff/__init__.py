@@ -8,7 +8,7 @@ Everything a plugin may use is in :mod:`prefdiff.api`, re-exported here.
 from typing import Any
 
 from prefdiff import api as _api
-from prefdiff.markers import hookimpl
+from prefdiff.markers import hookimpl  # noqa: F401  (the marker plugins use first, without a look-up)
 
 __version__ = "0.1.0"
 

@@ -69,13 +69,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static checkers and editors see
-    from prefdiff.bench.recipe import Recipe
-    from prefdiff.bench.stats import paired_bootstrap_ci, sliced_wasserstein
-    from prefdiff.cache import cache_root
-    from prefdiff.data import collate, concat, condition_count, repeat_condition, select
-    from prefdiff.errors import PluginError, UserError
-    from prefdiff.hookspecs import Register
-    from prefdiff.markers import hookimpl
-    from prefdiff.masks import component_at, connected_components, dilate
-    from prefdiff.sampling import SampleOutput, inpaint, sample, sdedit
-    from prefdiff.viz import save_grid, save_labelled_rows, to_uint8
+    from prefdiff.bench.recipe import Recipe  # noqa: F401
+    from prefdiff.bench.stats import paired_bootstrap_ci, sliced_wasserstein  # noqa: F401
+    from prefdiff.cache import cache_root  # noqa: F401
+    from prefdiff.data import collate, concat, condition_count, repeat_condition, select  # noqa: F401
+    from prefdiff.errors import PluginError, UserError  # noqa: F401
+    from prefdiff.hookspecs import Register  # noqa: F401
+    from prefdiff.markers import hookimpl  # noqa: F401
+    from prefdiff.masks import component_at, connected_components, dilate  # noqa: F401
+    from prefdiff.sampling import SampleOutput, inpaint, sample, sdedit  # noqa: F401
+    from prefdiff.viz import save_grid, save_labelled_rows, to_uint8  # noqa: F401

@@ -89,11 +89,11 @@ def _parser(plugin_commands: dict[str, dict[str, Any]]):
                                          "(`prefdiff fit --help` lists the options)."),
                        help="train with LightningCLI conventions (--config FILE.yaml)")
 
-    sample = _subparser("Sample a saved model on a dataset's conditions.")
+    sample = _subparser("Sample a saved model or pipeline on prompts or a dataset's conditions.")
     _model_args(sample)
     sample.add_argument("--n", type=int, default=16, help="number of samples")
     sample.add_argument("--out", required=True, help="output folder")
-    sub.add_subcommand("sample", sample, help="sample a saved model on a dataset's conditions")
+    sub.add_subcommand("sample", sample, help="sample a saved model or pipeline on prompts or a dataset's conditions")
 
     edit = _subparser("Edit real samples: SDEdit under a new condition, or inpaint outside a keep mask.")
     _model_args(edit)
@@ -101,8 +101,10 @@ def _parser(plugin_commands: dict[str, dict[str, Any]]):
     edit.add_argument("--cond-from", type=int, default=None,
                       help="take the new condition from this dataset item (default: keep)")
     edit.add_argument("--strength", type=float, default=0.6, help="SDEdit strength in (0, 1]")
+    edit.add_argument("--image", default=None, help="an image file to edit (instead of a dataset item)")
     edit.add_argument("--mask", default=None,
-                      help="safetensors file with a 'keep' tensor (1 keeps the input): inpaint instead")
+                      help="a safetensors file with a 'keep' tensor (1 keeps the input), or an image (white "
+                           "keeps): inpaint instead")
     edit.add_argument("--out", required=True, help="output folder")
     sub.add_subcommand("edit", edit, help="edit real samples: SDEdit under a new condition, or inpaint")
 
@@ -126,9 +128,11 @@ def _parser(plugin_commands: dict[str, dict[str, Any]]):
 
 
 def _model_args(parser) -> None:
-    parser.add_argument("--model", required=True, help="a saved model folder")
+    parser.add_argument("--model", required=True, help="a saved model folder, or a local diffusers pipeline folder")
     parser.add_argument("--lora", default=None, help="a LoRA adapter folder to apply")
-    parser.add_argument("--dataset", required=True, help="registered dataset giving the conditions")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; text-to-image)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1: none)")
+    parser.add_argument("--dataset", default=None, help="registered dataset giving the conditions")
     parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--split", default="test")
     parser.add_argument("--conditioner", default=None)

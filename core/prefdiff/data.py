@@ -7,7 +7,8 @@ A pair file holds one JSON object per line::
      "winner": "a", "labeler": "reward:jpeg_compressibility", "time": 1764145000.0}
 
 Paths are relative to the file's folder; each .safetensors file holds the
-tensors of one condition (its keys) or one sample (key ``"sample"``).
+tensors of one condition (its keys) or one sample (key ``"sample"``). A
+text-to-image pair has ``"prompt": "..."`` instead of ``"condition"``.
 ``winner`` is ``"a"``, ``"b"`` or ``"tie"``. Human labels (``prefdiff label``)
 and AI labels (mining, below) share the format.
 """
@@ -66,10 +67,12 @@ def read_pairs(pair_file: str | Path) -> list[dict[str, Any]]:
                         f"or label them with `prefdiff label`")
     records = []
     for number, rec in read_records(pair_file):
-        missing = [k for k in ("condition", "a", "b", "winner") if k not in rec]
+        missing = [k for k in ("a", "b", "winner") if k not in rec]
+        if "condition" not in rec and "prompt" not in rec:
+            missing.insert(0, "condition")
         if missing:
             raise UserError(f"{pair_file}:{number} lacks {', '.join(missing)}; each line needs "
-                            f"condition, a, b and winner")
+                            f"condition (or prompt), a, b and winner")
         if rec["winner"] not in WINNERS:
             raise UserError(f"{pair_file}:{number} has winner {rec['winner']!r}; use one of {WINNERS}")
         records.append(rec)
@@ -104,7 +107,8 @@ class PairDataset(Dataset):
         rec = self.records[index]
         a, b = self._read(rec["a"])["sample"], self._read(rec["b"])["sample"]
         x_w, x_l = (a, b) if rec["winner"] == "a" else (b, a)
-        return {"x_w": x_w, "x_l": x_l, "cond": tensors_condition(self._read(rec["condition"]))}
+        cond = rec["prompt"] if "prompt" in rec else tensors_condition(self._read(rec["condition"]))
+        return {"x_w": x_w, "x_l": x_l, "cond": cond}
 
 
 # --------------------------------------------------------------- mining ----
@@ -140,10 +144,12 @@ def mine(denoiser, scheduler, reward, conditions: list[Any], *, per_condition: i
         uncond = denoiser.null_condition(cond) if guidance_scale != 1.0 else None
         out = sample(denoiser, scheduler, noise, cond, num_steps=num_steps, eta=eta,
                      generator=generator, guidance_scale=guidance_scale, uncond=uncond)
-        scores, _ = reward(out.samples, cond)
-        all_samples.append(out.samples)
+        decoded = denoiser.decode(out.samples)  # pairs hold samples (images), as a labeler sees them
+        scores, _ = reward(decoded, cond)
+        all_samples.append(decoded)
         all_rewards.append(scores.float())
-    samples = torch.cat(all_samples).reshape(len(conditions), per_condition, *shape)
+    samples = torch.cat(all_samples)
+    samples = samples.reshape(len(conditions), per_condition, *samples.shape[1:])
     rewards = torch.cat(all_rewards).reshape(len(conditions), per_condition)
     return MinedSamples(samples, rewards, list(conditions))
 
@@ -158,14 +164,17 @@ def write_best_worst_pairs(mined: MinedSamples, out_dir: str | Path, labeler: st
         best, worst = int(mined.rewards[i].argmax()), int(mined.rewards[i].argmin())
         if mined.rewards[i, best] - mined.rewards[i, worst] <= min_gap:
             continue
-        cond_rel = f"conds/c{i:05d}.safetensors"
-        save_tensors(out_dir / cond_rel, condition_tensors(cond))
+        if isinstance(cond, str):
+            where = {"prompt": cond}
+        else:
+            where = {"condition": f"conds/c{i:05d}.safetensors"}
+            save_tensors(out_dir / where["condition"], condition_tensors(cond))
         names = []
         for j in (best, worst):
             rel = f"samples/c{i:05d}_{j}.safetensors"
             save_tensors(out_dir / rel, {"sample": mined.samples[i, j]})
             names.append(rel)
-        append_pair(pair_file, {"id": f"c{i:05d}-{best}-{worst}", "condition": cond_rel,
+        append_pair(pair_file, {"id": f"c{i:05d}-{best}-{worst}", **where,
                                 "a": names[0], "b": names[1], "winner": "a", "labeler": labeler,
                                 "time": time.time()})
         kept += 1
@@ -198,13 +207,18 @@ class EpochSampler(Sampler[int]):
     """A shuffle fixed by (seed, epoch) and sharded by rank: resumable and DDP-safe.
 
     Lightning calls ``set_epoch`` on it, so a run resumed from a checkpoint at
-    an epoch boundary sees exactly the batches an uninterrupted run sees.
+    an epoch boundary sees exactly the batches an uninterrupted run sees. With
+    ``batch_size`` (per process), each global batch of the shuffle is split
+    across the ranks, rank r taking its r-th slice, so ``world_size`` processes
+    see the batches one process with a ``world_size`` times larger batch sees.
     """
 
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 batch_size: int | None = None) -> None:
         if size == 0:
             raise UserError("the dataset is empty; check its root folder and split")
         self.size, self.seed, self.rank, self.world = size, seed, rank, world_size
+        self.batch = batch_size or max(1, size // world_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -213,26 +227,28 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=g).tolist()
-        per_rank = self.size // self.world
-        return iter(order[self.rank * per_rank:(self.rank + 1) * per_rank])
+        step = self.batch * self.world
+        mine = [i for start in range(0, len(order) - step + 1, step)
+                for i in order[start + self.rank * self.batch:start + (self.rank + 1) * self.batch]]
+        return iter(mine)
 
     def __len__(self) -> int:
-        return self.size // self.world
+        return (self.size // (self.batch * self.world)) * self.batch
 
 
 def infer_sample_shape(denoiser) -> tuple[int, ...]:
-    """The shape of one sample ``(C, H, W)`` or ``(C, T)`` from the model preset."""
-    p = denoiser.preset
-    if p.kind == "unet1d":
-        return (p.channels, p.sample_size)
-    return (p.channels, p.sample_size, p.sample_size)
+    """The shape of one sample in the model's space (:attr:`prefdiff.models.Denoiser.sample_shape`)."""
+    return denoiser.sample_shape
+
+
+# A collated condition is a tensor, a dict of them, or a list of prompts (text-to-image).
 
 
 def condition_count(cond: Any) -> int:
-    """Batch size of a collated condition (a tensor or a dict of tensors)."""
+    """Batch size of a collated condition."""
     while isinstance(cond, dict):
         cond = next(iter(cond.values()))
-    return int(cond.shape[0])
+    return len(cond) if isinstance(cond, (list, tuple)) else int(cond.shape[0])
 
 
 def select(cond: Any, index: Any) -> Any:
@@ -241,6 +257,12 @@ def select(cond: Any, index: Any) -> Any:
         return None
     if isinstance(cond, dict):
         return {k: select(v, index) for k, v in cond.items()}
+    if isinstance(cond, (list, tuple)):
+        if isinstance(index, slice):
+            return list(cond[index])
+        if isinstance(index, int):
+            return cond[index]
+        return [cond[int(i)] for i in torch.as_tensor(index).reshape(-1).tolist()]
     if isinstance(index, torch.Tensor):
         index = index.to(cond.device)
     return cond[index]
@@ -250,6 +272,8 @@ def concat(a: Any, b: Any) -> Any:
     """Concatenate two collated conditions along the batch."""
     if isinstance(a, dict):
         return {k: concat(a[k], b[k]) for k in a}
+    if isinstance(a, (list, tuple)):
+        return [*a, *b]
     return torch.cat([a, b])
 
 
@@ -259,6 +283,8 @@ def repeat_condition(cond: Any, times: int) -> Any:
         return cond
     if isinstance(cond, dict):
         return {k: repeat_condition(v, times) for k, v in cond.items()}
+    if isinstance(cond, (list, tuple)):
+        return [c for c in cond for _ in range(times)]
     return cond.repeat_interleave(times, dim=0)
 
 

@@ -60,7 +60,7 @@ class PrefDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = EpochSampler(len(self.train_set), self.seed, rank, world)
+        sampler = EpochSampler(len(self.train_set), self.seed, rank, world, batch_size=self.batch_size)
         if len(sampler) < self.batch_size:
             raise UserError(f"the training data has {len(self.train_set)} items, fewer than one batch of "
                             f"{self.batch_size} per process; lower --data.batch_size")

@@ -61,6 +61,8 @@ def _check_checkpoint(path: str, model) -> None:
         raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is "
                         f"truncated or not a Lightning checkpoint; pass another or start fresh") from None
     own = model.state_dict()
+    for key in model.frozen_keys(own):  # loaded from the model folder, never checkpointed
+        del own[key]
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
@@ -99,8 +101,9 @@ def fit(argv: list[str]) -> int:
     try:
         cli = PrefdiffCLI(
             AlignmentModule, PrefDataModule, subclass_mode_model=True, run=False, args=argv,
+            # Lightning 2.6 writes last.ckpt only beside a top-k save: top 1 keeps one per epoch end.
             trainer_defaults={"use_distributed_sampler": False,
-                              "callbacks": [ModelCheckpoint(save_last=True, save_top_k=0)]},
+                              "callbacks": [ModelCheckpoint(save_last=True, save_top_k=1)]},
             parser_kwargs={"exit_on_error": False, "description": "prefdiff fit"},
             save_config_kwargs={"overwrite": True})
     except ArgumentError as exc:
@@ -124,13 +127,15 @@ def fit(argv: list[str]) -> int:
 
 def _export(cli, root: Path) -> None:
     """Write the trained model where users and `prefdiff sample` expect it."""
-    from prefdiff.models import has_lora, save_lora, save_model
+    from prefdiff.models import has_lora, save_lora, save_lora_for_pipeline, save_model
 
     denoiser = cli.model.denoiser
     if has_lora(denoiser):
         save_lora(denoiser, root / "lora")
+        if denoiser.preset.conditioning == "text":  # also as diffusers' load_lora_weights reads it
+            save_lora_for_pipeline(denoiser, root / "lora")
         print(f"LoRA adapter: {root / 'lora'}")
     else:
-        save_model(denoiser, root / "model")
+        save_model(denoiser, root / "model", cli.model.noise_scheduler)
         cli.model.noise_scheduler.save_pretrained(root / "model" / "scheduler")
         print(f"model: {root / 'model'}")

@@ -1,31 +1,59 @@
-"""`prefdiff sample` and `prefdiff edit`: run a saved model on a dataset's conditions."""
+"""`prefdiff sample` and `prefdiff edit`: run a saved model or a pipeline on prompts or a dataset's conditions."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from prefdiff.errors import UserError
 
 
-def _load(args: argparse.Namespace):
+def _check_counts(args: argparse.Namespace) -> None:
+    if args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if getattr(args, "n", 1) < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+
+
+def _load_model(args: argparse.Namespace):
     from prefdiff.models import load_lora, load_model
-    from prefdiff.options import parse_options
     from prefdiff.plugins import get_manager
     from prefdiff.schedulers import load_scheduler
 
-    manager = get_manager()
-    conditioner = manager.conditioner(args.conditioner) if args.conditioner else None
+    conditioner = get_manager().conditioner(args.conditioner) if args.conditioner else None
     denoiser = load_model(args.model, conditioner)
     if args.lora:
         load_lora(denoiser, args.lora)
-    denoiser.eval()
-    dataset = manager.dataset(args.dataset, split=args.split, **parse_options(args.dataset_option, "--dataset-option"))
+    return denoiser.eval(), load_scheduler(args.model)
+
+
+def _dataset(args: argparse.Namespace):
+    from prefdiff.options import parse_options
+    from prefdiff.plugins import get_manager
+
+    if not args.dataset:
+        raise UserError("give --dataset (a registered dataset giving the conditions) or --prompt")
+    dataset = get_manager().dataset(args.dataset, split=args.split,
+                                    **parse_options(args.dataset_option, "--dataset-option"))
     if len(dataset) == 0:
         raise UserError(f"dataset '{args.dataset}' split '{args.split}' is empty")
-    return denoiser, load_scheduler(args.model), dataset
+    return dataset
+
+
+def _fits(denoiser, cond: Any, args: argparse.Namespace) -> None:
+    """One line naming the dataset and the model when the conditions do not fit the model."""
+    from prefdiff.data import select
+
+    try:
+        denoiser(torch.zeros(1, *denoiser.sample_shape), torch.zeros(1, dtype=torch.long), select(cond, slice(0, 1)))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        what = f"dataset '{args.dataset}'" if args.dataset else "the prompts"
+        raise UserError(f"the conditions of {what} do not fit the model in {args.model} (conditioner "
+                        f"{args.conditioner or 'none'}): {' '.join(str(exc).split())[:200]}; pass the "
+                        f"dataset and --conditioner the model was trained with") from None
 
 
 def _write(samples: torch.Tensor, out: Path, name: str) -> None:
@@ -42,46 +70,87 @@ def _write(samples: torch.Tensor, out: Path, name: str) -> None:
 
 @torch.no_grad()
 def sample_to_folder(args: argparse.Namespace) -> int:
-    """Sample ``--n`` items, one per dataset condition, with noise fixed by ``--seed``."""
-    from prefdiff.data import collate, infer_sample_shape
+    """Sample ``--n`` items, one per prompt (cycled) or dataset condition, with noise fixed by ``--seed``."""
+    from prefdiff.data import collate
     from prefdiff.sampling import sample
 
-    denoiser, scheduler, dataset = _load(args)
-    n = min(args.n, len(dataset))
-    batch = collate([dataset[i] for i in range(n)])
-    noise = torch.randn((n, *infer_sample_shape(denoiser)), generator=torch.Generator().manual_seed(args.seed))
-    out = sample(denoiser, scheduler, noise, batch["cond"], num_steps=args.steps, eta=0.0)
-    _write(out.samples, Path(args.out), "samples")
+    _check_counts(args)
+    denoiser, scheduler = _load_model(args)
+    if args.prompt:
+        cond, n = [args.prompt[i % len(args.prompt)] for i in range(args.n)], args.n
+    else:
+        dataset = _dataset(args)
+        n = min(args.n, len(dataset))
+        cond = collate([dataset[i] for i in range(n)])["cond"]
+    _fits(denoiser, cond, args)
+    noise = torch.randn((n, *denoiser.sample_shape), generator=torch.Generator().manual_seed(args.seed))
+    uncond = denoiser.null_condition(cond) if args.guidance_scale != 1 else None
+    out = sample(denoiser, scheduler, noise, cond, num_steps=args.steps, eta=0.0,
+                 guidance_scale=args.guidance_scale, uncond=uncond)
+    _write(denoiser.decode(out.samples), Path(args.out), "samples")
     return 0
+
+
+def _read_image(path: str, size: int) -> torch.Tensor:
+    """An image file as ``[1, 3, size, size]`` in [-1, 1] (resized)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise UserError(f"--image {path} is not a readable image ({exc}); pass a PNG or JPEG") from None
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def _read_keep(path: str, like: torch.Tensor) -> torch.Tensor:
+    """A keep mask (1 keeps the input) from a safetensors ``keep`` tensor or an image (white keeps)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    from safetensors.torch import load_file
+
+    try:
+        if path.endswith(".safetensors"):
+            return load_file(path)["keep"].to(like)
+        mask = Image.open(path).convert("L").resize(like.shape[-2:][::-1], Image.NEAREST)
+        return (torch.from_numpy(np.asarray(mask).copy()) > 127).to(like)[None, None]
+    except Exception as exc:
+        raise UserError(f"--mask {path} must be a safetensors file with a 'keep' tensor or an image "
+                        f"(white keeps): {exc}") from None
 
 
 @torch.no_grad()
 def edit(args: argparse.Namespace) -> int:
-    """SDEdit a dataset item under a new condition, or inpaint outside a keep mask."""
-    from safetensors.torch import load_file
-
+    """SDEdit an image under a new condition, or inpaint outside a keep mask."""
     from prefdiff.data import collate
-    from prefdiff.sampling import inpaint, sdedit
+    from prefdiff.editing import edit_samples
 
+    _check_counts(args)
     if not 0 < args.strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {args.strength}")
-    denoiser, scheduler, dataset = _load(args)
-    for index in (args.index, args.cond_from):
-        if index is not None and not 0 <= index < len(dataset):
-            raise UserError(f"--index/--cond-from {index} is outside the dataset (0..{len(dataset) - 1})")
-    item = collate([dataset[args.index]])
-    if "x0" not in item:
-        raise UserError(f"dataset '{args.dataset}' has no samples (x0) to edit")
-    cond = collate([dataset[args.cond_from]])["cond"] if args.cond_from is not None else item["cond"]
-    generator = torch.Generator().manual_seed(args.seed)
-    if args.mask:
-        try:
-            keep = load_file(args.mask)["keep"].to(item["x0"])
-        except Exception as exc:
-            raise UserError(f"--mask {args.mask} must be a safetensors file with a 'keep' tensor: {exc}") from None
-        edited = inpaint(denoiser, scheduler, item["x0"], keep, cond, num_steps=args.steps, generator=generator)
+    denoiser, scheduler = _load_model(args)
+    if args.image:
+        side = denoiser.decode(torch.zeros(1, *denoiser.sample_shape)).shape[-1]
+        x0, cond = _read_image(args.image, side), None
     else:
-        edited = sdedit(denoiser, scheduler, item["x0"], cond, args.strength, num_steps=args.steps,
-                        generator=generator)
-    _write(torch.cat([item["x0"], edited]), Path(args.out), "edit")
+        dataset = _dataset(args)
+        for flag, index in (("--index", args.index), ("--cond-from", args.cond_from)):
+            if index is not None and not 0 <= index < len(dataset):
+                raise UserError(f"{flag} {index} is outside the dataset (0..{len(dataset) - 1})")
+        item = collate([dataset[args.index]])
+        if "x0" not in item:
+            raise UserError(f"dataset '{args.dataset}' has no samples (x0) to edit")
+        x0, cond = item["x0"], item["cond"]
+        if args.cond_from is not None:
+            cond = collate([dataset[args.cond_from]])["cond"]
+    if args.prompt:
+        cond = args.prompt[:1]
+    if cond is None:
+        raise UserError("--image needs --prompt: the condition to edit the image towards")
+    _fits(denoiser, cond, args)
+    generator = torch.Generator().manual_seed(args.seed)
+    keep = _read_keep(args.mask, x0) if args.mask else None
+    edited = edit_samples(denoiser, scheduler, x0, cond, strength=1.0 if keep is not None else args.strength, keep=keep,
+                          num_steps=args.steps, generator=generator)
+    _write(torch.cat([x0, edited]), Path(args.out), "edit")
     return 0

@@ -10,8 +10,10 @@ timestep spacing.
 
 Conventions:
 
-- ``model(x_t, t, cond) -> eps`` predicts the noise; ``t`` is a LongTensor
-  ``[B]`` and ``cond`` is passed through untouched (tensor, dict or None).
+- ``model(x_t, t, cond)`` predicts the noise, or v for a scheduler whose
+  ``prediction_type`` is ``v_prediction`` (:func:`to_epsilon` converts); ``t``
+  is a LongTensor ``[B]`` and ``cond`` is passed through untouched (tensor,
+  dict, list of prompts or None).
 - Tensors are ``[B, ...]``: images ``[B, C, H, W]`` and trajectories
   ``[B, C, T]`` go through the same code.
 - The scheduler's own ``clip_sample`` and ``thresholding`` settings are not
@@ -44,10 +46,13 @@ __all__ = [
     "ddim_step",
     "ddim_timesteps",
     "inpaint",
+    "predict_noise",
     "predict_x0",
     "sample",
     "sdedit",
     "step_log_prob",
+    "to_epsilon",
+    "training_target",
 ]
 
 
@@ -105,10 +110,35 @@ def predict_x0(scheduler, x_t: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
     return (x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()
 
 
+DDIM_PREDICTIONS = ("epsilon", "v_prediction")
+
+
 def _check_scheduler(scheduler) -> None:
     prediction_type = scheduler.config.prediction_type
-    if prediction_type != "epsilon":
-        raise ValueError(f"prefdiff.sampling supports prediction_type='epsilon' only, got {prediction_type!r}")
+    if prediction_type not in DDIM_PREDICTIONS:
+        raise ValueError(f"the DDIM sampler takes prediction_type epsilon or v_prediction, got {prediction_type!r}")
+
+
+def to_epsilon(scheduler, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    """The noise a model output implies, by the scheduler's ``prediction_type``.
+
+    For v-prediction (Salimans & Ho 2022, eq. 7), v = sqrt(a) eps - sqrt(1 - a) x_0,
+    so eps = sqrt(a) v + sqrt(1 - a) x_t.
+    """
+    if scheduler.config.prediction_type == "epsilon":
+        return output
+    alpha = _alpha_bar(scheduler, _batch_timesteps(t, x_t), x_t)
+    return alpha.sqrt() * output + (1 - alpha).sqrt() * x_t
+
+
+def training_target(scheduler, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    """What the network is trained to predict for ``x_t = add_noise(x0, noise, t)``: the noise, or
+    v = sqrt(a) eps - sqrt(1 - a) x_0 for v-prediction."""
+    _check_scheduler(scheduler)
+    if scheduler.config.prediction_type == "epsilon":
+        return noise
+    alpha = _alpha_bar(scheduler, _batch_timesteps(t, x0), x0)
+    return alpha.sqrt() * noise - (1 - alpha).sqrt() * x0
 
 
 def _step_ratio(scheduler) -> int:
@@ -220,16 +250,29 @@ def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
-def _predict_eps(model: Model, x: Tensor, t: Tensor, cond: Any, guidance_scale: float, uncond: Any) -> Tensor:
+def predict_noise(model: Model, scheduler, x: Tensor, t: Tensor, cond: Any, guidance_scale: float = 1.0,
+                  uncond: Any = None) -> Tensor:
+    """The noise ``model`` predicts at ``(x_t, t)``, guided, whatever its prediction type.
+
+    Classifier-free guidance (Ho & Salimans 2022, eq. 6 with w = guidance_scale - 1) mixes
+    the outputs: out = out(0) + guidance_scale * (out(c) - out(0)); it is linear, so it
+    commutes with the conversion to noise (:func:`to_epsilon`).
+    """
     if guidance_scale == 1:
-        return model(x, t, cond)
-    # Classifier-free guidance, Ho & Salimans 2022 eq. 6 with w = guidance_scale - 1:
-    # eps = (1 + w) eps(c) - w eps(0) = eps(0) + guidance_scale * (eps(c) - eps(0)).
-    if torch.is_tensor(cond) and torch.is_tensor(uncond) and cond.shape == uncond.shape:
-        eps_uncond, eps_cond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond])).chunk(2)
+        out = model(x, t, cond)
     else:
-        eps_uncond, eps_cond = model(x, t, uncond), model(x, t, cond)
-    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        if torch.is_tensor(cond) and torch.is_tensor(uncond) and cond.shape == uncond.shape:
+            pair = torch.cat([uncond, cond])
+        elif isinstance(cond, list) and isinstance(uncond, list):
+            pair = [*uncond, *cond]  # prompts: one batch of both
+        else:
+            pair = None
+        if pair is not None:
+            out_uncond, out_cond = model(torch.cat([x, x]), torch.cat([t, t]), pair).chunk(2)
+        else:
+            out_uncond, out_cond = model(x, t, uncond), model(x, t, cond)
+        out = out_uncond + guidance_scale * (out_cond - out_uncond)
+    return to_epsilon(scheduler, out, x, t)
 
 
 def _check_guidance(guidance_scale: float, uncond: Any) -> None:
@@ -265,7 +308,7 @@ def step_log_prob(
     """
     _check_guidance(guidance_scale, uncond)
     t = _batch_timesteps(t, x_t)
-    eps = _predict_eps(model, x_t, t, cond, guidance_scale, uncond)
+    eps = predict_noise(model, scheduler, x_t, t, cond, guidance_scale, uncond)
     _, log_prob, mean, std = ddim_step(scheduler, eps, t, x_t, eta, prev_sample=x_prev, clip_sample=clip_sample)
     return log_prob, mean, std
 
@@ -347,10 +390,10 @@ def sample(
         with torch.set_grad_enabled(with_grad):
             if with_grad and checkpoint:
                 eps = torch.utils.checkpoint.checkpoint(
-                    _predict_eps, model, x, t_batch, cond, guidance_scale, uncond, use_reentrant=False
+                    predict_noise, model, scheduler, x, t_batch, cond, guidance_scale, uncond, use_reentrant=False
                 )
             else:
-                eps = _predict_eps(model, x, t_batch, cond, guidance_scale, uncond)
+                eps = predict_noise(model, scheduler, x, t_batch, cond, guidance_scale, uncond)
             x, log_prob, mean, std = ddim_step(
                 scheduler, eps, t_batch, x, eta, generator=generator, clip_sample=clip_sample
             )

@@ -20,8 +20,9 @@ def build_scheduler(config: dict | None = None):
     from diffusers import DDIMScheduler
 
     merged = {**DEFAULT_SCHEDULE, **(config or {})}
-    if merged["prediction_type"] != "epsilon":
-        raise UserError(f"--scheduler.prediction_type must be 'epsilon', got '{merged['prediction_type']}'")
+    if merged["prediction_type"] not in ("epsilon", "v_prediction"):
+        raise UserError(f"--scheduler.prediction_type must be 'epsilon' or 'v_prediction', "
+                        f"got '{merged['prediction_type']}'")
     try:
         return DDIMScheduler(**merged)
     except (TypeError, ValueError, NotImplementedError) as exc:
@@ -29,9 +30,13 @@ def build_scheduler(config: dict | None = None):
 
 
 def load_scheduler(model_dir: str | Path):
-    """The scheduler saved beside a model, else the default."""
+    """The scheduler saved beside a model (a pipeline's as DDIM), else the default."""
     from diffusers import DDIMScheduler
 
+    from prefdiff.models.pipelines import is_pipeline_folder, load_pipeline_scheduler
+
+    if is_pipeline_folder(model_dir):
+        return load_pipeline_scheduler(model_dir)
     path = Path(model_dir) / "scheduler"
     if (path / "scheduler_config.json").is_file():
         return DDIMScheduler.from_pretrained(path)

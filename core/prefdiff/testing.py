@@ -119,6 +119,64 @@ class RecipePlugin:
         register(self.recipe.domain, lambda quick: self.recipe)
 
 
+# ------------------------------------------------------------ pipelines ----
+
+
+def char_tokenizer(max_length: int = 32):
+    """A CLIP tokenizer whose vocabulary is single characters (no merges): a real ``CLIPTokenizer``
+    built with no download, for pipelines made from configs."""
+    from transformers import CLIPTokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    chars = [chr(c) for c in printable] + [chr(256 + i) for i in range(len(extra))]  # GPT-2's byte alphabet
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def tiny_pipeline(directory, *, sdxl: bool = False, prediction_type: str = "epsilon", seed: int = 0,
+                  image_size: int = 16, max_length: int = 32):
+    """Write a tiny Stable Diffusion (or SDXL) pipeline with random weights to ``directory``, as
+    ``save_pretrained`` does; returns the folder. Built from configs like diffusers' own tests.
+    """
+    from pathlib import Path
+
+    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    text = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                vocab_size=520, max_position_embeddings=max_length, bos_token_id=512, eos_token_id=513,
+                pad_token_id=513, projection_dim=32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=8, sample_size=image_size)
+    unet_options = dict(sample_size=image_size // 2, in_channels=4, out_channels=4, layers_per_block=1,
+                        block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=4,
+                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
+    if sdxl:
+        unet = UNet2DConditionModel(**unet_options, cross_attention_dim=64, addition_embed_type="text_time",
+                                    addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
+        pipe = StableDiffusionXLPipeline(
+            unet=unet, vae=vae, scheduler=scheduler, text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+            tokenizer=char_tokenizer(max_length), tokenizer_2=char_tokenizer(max_length),
+            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)))
+    else:
+        unet = UNet2DConditionModel(**unet_options, cross_attention_dim=32)
+        pipe = StableDiffusionPipeline(unet=unet, vae=vae, scheduler=scheduler,
+                                       text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+                                       tokenizer=char_tokenizer(max_length), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return Path(directory)
+
+
 def check_reward(reward: Reward | Any, conditions: Any, samples: torch.Tensor, *,
                  differentiable: bool | None = None, atol: float = 1e-5) -> torch.Tensor:
     """Assert the reward contract on ``samples``; returns the scores.

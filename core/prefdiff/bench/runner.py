@@ -111,8 +111,10 @@ class Benchmark:
         from prefdiff.models import save_model
         from prefdiff.trainers import SFTModule
 
+        from prefdiff.models.io import is_model_folder
+
         base = self.cache / "base"
-        if (base / "prefdiff_model.json").is_file():
+        if is_model_folder(base):
             log.info(f"base model: cached at {base}")
             return base
         r = self.recipe
@@ -127,7 +129,7 @@ class Benchmark:
         _trainer(r.pretrain_steps, self.seed).fit(module, datamodule=data)
         tmp = self.cache / f".base-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model(module.denoiser, tmp)
+        save_model(module.denoiser, tmp, module.noise_scheduler)
         module.noise_scheduler.save_pretrained(tmp / "scheduler")
         (tmp / "pretrain.json").write_text(json.dumps(
             {"steps": r.pretrain_steps, "wall_s": time.perf_counter() - start}))
@@ -147,7 +149,7 @@ class Benchmark:
 
     @torch.no_grad()
     def generate(self, denoiser, scheduler, cond, noise: torch.Tensor) -> torch.Tensor:
-        """Samples for ``cond`` from ``noise``, with the step noise every model shares."""
+        """Decoded samples for ``cond`` from ``noise``, with the step noise every model shares."""
         from prefdiff.sampling import sample
 
         denoiser.eval()
@@ -156,8 +158,9 @@ class Benchmark:
         chunks = []
         for start in range(0, len(noise), SCORE_CHUNK):
             part = select(cond, slice(start, start + SCORE_CHUNK))
-            chunks.append(sample(denoiser, scheduler, noise[start:start + SCORE_CHUNK], part, generator=generator,
-                                 num_steps=self.recipe.num_steps, eta=self.recipe.eta).samples)
+            out = sample(denoiser, scheduler, noise[start:start + SCORE_CHUNK], part, generator=generator,
+                         num_steps=self.recipe.num_steps, eta=self.recipe.eta)
+            chunks.append(denoiser.decode(out.samples))  # judges and figures see samples, not latents
         return torch.cat(chunks)
 
     @staticmethod

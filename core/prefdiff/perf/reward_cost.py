@@ -17,7 +17,6 @@ no share.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch

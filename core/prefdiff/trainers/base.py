@@ -14,7 +14,7 @@ from prefdiff.data import condition_count
 from prefdiff.errors import UserError
 from prefdiff.models import LoraOptions, ModelPreset, add_lora, build_denoiser, load_model
 from prefdiff.plugins import get_manager
-from prefdiff.sampling import sample
+from prefdiff.sampling import sample, training_target
 from prefdiff.schedulers import build_scheduler, load_scheduler
 
 
@@ -87,6 +87,13 @@ class AlignmentModule(pl.LightningModule):
             add_lora(self.denoiser, LoraOptions(r=lora_rank, alpha=lora_alpha or float(lora_rank)))
         self.reward_fn = manager.reward(reward, **(reward_options or {})) if reward else None
         self.reward_queries = 0
+        # A pipeline's VAE and text encoders come from its folder, not from checkpoints.
+        self.strict_loading = not self.denoiser.frozen_parts()
+
+    def frozen_keys(self, state: dict[str, Any]) -> list[str]:
+        """Keys of ``state`` (this module's state dict) that belong to the model's frozen parts."""
+        prefixes = tuple(f"denoiser.{part}." for part in self.denoiser.frozen_parts())
+        return [k for k in state if prefixes and k.startswith(prefixes)]
 
     # ------------------------------------------------------ what it needs ----
 
@@ -123,11 +130,27 @@ class AlignmentModule(pl.LightningModule):
             self.log_metrics(numbers)
         return scores, info
 
-    def step_generator(self, salt: int = 0) -> torch.Generator:
-        """A generator fixed by (seed, global step, rank): resumed runs draw the same noise."""
-        seed = (self.hparams.seed * 1_000_003 + self.global_step * 7_919 + salt * 104_729
-                + self.global_rank * 15_485_863)
+    def step_generator(self, salt: int = 0, *, per_rank: bool = True) -> torch.Generator:
+        """A generator fixed by (seed, global step, rank): resumed runs draw the same noise.
+
+        Online methods sample with a generator per rank, so ranks draw different samples.
+        Methods that train on data draw for the whole global batch from one generator
+        (``per_rank=False``) and keep their rank's share (:meth:`rank_share`), so a DDP run
+        is the same training as one process with the same global batch.
+        """
+        rank = self.global_rank if per_rank else 0
+        seed = self.hparams.seed * 1_000_003 + self.global_step * 7_919 + salt * 104_729 + rank * 15_485_863
         return torch.Generator(device="cpu").manual_seed(seed % (2**63))
+
+    @property
+    def world_size(self) -> int:
+        """Processes training together (1 outside a Trainer)."""
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def rank_share(self, draws: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a draw made for the whole global batch (rank r takes the r-th slice)."""
+        n = draws.shape[0] // self.world_size
+        return draws[self.global_rank * n:(self.global_rank + 1) * n]
 
     def sample_shape(self) -> tuple[int, ...]:
         from prefdiff.data import infer_sample_shape
@@ -147,15 +170,25 @@ class AlignmentModule(pl.LightningModule):
                       generator=generator, **kwargs)
 
     def add_noise(self, x0: torch.Tensor, generator: torch.Generator):
-        """``(x_t, t, eps)`` with t uniform over the training timesteps."""
-        n = x0.shape[0]
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator)
-        eps = torch.randn(x0.shape, generator=generator).to(x0)
+        """``(x_t, t, target)`` for ``x0`` in the model's space, t uniform over the training
+        timesteps; the target is what the network predicts (:func:`~prefdiff.sampling.training_target`).
+        The draws are made for the global batch from a rank-free ``generator`` (:meth:`rank_share`)."""
+        n, world = x0.shape[0], self.world_size
+        t = self.rank_share(torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n * world,),
+                                          generator=generator))
+        eps = self.rank_share(torch.randn((n * world, *x0.shape[1:]), generator=generator)).to(x0)
         t = t.to(x0.device)
-        return self.noise_scheduler.add_noise(x0, eps, t), t, eps
+        return self.noise_scheduler.add_noise(x0, eps, t), t, training_target(self.noise_scheduler, x0, eps, t)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by ``--model.max_grad_norm`` in the automatically optimised families too (the Trainer's
+        own ``gradient_clip_val``, when set, takes precedence)."""
+        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
+        if clip and clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
     def configure_optimizers(self):
         params = self.trainable_parameters()
@@ -207,11 +240,11 @@ class AlignmentModule(pl.LightningModule):
         n = condition_count(cond)
         generator = torch.Generator().manual_seed(self.hparams.seed + 10_000 + batch_idx)
         with torch.no_grad():
-            out = self.run_sampler(cond, n, generator, eta=0.0)
-            scores, _ = self.reward_fn(out.samples, cond)
+            samples = self.denoiser.decode(self.run_sampler(cond, n, generator, eta=0.0).samples)
+            scores, _ = self.reward_fn(samples, cond)
         self.log("val/reward", scores.mean(), prog_bar=True, batch_size=n, sync_dist=True)
         if batch_idx == 0:
-            self._last_val_samples = out.samples.detach().cpu()
+            self._last_val_samples = samples.detach().cpu()
 
     def on_validation_epoch_end(self) -> None:
         samples = getattr(self, "_last_val_samples", None)
@@ -225,6 +258,8 @@ class AlignmentModule(pl.LightningModule):
     # -------------------------------------------------------- checkpoints ----
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for key in self.frozen_keys(checkpoint["state_dict"]):
+            del checkpoint["state_dict"][key]
         # Everything a resumed run needs to draw the same numbers as an uninterrupted one.
         np_state = np.random.get_state()
         checkpoint["prefdiff"] = {

@@ -39,7 +39,8 @@ class D3POModule(AlignmentModule):
         n = 2 * condition_count(batch["cond"])
         with torch.no_grad():
             out = self.run_sampler(cond, n, generator, return_trajectory=True)
-        scores, _ = self.score(out.samples, cond)
+        with torch.no_grad():
+            scores, _ = self.score(self.denoiser.decode(out.samples), cond)
         pairs = scores.view(-1, 2)
         first_wins = pairs[:, 0] >= pairs[:, 1]
         idx = torch.arange(0, n, 2, device=scores.device)

@@ -10,6 +10,7 @@ from prefdiff.data import concat
 from prefdiff.errors import UserError
 from prefdiff.losses import diffusion_dpo_loss, kto_loss, per_sample_mse
 from prefdiff.models import reference_mode
+from prefdiff.sampling import training_target
 from prefdiff.trainers.base import AlignmentModule, TrainingData
 
 OBJECTIVES = ("dpo", "kto")
@@ -39,18 +40,24 @@ class PairModule(AlignmentModule):
         return TrainingData.PAIRS
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        x_w, x_l, cond = batch["x_w"], batch["x_l"], batch["cond"]
+        # Pairs hold samples (images, trajectories); latent models train on their encodings.
+        x_w, x_l, cond = self.denoiser.encode(batch["x_w"]), self.denoiser.encode(batch["x_l"]), batch["cond"]
         n = x_w.shape[0]
-        generator = self.step_generator()
-        # Winner and loser share the timestep and the noise (Wallace et al. 2023, sec. 4).
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator)
-        eps = torch.randn(x_w.shape, generator=generator).to(x_w)
+        generator = self.step_generator(per_rank=False)
+        # Winner and loser share the timestep and the noise (Wallace et al. 2023, sec. 4), drawn
+        # for the global batch so DDP trains as one process would.
+        world = self.world_size
+        t = self.rank_share(torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n * world,),
+                                          generator=generator))
+        eps = self.rank_share(torch.randn((n * world, *x_w.shape[1:]), generator=generator)).to(x_w)
         t2, eps2 = torch.cat([t, t]).to(x_w.device), torch.cat([eps, eps])
-        x_t = self.noise_scheduler.add_noise(torch.cat([x_w, x_l]), eps2, t2)
+        x0 = torch.cat([x_w, x_l])
+        x_t = self.noise_scheduler.add_noise(x0, eps2, t2)
+        target = training_target(self.noise_scheduler, x0, eps2, t2)
         cond2 = concat(cond, cond)
-        model_err = per_sample_mse(self.denoiser(x_t, t2, cond2), eps2)
+        model_err = per_sample_mse(self.denoiser(x_t, t2, cond2), target)
         with torch.no_grad(), reference_mode(self.denoiser):
-            ref_err = per_sample_mse(self.denoiser(x_t, t2, cond2), eps2)
+            ref_err = per_sample_mse(self.denoiser(x_t, t2, cond2), target)
         if self.hparams.objective == "dpo":
             loss, metrics = diffusion_dpo_loss(model_err[:n], model_err[n:], ref_err[:n], ref_err[n:],
                                                self.hparams.beta)

@@ -61,7 +61,8 @@ class PolicyGradientModule(AlignmentModule):
         n = k * condition_count(batch["cond"])
         with torch.no_grad():
             out = self.run_sampler(cond, n, generator, return_trajectory=True)
-        rewards, _ = self.score(out.samples, cond)
+        with torch.no_grad():
+            rewards, _ = self.score(self.denoiser.decode(out.samples), cond)
         advantages = self.advantages(rewards.float(), k).clamp(-hp.adv_clip_max, hp.adv_clip_max)
         steps = len(out.timesteps)
         uncond = self.denoiser.null_condition(cond) if hp.guidance_scale != 1 else None

@@ -10,7 +10,7 @@ from prefdiff.data import condition_count
 from prefdiff.errors import UserError
 from prefdiff.losses import per_sample_mse, reward_backprop_loss
 from prefdiff.models import reference_mode
-from prefdiff.sampling import predict_x0
+from prefdiff.sampling import predict_noise, predict_x0
 from prefdiff.trainers.base import AlignmentModule
 
 VARIANTS = ("draft", "alignprop", "refl")
@@ -71,6 +71,7 @@ class RewardBackpropModule(AlignmentModule):
                                    checkpoint=hp.checkpoint, return_trajectory=want_drift)
             x0 = out.samples
             j = len(out.timesteps) - 1
+        x0 = self.denoiser.decode(x0, checkpoint=hp.checkpoint)  # the reward scores samples, not latents
         drift = None
         if want_drift:
             x_t, t = out.latents[:, j], out.timesteps[j]
@@ -85,8 +86,6 @@ class RewardBackpropModule(AlignmentModule):
 
     def _eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         tt = t.expand(x_t.shape[0]) if t.ndim == 0 else t
-        eps = self.denoiser(x_t, tt, cond)
-        if self.hparams.guidance_scale != 1:
-            eps_u = self.denoiser(x_t, tt, self.denoiser.null_condition(cond))
-            eps = eps_u + self.hparams.guidance_scale * (eps - eps_u)
-        return eps
+        guidance = self.hparams.guidance_scale
+        uncond = self.denoiser.null_condition(cond) if guidance != 1 else None
+        return predict_noise(self.denoiser, self.noise_scheduler, x_t, tt, cond, guidance, uncond)

@@ -39,9 +39,9 @@ class SFTModule(AlignmentModule):
         return reward_weighted
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        generator = self.step_generator()
-        x0, cond = batch["x0"], batch.get("cond")
-        x_t, t, eps = self.add_noise(x0, generator)
+        generator = self.step_generator(per_rank=False)
+        x0, cond = self.denoiser.encode(batch["x0"]), batch.get("cond")
+        x_t, t, target = self.add_noise(x0, generator)
         if self.hparams.p_uncond > 0 and cond is not None:
             cond = self._drop_condition(cond, generator)
         weights = None
@@ -49,7 +49,7 @@ class SFTModule(AlignmentModule):
             if "reward" not in batch:
                 raise UserError("reward-weighted SFT needs batches with 'reward' (mined samples)")
             weights = rwr_weights(batch["reward"].float(), self.hparams.temperature)
-        loss, metrics = sft_loss(self.denoiser(x_t, t, cond), eps, weights)
+        loss, metrics = sft_loss(self.denoiser(x_t, t, cond), target, weights)
         self.log_progress("train/loss", loss, x0.shape[0])
         self.log_metrics(metrics)
         return loss
@@ -57,7 +57,7 @@ class SFTModule(AlignmentModule):
     def _drop_condition(self, cond: Any, generator: torch.Generator) -> Any:
         null = self.denoiser.null_condition(cond)
         first = cond if not isinstance(cond, dict) else next(iter(cond.values()))
-        drop = torch.rand(first.shape[0], generator=generator) < self.hparams.p_uncond
+        drop = self.rank_share(torch.rand(first.shape[0] * self.world_size, generator=generator)) < self.hparams.p_uncond
 
         def pick(c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
             mask = drop.to(c.device).view(-1, *([1] * (c.ndim - 1)))

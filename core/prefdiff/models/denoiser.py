@@ -1,0 +1,117 @@
+"""The denoiser: one call shape over every network, ``denoiser(x_t, t, cond) -> prediction``.
+
+It also carries the rest of the model seam (see :mod:`prefdiff.models`): the
+condition encoder, the codec and the prediction type.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from prefdiff.models.codec import IdentityCodec
+
+if TYPE_CHECKING:
+    from prefdiff.models.presets import ModelPreset
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow")
+
+
+class Denoiser(nn.Module):
+    """``denoiser(x_t, t, cond) -> prediction`` over any supported network.
+
+    :param net: the network (diffusers or MONAI).
+    :param preset: what was built (for a pipeline: its UNet's shape), saved beside the weights.
+    :param conditioner: optional module mapping raw conditions to model input; for
+        conditioning ``text`` a :class:`~prefdiff.models.text.PromptEncoder`.
+    :param controlnet: optional diffusers ControlNetModel (conditioning 'controlnet').
+    :param codec: samples <-> the model's space (default: the identity).
+    :param prediction_type: what the network predicts: ``epsilon``, ``v_prediction`` or ``flow``.
+    """
+
+    def __init__(self, net: nn.Module, preset: ModelPreset, conditioner: nn.Module | None = None,
+                 controlnet: nn.Module | None = None, *, codec: nn.Module | None = None,
+                 prediction_type: str = "epsilon") -> None:
+        super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        self.net = net
+        self.preset = preset
+        self.conditioner = conditioner
+        self.controlnet = controlnet
+        self.codec = codec if codec is not None else IdentityCodec()
+        self.prediction_type = prediction_type
+
+    # -- the seam -------------------------------------------------------------
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample in the model's space: ``(C, H, W)``, ``(C, T)``, or a latent's."""
+        p = self.preset
+        return (p.channels, p.sample_size) if p.kind == "unet1d" else (p.channels, p.sample_size, p.sample_size)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples (images, trajectories) -> the model's space; the identity in pixel space."""
+        return self.codec.encode(x)
+
+    def decode(self, z: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
+        """The model's space -> samples for the rewards; differentiable, optionally checkpointed."""
+        return self.codec.decode(z, checkpoint=checkpoint)
+
+    def frozen_parts(self) -> list[str]:
+        """Sub-modules that never train and are loaded from the model folder, not checkpoints:
+        the VAE and a text-to-image pipeline's text encoders."""
+        parts = ["codec"] if getattr(self.codec, "latent", False) else []
+        return parts + (["conditioner"] if self.preset.conditioning == "text" else [])
+
+    # -- the call -------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        mode = self.preset.conditioning
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if mode == "text":
+            return self.net(x, t, **self.conditioner(cond, device=x.device, dtype=x.dtype)).sample
+        if self.conditioner is not None and cond is not None:
+            cond = self.conditioner(cond)
+        if self.preset.kind == "monai":
+            kwargs = {"context": cond} if mode == "cross_attention" else (
+                {"class_labels": cond} if mode == "class" else {})
+            if mode == "concat":
+                x = torch.cat([x, _broadcast_like(cond, x)], dim=1)
+            return self.net(x, timesteps=t, **kwargs)
+        if mode == "none":
+            return self.net(x, t).sample
+        if mode == "concat":
+            return self.net(torch.cat([x, _broadcast_like(cond, x)], dim=1), t).sample
+        if mode == "class":
+            return self.net(x, t, class_labels=cond).sample
+        if mode == "cross_attention":
+            return self.net(x, t, encoder_hidden_states=cond).sample
+        # ControlNet (Zhang et al. 2023): residuals from a trainable copy of the encoder.
+        down, mid = self.controlnet(x, t, encoder_hidden_states=cond["context"],
+                                    controlnet_cond=cond["image"], return_dict=False)
+        return self.net(x, t, encoder_hidden_states=cond["context"],
+                        down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+
+    def null_condition(self, cond: Any) -> Any:
+        """The unconditional input for classifier-free guidance (Ho & Salimans 2022)."""
+        if cond is None:
+            return None
+        if self.preset.conditioning == "text":
+            return self.conditioner.null_condition(cond)
+        if isinstance(cond, dict):
+            return {k: self.null_condition(v) for k, v in cond.items()}
+        if self.preset.conditioning == "class":
+            return torch.full_like(cond, self.preset.num_classes)
+        return torch.zeros_like(cond)
+
+
+def _broadcast_like(cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Expand a per-sample vector condition over the spatial or time axes of x."""
+    while cond.ndim < x.ndim:
+        cond = cond.unsqueeze(-1)
+    return cond.expand(*cond.shape[:2], *x.shape[2:]).to(x.dtype)
+

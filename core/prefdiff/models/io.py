@@ -1,0 +1,139 @@
+"""prefdiff model folders: ``prefdiff_model.json``, the network via save_pretrained, extras as safetensors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prefdiff.errors import UserError
+from prefdiff.models.denoiser import Denoiser
+from prefdiff.models.lora import LORA_WEIGHTS, has_lora, load_lora, save_lora
+from prefdiff.models.presets import ModelPreset, build_denoiser
+
+MODEL_FILE = "prefdiff_model.json"
+
+
+
+def is_model_folder(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a model :func:`load_model` opens (prefdiff's or a diffusers pipeline)."""
+    from prefdiff.models.pipelines import is_pipeline_folder
+
+    return (Path(directory) / MODEL_FILE).is_file() or is_pipeline_folder(directory)
+
+
+def save_model(denoiser: Denoiser, directory: str | Path, scheduler=None) -> Path:
+    """Write a full model: ``prefdiff_model.json``, ``net/`` via save_pretrained, extras as safetensors.
+
+    A LoRA adapter, when present, is written beside it in peft's layout. A text-to-image
+    model is written as a diffusers pipeline folder instead, with ``scheduler``.
+    """
+    from safetensors.torch import save_file
+
+    if denoiser.preset.conditioning == "text":
+        from prefdiff.models.pipelines import save_pipeline
+
+        if scheduler is None:
+            raise ValueError("saving a pipeline needs its scheduler")
+        return save_pipeline(denoiser, scheduler, directory)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"preset": asdict(denoiser.preset), "format": 1}
+    (directory / MODEL_FILE).write_text(json.dumps(meta, indent=2))
+    lora = has_lora(denoiser)
+    if lora:
+        save_lora(denoiser, directory / "lora")
+    net_state = {k: v for k, v in denoiser.net.state_dict().items() if "lora_" not in k}
+    net_state = {k.replace(".base_layer.", "."): v.contiguous() for k, v in net_state.items()}
+    if denoiser.preset.kind == "monai":
+        save_file(net_state, str(directory / "net.safetensors"))
+    elif not lora:
+        denoiser.net.save_pretrained(directory / "net", safe_serialization=True)
+    else:
+        # The same layout save_pretrained writes, with the adapter stripped for a clean base.
+        denoiser.net.save_config(directory / "net")
+        save_file(net_state, str(directory / "net" / "diffusion_pytorch_model.safetensors"))
+    for part in ("conditioner", "controlnet"):
+        module = getattr(denoiser, part)
+        if module is not None:
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()},
+                      str(directory / f"{part}.safetensors"))
+    return directory
+
+
+def load_model(directory: str | Path, conditioner: nn.Module | None = None) -> Denoiser:
+    """Load what :func:`save_model` wrote, or a local diffusers pipeline folder; a clear error for a
+    missing or foreign folder."""
+    from safetensors.torch import load_file
+
+    from prefdiff.models.pipelines import is_pipeline_folder, load_pipeline
+
+    directory = Path(directory)
+    if is_pipeline_folder(directory):
+        if conditioner is not None:
+            raise UserError(f"{directory} is a text-to-image pipeline with its own text encoder; drop the "
+                            f"conditioner (--conditioner / --model.conditioner)")
+        return load_pipeline(directory)
+    meta_path = directory / MODEL_FILE
+    if not meta_path.is_file():
+        raise UserError(f"{directory} is not a prefdiff model folder (no {MODEL_FILE}) nor a diffusers "
+                        f"pipeline folder; pass a folder written by `prefdiff fit` or `prefdiff bench`, or a "
+                        f"local Stable Diffusion pipeline")
+    try:
+        preset = ModelPreset(**json.loads(meta_path.read_text())["preset"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{meta_path} is malformed ({exc}); re-save the model") from exc
+    denoiser = build_denoiser(preset, conditioner)
+    try:
+        if preset.kind == "monai":
+            _load_strict(denoiser.net, load_file(str(directory / "net.safetensors")), directory)
+        else:
+            _load_strict(denoiser.net, _read_pretrained_state(directory / "net"), directory)
+        for part in ("conditioner", "controlnet"):
+            module = getattr(denoiser, part)
+            path = directory / f"{part}.safetensors"
+            if module is not None and path.is_file():
+                _load_strict(module, load_file(str(path)), directory)
+    except UserError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
+        raise UserError(f"cannot read the weights in {directory}: {exc}; the files are truncated "
+                        f"or corrupt, re-create them") from exc
+    if (directory / "lora" / LORA_WEIGHTS).is_file():
+        load_lora(denoiser, directory / "lora")
+    return denoiser
+
+
+def _read_pretrained_state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{folder} holds no .safetensors weights; re-save the model")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    own = module.state_dict()
+    own = {k.replace(".base_layer.", "."): v for k, v in own.items() if "lora_" not in k}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        first = (missing or unexpected or wrong)[0]
+        raise UserError(f"the weights in {where} are from another model ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors, e.g. "
+                        f"'{first}'); pass the checkpoint made for this model preset")
+    module.load_state_dict(state, strict=True)
+
+
+def count_parameters(module: nn.Module, trainable: bool = False) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+

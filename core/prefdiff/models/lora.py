@@ -1,0 +1,158 @@
+"""LoRA adapters through peft: inject, disable for the reference, save and load (peft and diffusers layouts)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from prefdiff.errors import UserError
+from prefdiff.models.denoiser import Denoiser
+
+LORA_WEIGHTS = "adapter_model.safetensors"
+LORA_CONFIG = "adapter_config.json"
+
+
+
+@dataclass
+class LoraOptions:
+    """A LoRA adapter (Hu et al. 2021) over the denoiser's blocks."""
+
+    r: int = 8
+    """Rank of the update."""
+    alpha: float = 8.0
+    """Scale numerator; the update is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(default_factory=list)
+    """Module names to adapt; empty means every Linear/Conv inside the blocks."""
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise UserError(f"--lora.r must be > 0, got {self.r}")
+
+
+ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+"""The attention layers the diffusers Diffusion-DPO example adapts; measured 25% faster per step
+than adapters on every layer of an SD-1.5-shaped UNet on an H100 (benchmarks/results/gpu)."""
+
+
+def default_lora_targets(module: nn.Module, attention_only: bool = False) -> list[str]:
+    """Every Linear/Conv layer inside the UNet blocks (not the stem, head or time MLP), or with
+    ``attention_only`` the attention projections (the default for text-to-image UNets)."""
+    if attention_only:
+        return [name for name, m in module.named_modules()
+                if isinstance(m, nn.Linear) and name.endswith(ATTENTION_PROJECTIONS)]
+    layers = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    blocks = ("down_blocks", "mid_block", "up_blocks", "controlnet_")
+    return [name for name, m in module.named_modules()
+            if isinstance(m, layers) and any(b in name for b in blocks)]
+
+
+def add_lora(denoiser: Denoiser, options: LoraOptions | None = None) -> Denoiser:
+    """Freeze the denoiser and inject a fresh LoRA adapter; returns it for chaining.
+
+    peft initialises B to zero, so a fresh adapter leaves the output unchanged
+    and the policy starts exactly at the reference.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    options = options or LoraOptions()
+    denoiser.requires_grad_(False)
+    targets = options.target_modules or default_lora_targets(
+        denoiser.net, attention_only=denoiser.preset.conditioning == "text")
+    config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                        target_modules=targets)
+    inject_adapter_in_model(config, denoiser.net)
+    denoiser.lora_config = config
+    return denoiser
+
+
+def has_lora(denoiser: nn.Module) -> bool:
+    """Whether a LoRA adapter is injected."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer) for m in denoiser.modules())
+
+
+@contextlib.contextmanager
+def reference_mode(denoiser: nn.Module) -> Iterator[None]:
+    """Run the frozen reference: the same network with its LoRA adapter disabled."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        raise RuntimeError("reference_mode needs a LoRA adapter; call add_lora first")
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def lora_state_dict(denoiser: Denoiser) -> dict[str, torch.Tensor]:
+    """The adapter weights with peft's key layout (``base_model.model.<module>.lora_A.weight``)."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(denoiser.net)
+    return {f"base_model.model.{k}": v.detach().contiguous() for k, v in state.items()}
+
+
+def save_lora(denoiser: Denoiser, directory: str | Path) -> Path:
+    """Write the adapter as peft does: adapter_model.safetensors + adapter_config.json."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(lora_state_dict(denoiser), str(directory / LORA_WEIGHTS))
+    config = denoiser.lora_config.to_dict()
+    config["target_modules"] = sorted(config["target_modules"])
+    (directory / LORA_CONFIG).write_text(json.dumps(config, indent=2, default=str))
+    return directory
+
+
+def load_lora(denoiser: Denoiser, directory: str | Path) -> Denoiser:
+    """Inject and load an adapter written by :func:`save_lora` (or by peft itself)."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    try:
+        config = LoraConfig(**{k: v for k, v in json.loads((directory / LORA_CONFIG).read_text()).items()
+                               if k in LoraConfig.__dataclass_fields__})
+        state = load_file(str(directory / LORA_WEIGHTS))
+    except (OSError, ValueError, TypeError, SafetensorError) as exc:
+        raise UserError(f"cannot read the LoRA adapter in {directory}: {exc}; re-save it") from exc
+    if not has_lora(denoiser):
+        denoiser.requires_grad_(False)
+        inject_adapter_in_model(config, denoiser.net)
+        denoiser.lora_config = config
+    state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
+    result = set_peft_model_state_dict(denoiser.net, state)
+    if getattr(result, "unexpected_keys", None):
+        raise UserError(f"the LoRA adapter in {directory} is for another model "
+                        f"(unexpected '{result.unexpected_keys[0]}')")
+    return denoiser
+
+
+def save_lora_for_pipeline(denoiser: Denoiser, directory: str | Path) -> Path:
+    """Write the UNet adapter the way diffusers' ``pipeline.load_lora_weights`` reads it."""
+    from diffusers import StableDiffusionPipeline
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(denoiser.net)
+    # The adapter's config travels as metadata so the loader uses the same alpha / r scale.
+    metadata = denoiser.lora_config.to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])
+    StableDiffusionPipeline.save_lora_weights(save_directory=str(directory), unet_lora_layers=state,
+                                              safe_serialization=True, unet_lora_adapter_metadata=metadata)
+    return Path(directory)
+

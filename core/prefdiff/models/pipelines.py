@@ -1,0 +1,172 @@
+"""A user's local diffusers pipeline folder, loaded through the same seam as the fields' models.
+
+``load_pipeline(DIR)`` opens a Stable Diffusion 1.x/2.x or SDXL folder (the
+layout ``save_pretrained`` writes and the Hub's snapshots have) with
+``from_pretrained`` and safetensors, never downloading anything, and returns a
+:class:`~prefdiff.models.Denoiser` whose condition encoder is the frozen
+:class:`~prefdiff.models.text.PromptEncoder`, whose codec is the frozen VAE
+and whose prediction type is the scheduler's (epsilon or v-prediction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from prefdiff.errors import UserError
+from prefdiff.models.codec import VaeCodec
+from prefdiff.models.denoiser import Denoiser
+from prefdiff.models.presets import ModelPreset
+
+INDEX = "model_index.json"
+
+#: pipeline class -> the components prefdiff needs from its folder.
+LAYOUTS = {
+    "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                                  "scheduler"),
+}
+
+
+@contextlib.contextmanager
+def quiet_hub() -> Iterator[None]:
+    """No progress bars or info lines from transformers and diffusers while loading or saving."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = transformers_logging.get_verbosity(), diffusers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(levels[0])
+        diffusers_logging.set_verbosity(levels[1])
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+def is_pipeline_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a diffusers pipeline (a ``model_index.json``)."""
+    return (Path(path) / INDEX).is_file()
+
+
+def pipeline_layout(path: str | Path) -> str:
+    """The pipeline class of a folder, checked against what prefdiff needs; one clear error otherwise."""
+    path = Path(path)
+    if not is_pipeline_folder(path):
+        raise UserError(f"{path} is not a diffusers pipeline folder (no {INDEX}); pass the folder that "
+                        f"`save_pretrained` wrote, the one holding {INDEX}")
+    try:
+        index = json.loads((path / INDEX).read_text())
+        name = index["_class_name"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path / INDEX} is malformed ({type(exc).__name__}: {exc}); re-save the pipeline") from None
+    if name not in LAYOUTS:
+        raise UserError(f"{path} holds a {name}; prefdiff loads {', '.join(LAYOUTS)} folders")
+    for part in LAYOUTS[name]:
+        if index.get(part) in (None, [None, None]) or not (path / part).is_dir():
+            raise UserError(f"pipeline folder {path} has no {part}/ ({name} needs "
+                            f"{', '.join(LAYOUTS[name])}); copy the whole pipeline, not only some of its parts")
+    return name
+
+
+def load_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.dtype | None = None) -> Denoiser:
+    """The pipeline at ``path`` as a :class:`Denoiser` (its UNet trains; VAE and text encoders are frozen).
+
+    :param negative_prompt: the unconditional prompt of classifier-free guidance.
+    :param dtype: load the weights in this dtype (default float32).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from prefdiff.models.text import PromptEncoder
+
+    path = Path(path)
+    layout = pipeline_layout(path)
+    sdxl = layout == "StableDiffusionXLPipeline"
+    options = {"use_safetensors": True, "local_files_only": True, **({"torch_dtype": dtype} if dtype else {})}
+    try:
+        with quiet_hub():
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **options)
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **options)
+            tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)]
+            encoders = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **options)]
+            if sdxl:
+                tokenizers.append(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True))
+                encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **options))
+    except (OSError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise UserError(f"cannot load the pipeline in {path}: {first}; the folder must hold safetensors "
+                        f"weights and configs as `save_pretrained` writes them") from None
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    image_size = unet.config.sample_size * vae_scale
+    conditioner = PromptEncoder(tokenizers, encoders, image_size=image_size, negative_prompt=negative_prompt)
+    cfg = unet.config
+    preset = ModelPreset(kind="unet2d_condition", sample_size=cfg.sample_size, channels=cfg.in_channels,
+                         conditioning="text", cross_attention_dim=cfg.cross_attention_dim,
+                         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+                         norm_num_groups=cfg.norm_num_groups)
+    scheduler = load_pipeline_scheduler(path)
+    denoiser = Denoiser(unet, preset, conditioner, codec=VaeCodec(vae),
+                        prediction_type=scheduler.config.prediction_type)
+    denoiser.pipeline_class = layout
+    return denoiser
+
+
+def load_pipeline_scheduler(path: str | Path):
+    """The pipeline's noise schedule as a ``DDIMScheduler`` (whatever scheduler class it was saved with)."""
+    from diffusers import DDIMScheduler
+
+    config = DDIMScheduler.load_config(Path(path), subfolder="scheduler", local_files_only=True)
+    scheduler = DDIMScheduler.from_config(config)
+    if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+        raise UserError(f"the scheduler of {path} predicts '{scheduler.config.prediction_type}'; "
+                        f"Stable Diffusion pipelines predict epsilon or v_prediction")
+    return scheduler
+
+
+def save_pipeline(denoiser: Denoiser, scheduler, directory: str | Path) -> Path:
+    """Write a text-to-image :class:`Denoiser` as a diffusers pipeline folder (its base, without LoRA)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from prefdiff.models.lora import has_lora
+
+    if has_lora(denoiser):
+        raise ValueError("save the base pipeline before adding LoRA; write the adapter with save_lora_for_pipeline")
+    encoder = denoiser.conditioner
+    parts = {"unet": denoiser.net, "vae": denoiser.codec.vae, "scheduler": scheduler,
+             "text_encoder": encoder.text_encoders[0], "tokenizer": encoder.tokenizers[0]}
+    if getattr(denoiser, "pipeline_class", "StableDiffusionPipeline") == "StableDiffusionXLPipeline":
+        pipe = StableDiffusionXLPipeline(**parts, text_encoder_2=encoder.text_encoders[1],
+                                         tokenizer_2=encoder.tokenizers[1])
+    else:
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    with quiet_hub():
+        pipe.save_pretrained(directory, safe_serialization=True)
+    return Path(directory)
+
+
+def load_pipeline_unet(pipeline_dir: str | Path, conditioning: str = "cross_attention") -> Denoiser:
+    """Only the UNet of a local Stable Diffusion pipeline folder, conditioned on ready embeddings."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(pipeline_dir)
+    if not (path / "unet").is_dir():
+        raise UserError(f"{path} is not a Stable Diffusion pipeline folder (no unet/); "
+                        f"pass the folder that holds model_index.json")
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", use_safetensors=True)
+    cfg = unet.config
+    preset = ModelPreset(kind="unet2d_condition", sample_size=cfg.sample_size,
+                         channels=cfg.in_channels, conditioning=conditioning,
+                         cross_attention_dim=cfg.cross_attention_dim,
+                         block_out_channels=tuple(cfg.block_out_channels),
+                         layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups)
+    return Denoiser(unet, preset)

@@ -1,0 +1,211 @@
+"""Latent Stable Diffusion pipelines through the model seam, against diffusers' own pipelines."""
+
+import math
+
+import pytest
+import torch
+
+from prefdiff.errors import UserError
+from prefdiff.models import add_lora, load_model, save_lora_for_pipeline
+from prefdiff.sampling import sample
+from prefdiff.schedulers import load_scheduler
+from prefdiff.testing import tiny_pipeline
+
+PROMPTS = ["two red circles left of a blue square", "a green triangle"]
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    return tiny_pipeline(tmp_path_factory.mktemp("sd") / "pipe")
+
+
+@pytest.fixture(scope="module")
+def sd_v(tmp_path_factory):
+    return tiny_pipeline(tmp_path_factory.mktemp("sdv") / "pipe", prediction_type="v_prediction", seed=1)
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    return tiny_pipeline(tmp_path_factory.mktemp("sdxl") / "pipe", sdxl=True, seed=2)
+
+
+def diffusers_latents(folder, denoiser, prompts, latents, *, steps, guidance, lora=None):
+    """What diffusers' own pipeline samples from the same prompt embeddings and initial latents."""
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(lora)
+    encoded = denoiser.conditioner(prompts)
+    negative = denoiser.conditioner(denoiser.null_condition(prompts))
+    kwargs = {"prompt_embeds": encoded["encoder_hidden_states"],
+              "negative_prompt_embeds": negative["encoder_hidden_states"]}
+    if "added_cond_kwargs" in encoded:
+        kwargs.update(pooled_prompt_embeds=encoded["added_cond_kwargs"]["text_embeds"],
+                      negative_pooled_prompt_embeds=negative["added_cond_kwargs"]["text_embeds"])
+    with torch.no_grad():
+        return pipe(**kwargs, latents=latents.clone(), num_inference_steps=steps, guidance_scale=guidance, eta=0.0,
+                    output_type="latent").images
+
+
+@pytest.mark.parametrize("which, guidance", [("sd", 1.0), ("sd", 3.0), ("sd_v", 3.0), ("sdxl", 3.0)])
+def test_ddim_at_eta_0_equals_the_diffusers_pipeline(which, guidance, request):
+    folder = request.getfixturevalue(which)
+    denoiser, scheduler = load_model(folder), load_scheduler(folder)
+    latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
+    uncond = denoiser.null_condition(PROMPTS) if guidance != 1 else None
+    with torch.no_grad():
+        ours = sample(denoiser, scheduler, latents, PROMPTS, num_steps=4, eta=0.0, guidance_scale=guidance,
+                      uncond=uncond).samples
+    theirs = diffusers_latents(folder, denoiser, PROMPTS, latents, steps=4, guidance=guidance)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_the_pipeline_loads_through_the_seam(sd, sdxl):
+    denoiser = load_model(sd)
+    assert denoiser.sample_shape == (4, 8, 8) and denoiser.prediction_type == "epsilon"
+    assert denoiser.frozen_parts() == ["codec", "conditioner"]
+    assert not any(p.requires_grad for p in denoiser.codec.parameters())
+    assert not any(p.requires_grad for p in denoiser.conditioner.parameters())
+    images = denoiser.decode(torch.zeros(2, 4, 8, 8))
+    assert images.shape == (2, 3, 16, 16)
+    # The codec encodes an image once, however often it is asked.
+    calls = []
+    denoiser.codec.vae.encoder.register_forward_hook(lambda *a: calls.append(1))
+    first = denoiser.encode(images)
+    torch.testing.assert_close(denoiser.encode(images), first)
+    assert len(calls) == 1
+    xl = load_model(sdxl)
+    assert xl.conditioner.is_sdxl and xl.conditioner(["a"])["added_cond_kwargs"]["time_ids"].tolist() == [
+        [16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]
+    assert load_model(sd).prediction_type == "epsilon" and load_scheduler(sd).config.prediction_type == "epsilon"
+
+
+def test_prompt_embeddings_are_computed_once_per_prompt(sd):
+    encoder = load_model(sd).conditioner
+    calls = []
+    encoder.text_encoders[0].register_forward_hook(lambda *a: calls.append(1))
+    encoder(["a cat", "a dog", "a cat"])
+    encoder(["a dog"])
+    assert len(calls) == 2
+
+
+def test_a_too_long_prompt_is_truncated_with_a_warning(sd, caplog):
+    encoder = load_model(sd).conditioner
+    long = "a red circle " * 20
+    with caplog.at_level("WARNING", logger="prefdiff"):
+        out = encoder([long])["encoder_hidden_states"]
+    assert out.shape == (1, 32, 32)
+    assert "longer than the tokenizer's limit of 32 tokens" in caplog.text
+
+
+def test_lora_goes_on_the_attention_projections(sd):
+    denoiser = add_lora(load_model(sd))
+    targets = set(denoiser.lora_config.target_modules)
+    assert targets and all(t.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or t.endswith("to_out.0")
+                           for t in targets)
+
+
+def test_exported_lora_reproduces_our_samples_in_diffusers(sd, tmp_path):
+    denoiser, scheduler = load_model(sd), load_scheduler(sd)
+    add_lora(denoiser)
+    with torch.no_grad():  # a trained adapter: any non-zero update
+        for name, p in denoiser.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    save_lora_for_pipeline(denoiser, tmp_path / "lora")
+    latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = sample(denoiser, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples
+        base = load_model(sd)
+        plain = sample(base, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples
+    assert not torch.allclose(ours, plain, atol=1e-4)
+    theirs = diffusers_latents(sd, base, PROMPTS, latents, steps=4, guidance=1.0, lora=tmp_path / "lora")
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_bad_folders_get_one_clear_error(sd, tmp_path):
+    import shutil
+
+    with pytest.raises(UserError, match="is not a prefdiff model folder .* nor a diffusers pipeline"):
+        load_model(tmp_path)
+    broken = tmp_path / "no-text-encoder"
+    shutil.copytree(sd, broken)
+    shutil.rmtree(broken / "text_encoder")
+    with pytest.raises(UserError, match="has no text_encoder/ .StableDiffusionPipeline needs unet, vae, text_encoder"):
+        load_model(broken)
+
+
+def test_v_prediction_targets_and_noise_agree(sd_v):
+    from prefdiff.sampling import to_epsilon, training_target
+
+    scheduler = load_scheduler(sd_v)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 500, 990])
+    x_t = scheduler.add_noise(x0, noise, t)
+    v = training_target(scheduler, x0, noise, t)
+    torch.testing.assert_close(v, scheduler.get_velocity(x0, noise, t))
+    torch.testing.assert_close(to_epsilon(scheduler, v, x_t, t), noise, atol=1e-5, rtol=1e-4)
+
+
+def test_diffusion_dpo_loss_is_ln2_with_a_fresh_adapter(sd):
+    from prefdiff.trainers import PairModule
+
+    module = PairModule(base=str(sd), lora_rank=4, num_steps=4)
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    loss = module.training_step({"x_w": images[:2], "x_l": images[2:], "cond": PROMPTS}, 0)
+    assert float(loss) == pytest.approx(math.log(2), abs=1e-6)
+
+
+class Captions(torch.utils.data.Dataset):
+    """Prompts with images, pairs or rewards: whatever a method's training data asks for."""
+
+    def __init__(self, kind, n=4):
+        from prefdiff.trainers import TrainingData
+
+        g = torch.Generator().manual_seed(0)
+        self.items = []
+        for i in range(n):
+            item = {"cond": PROMPTS[i % 2], "x0": torch.rand(3, 16, 16, generator=g) * 2 - 1}
+            if kind is TrainingData.PAIRS:
+                item.update(x_w=torch.rand(3, 16, 16, generator=g) * 2 - 1, x_l=torch.zeros(3, 16, 16))
+            if kind is TrainingData.SCORED_SAMPLES:
+                item["reward"] = torch.tensor(float(i))
+            self.items.append(item)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("sft", {}), ("rwr", {}), ("dpo", {}), ("kto", {}), ("d3po", {}), ("ddpo", {"samples_per_condition": 2}),
+    ("dpok", {"samples_per_condition": 2, "kl_coef": 0.1}), ("grpo", {"samples_per_condition": 2}),
+    ("draft", {"reward": "smoothness", "k": 2, "drift_coef": 0.1}), ("alignprop", {"reward": "smoothness", "k": 2}),
+    ("refl", {"reward": "smoothness"}),
+])
+def test_every_method_takes_a_step_on_a_pipeline(sd, method, extra):
+    import pytorch_lightning as pl
+
+    from prefdiff.datamodule import PrefDataModule
+    from prefdiff.quiet import quiet_trainer
+    from prefdiff.trainers import METHODS
+
+    cls, fixed = METHODS[method]
+    options = {"num_steps": 3, "lr": 1e-2, "guidance_scale": 2.0, **fixed, **extra}
+    if cls.uses_reward(**fixed):
+        options.setdefault("reward", "jpeg_compressibility")
+    module = cls(base=str(sd), lora_rank=4, **options)
+    before = {n: p.detach().clone() for n, p in module.denoiser.named_parameters() if "lora_B" in n}
+    pl.seed_everything(0, verbose=False)
+    data = PrefDataModule.from_datasets(Captions(cls.training_data(**fixed)), batch_size=2)
+    quiet_trainer(1).fit(module, datamodule=data)
+    changed = [n for n, p in module.denoiser.named_parameters() if n in before and not torch.equal(before[n], p)]
+    assert changed, f"{method} took no step"
+    frozen = [n for n, p in module.denoiser.named_parameters() if n.startswith(("codec.", "conditioner."))]
+    assert frozen and not any(p.requires_grad for n, p in module.denoiser.named_parameters() if n in frozen)
