@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -10,14 +12,19 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from prefdiff.data import EpochSampler, PairDataset, collate
 from prefdiff.errors import UserError
 from prefdiff.plugins import get_manager
+from prefdiff.textdata import PickAPicPairs
 
 
 class PrefDataModule(pl.LightningDataModule):
-    """Conditions (and SFT targets) from a registered dataset, or pairs from a pair file.
+    """Conditions (and SFT targets) from a registered dataset, or pairs from a pair file or folder.
 
     :param dataset: registered dataset name (`prefdiff plugins` lists them).
     :param dataset_options: keyword options for its factory (``root``, ``size``, ...).
-    :param pairs: a JSONL pair file; trains pair objectives (dpo, kto) on it.
+    :param pairs: a JSONL pair file, or a folder of Pick-a-Pic parquet shards;
+        trains pair objectives (dpo, kto) on it.
+    :param pairs_options: keyword options for the Pick-a-Pic reader
+        (:class:`prefdiff.textdata.PickAPicPairs`: ``resolution``, ``size``,
+        ``split``, ``cache_dir``).
     :param batch_size: items per batch and process.
     :param val_size: validation items scored each validation run (0: none).
     :param seed: seeds the shuffle.
@@ -25,14 +32,16 @@ class PrefDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, dataset: str | None = None, dataset_options: dict | None = None,
-                 pairs: str | None = None, batch_size: int = 16, val_size: int = 16,
-                 seed: int = 0, num_workers: int = 0) -> None:
+                 pairs: str | None = None, pairs_options: dict | None = None, batch_size: int = 16,
+                 val_size: int = 16, seed: int = 0, num_workers: int = 0) -> None:
         super().__init__()
         if dataset is None and pairs is None:
-            raise UserError("give --data.dataset (a registered dataset) or --data.pairs (a pair file)")
+            raise UserError("give --data.dataset (a registered dataset) or --data.pairs (a pair file or a "
+                            "folder of Pick-a-Pic parquet shards)")
         if batch_size < 1:
             raise UserError(f"--data.batch_size must be >= 1, got {batch_size}")
         self.dataset_name, self.options, self.pairs = dataset, dict(dataset_options or {}), pairs
+        self.pairs_options = dict(pairs_options or {})
         self.batch_size, self.val_size, self.seed, self.num_workers = batch_size, val_size, seed, num_workers
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -48,7 +57,7 @@ class PrefDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         manager = get_manager()
-        self.train_set = (PairDataset(self.pairs) if self.pairs
+        self.train_set = (self._pair_dataset() if self.pairs
                           else manager.dataset(self.dataset_name, split="train", **self.options))
         if len(self.train_set) == 0:
             raise UserError(f"the training data ({self.pairs or self.dataset_name}) is empty; "
@@ -56,6 +65,21 @@ class PrefDataModule(pl.LightningDataModule):
         if self.dataset_name and self.val_size > 0:
             val = manager.dataset(self.dataset_name, split="val", **self.options)
             self.val_set = Subset(val, range(min(self.val_size, len(val))))
+
+    def _pair_dataset(self) -> Dataset:
+        """The pairs: a folder is read as Pick-a-Pic parquet shards, a file as prefdiff's JSONL pair file."""
+        if not Path(self.pairs).is_dir():
+            if self.pairs_options:
+                raise UserError(f"--data.pairs_options applies to a folder of Pick-a-Pic parquet shards; "
+                                f"{self.pairs} is a pair file, so drop the options")
+            return PairDataset(self.pairs)
+        options = {"split": "train", **self.pairs_options}
+        try:
+            inspect.signature(PickAPicPairs).bind(self.pairs, **options)
+        except TypeError as exc:
+            raise UserError(f"--data.pairs_options {sorted(self.pairs_options)} do not fit the Pick-a-Pic "
+                            f"reader ({exc}); it takes resolution, size, split and cache_dir") from None
+        return PickAPicPairs(self.pairs, **options)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

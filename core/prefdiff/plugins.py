@@ -27,7 +27,8 @@ KINDS = ("datasets", "conditioners", "rewards", "benchmarks", "commands")
 """What plugins register; commands are kept per plugin (``prefdiff PLUGIN COMMAND``)."""
 
 #: The core's own generic pieces, loaded like any plugin (pytest's default_plugins).
-DEFAULT_PLUGINS = {"example": "prefdiff.builtin.example", "feedback": "prefdiff.builtin.feedback"}
+DEFAULT_PLUGINS = {"example": "prefdiff.builtin.example", "feedback": "prefdiff.builtin.feedback",
+                   "text": "prefdiff.builtin.text"}
 
 
 @dataclass

@@ -31,6 +31,8 @@ class Recipe:
     domain: str
     dataset: str
     model: dict
+    """A model preset (:class:`prefdiff.models.ModelPreset` fields), or ``{"pipeline": DIR}``:
+    a diffusers pipeline folder whose UNet pretraining starts from (text-to-image fields)."""
     reward: str
     judge: str
     dataset_options: dict = field(default_factory=dict)

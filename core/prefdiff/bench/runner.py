@@ -122,7 +122,8 @@ class Benchmark:
         # Seed before the network is built: its initial weights come from the seed, not
         # from whatever the recipe's prepare step left in the global generator.
         _seed(self.seed)
-        module = SFTModule(model=r.model, lora_rank=0, lr=1e-3, **self.module_options())
+        start_from = {"base": r.model["pipeline"]} if "pipeline" in r.model else {"model": r.model}
+        module = SFTModule(**start_from, lora_rank=0, lr=1e-3, **self.module_options())
         data = PrefDataModule.from_datasets(self.dataset("train", r.train_size),
                                             batch_size=r.pretrain_batch, seed=self.seed)
         start = time.perf_counter()
@@ -216,7 +217,8 @@ class Benchmark:
 
         curve_base = curve_score(base)
         torch.manual_seed(self.seed)
-        untrained = build_denoiser(r.model, cond_module)
+        # A pipeline recipe's untrained model is its initial pipeline (trained VAE, random UNet).
+        untrained = load_model(r.model["pipeline"]) if "pipeline" in r.model else build_denoiser(r.model, cond_module)
         untrained_scores, _ = self.score(self.judge, self.generate(untrained, scheduler, cond, noise), cond)
         results: dict[str, Any] = {
             "domain": r.domain, "reward": r.reward, "judge": r.judge, "quick": self.quick,

@@ -40,9 +40,15 @@ class ModelPreset:
     """Add self-attention at the lowest resolution (unet2d)."""
     norm_num_groups: int = 8
     """Group-norm groups; must divide every entry of block_out_channels."""
+    prediction_type: str = "epsilon"
+    """What the network predicts: ``epsilon`` (a DDIM model) or ``flow``, the velocity of a
+    flow-matching model (Lipman et al. 2023), sampled by the Euler ODE or Flow-GRPO's SDE."""
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(self.block_out_channels)
+        if self.prediction_type not in ("epsilon", "v_prediction", "flow"):
+            raise UserError(f"--model.prediction_type must be epsilon, v_prediction or flow, "
+                            f"got '{self.prediction_type}'")
         if self.kind not in KINDS:
             raise UserError(f"--model.kind must be one of {', '.join(KINDS)}, got '{self.kind}'")
         if self.conditioning not in CONDITIONINGS:
@@ -63,14 +69,15 @@ def build_denoiser(preset: ModelPreset | dict, conditioner: nn.Module | None = N
                    net: nn.Module | None = None) -> Denoiser:
     """Build a fresh denoiser for ``preset``; pass ``net`` to hand in a ready network (MONAI)."""
     preset = preset if isinstance(preset, ModelPreset) else ModelPreset(**preset)
+    kind = preset.prediction_type
     if net is not None:
-        return Denoiser(net, preset, conditioner)
+        return Denoiser(net, preset, conditioner, prediction_type=kind)
     builder = {"unet2d": _unet2d, "unet2d_condition": _unet2d_condition,
                "unet1d": _unet1d, "monai": _monai}[preset.kind]
     built = builder(preset)
     if isinstance(built, tuple):
-        return Denoiser(built[0], preset, conditioner, controlnet=built[1])
-    return Denoiser(built, preset, conditioner)
+        return Denoiser(built[0], preset, conditioner, controlnet=built[1], prediction_type=kind)
+    return Denoiser(built, preset, conditioner, prediction_type=kind)
 
 
 def _unet2d(p: ModelPreset) -> nn.Module:

@@ -14,7 +14,7 @@ from prefdiff.data import condition_count
 from prefdiff.errors import UserError
 from prefdiff.models import LoraOptions, ModelPreset, add_lora, build_denoiser, load_model
 from prefdiff.plugins import get_manager
-from prefdiff.sampling import sample, training_target
+from prefdiff.sampling import SDE_KINDS, is_flow, noised, sample, training_target
 from prefdiff.schedulers import build_scheduler, load_scheduler
 
 
@@ -47,13 +47,18 @@ class AlignmentModule(pl.LightningModule):
     :param lora_alpha: LoRA scale numerator (default: the rank).
     :param reward: registered reward name or weighted sum ``"0.7*a + 0.3*b"``.
     :param reward_options: keyword options for the reward factory.
-    :param num_steps: DDIM steps for sampling.
-    :param eta: DDIM eta; 1 makes every step stochastic (needed for log-probs).
+    :param num_steps: sampling steps (DDIM, or flow matching's Euler steps).
+    :param eta: stochasticity of sampling, in [0, 1]: DDIM's eta, or for a flow-matching
+        model the SDE noise level ``a`` (Flow-GRPO); > 0 is needed for log-probs.
+    :param sde: flow matching only: ``sde`` (Flow-GRPO's SDE) or ``cps`` (coefficients-preserving).
+    :param sde_window: flow matching only: ``[first, end)``, the sampling steps that are stochastic
+        (Flow-GRPO-Fast, MixGRPO); the others take ODE steps and are not trained.
     :param guidance_scale: classifier-free guidance weight; 1 turns it off.
     :param lr: AdamW learning rate.
     :param max_grad_norm: gradient clipping norm; 0 turns it off.
     :param seed: seeds every random draw the module makes.
-    :param scheduler: DDIMScheduler options for a fresh model.
+    :param scheduler: scheduler options for a fresh model (DDIMScheduler's, or num_train_timesteps
+        and shift for flow matching).
     """
 
     def __init__(self, model: dict | None = None, base: str | None = None,
@@ -62,7 +67,8 @@ class AlignmentModule(pl.LightningModule):
                  reward: str | None = None, reward_options: dict | None = None,
                  num_steps: int = 20, eta: float = 1.0, guidance_scale: float = 1.0,
                  lr: float = 1e-4, max_grad_norm: float = 1.0, seed: int = 0,
-                 scheduler: dict | None = None) -> None:
+                 scheduler: dict | None = None, sde: str | None = None,
+                 sde_window: list[int] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         if (model is None) == (base is None):
@@ -81,8 +87,11 @@ class AlignmentModule(pl.LightningModule):
             self.denoiser = load_model(base, cond_module)
             self.noise_scheduler = load_scheduler(base)
         else:
-            self.denoiser = build_denoiser(ModelPreset(**model), cond_module)
-            self.noise_scheduler = build_scheduler(scheduler)
+            preset = ModelPreset(**model)
+            self.denoiser = build_denoiser(preset, cond_module)
+            self.noise_scheduler = build_scheduler(scheduler, preset.prediction_type)
+        self.flow = is_flow(self.noise_scheduler)
+        self._check_family(sde, sde_window)
         if lora_rank > 0:
             add_lora(self.denoiser, LoraOptions(r=lora_rank, alpha=lora_alpha or float(lora_rank)))
         self.reward_fn = manager.reward(reward, **(reward_options or {})) if reward else None
@@ -94,6 +103,29 @@ class AlignmentModule(pl.LightningModule):
         """Keys of ``state`` (this module's state dict) that belong to the model's frozen parts."""
         prefixes = tuple(f"denoiser.{part}." for part in self.denoiser.frozen_parts())
         return [k for k in state if prefixes and k.startswith(prefixes)]
+
+    def _check_family(self, sde: str | None, sde_window: list[int] | None) -> None:
+        """The model, its scheduler and the sampling options must be of one family."""
+        if self.flow != (self.denoiser.prediction_type == "flow"):
+            raise UserError(f"the model predicts {self.denoiser.prediction_type} but its scheduler is "
+                            f"{type(self.noise_scheduler).__name__}; a flow model needs a FlowMatchEulerDiscreteScheduler "
+                            f"and an epsilon/v model a DDIM-style one (check the folder's scheduler/)")
+        if not self.flow and (sde is not None or sde_window is not None):
+            raise UserError("--model.sde and --model.sde_window are flow-matching options; this model samples by DDIM")
+        if sde is not None and sde not in SDE_KINDS:
+            raise UserError(f"--model.sde must be one of {', '.join(SDE_KINDS)}, got '{sde}'")
+        if sde_window is not None:
+            first, end = (list(sde_window) + [None, None])[:2]
+            if len(sde_window) != 2 or not 0 <= first < end <= self.hparams.num_steps:
+                raise UserError(f"--model.sde_window must be [first, end] with 0 <= first < end <= num_steps="
+                                f"{self.hparams.num_steps}, got {list(sde_window)}")
+
+    def sampler_options(self) -> dict[str, Any]:
+        """The family's own sampling options (flow matching: the SDE kind and window)."""
+        if not self.flow:
+            return {}
+        window = self.hparams.sde_window
+        return {"sde": self.hparams.sde or "sde", "sde_window": tuple(window) if window else None}
 
     # ------------------------------------------------------ what it needs ----
 
@@ -157,28 +189,60 @@ class AlignmentModule(pl.LightningModule):
 
         return infer_sample_shape(self.denoiser)
 
-    def draw_noise(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn((batch, *self.sample_shape()), generator=generator).to(self.device)
+    def draw_noise(self, batch: int, generator: torch.Generator, group: int = 1) -> torch.Tensor:
+        """Initial noise for ``batch`` samples; with ``group`` > 1 each run of ``group`` consecutive
+        samples (a condition's group) starts from the same noise (an option of Flow-GRPO)."""
+        noise = torch.randn((batch // group, *self.sample_shape()), generator=generator)
+        return noise.repeat_interleave(group, dim=0).to(self.device)
 
-    def run_sampler(self, cond: Any, batch: int, generator: torch.Generator, **kwargs):
-        """Sample from the current policy with the module's DDIM settings."""
+    def run_sampler(self, cond: Any, batch: int, generator: torch.Generator, group: int = 1, **kwargs):
+        """Sample from the current policy with the module's settings (DDIM or flow matching)."""
         hp = self.hparams
         uncond = self.denoiser.null_condition(cond) if hp.guidance_scale != 1.0 else None
         kwargs.setdefault("eta", hp.eta)
-        return sample(self.denoiser, self.noise_scheduler, self.draw_noise(batch, generator), cond,
+        return sample(self.denoiser, self.noise_scheduler, self.draw_noise(batch, generator, group), cond,
                       num_steps=hp.num_steps, guidance_scale=hp.guidance_scale, uncond=uncond,
-                      generator=generator, **kwargs)
+                      generator=generator, **self.sampler_options(), **kwargs)
+
+    def log_prob_options(self, cond: Any) -> dict[str, Any]:
+        """The options under which a stored step's log-prob reproduces the sampler's."""
+        hp = self.hparams
+        uncond = self.denoiser.null_condition(cond) if hp.guidance_scale != 1 else None
+        options = {"eta": hp.eta, "guidance_scale": hp.guidance_scale, "uncond": uncond}
+        if self.flow:
+            options["sde"] = hp.sde or "sde"
+        return options
+
+    def trainable_steps(self, out, fraction: float, generator: torch.Generator) -> list[int]:
+        """A random ``fraction`` (at least one) of the sampling steps that drew noise. A deterministic
+        step (DDIM's last onto alpha 1, an ODE step outside the SDE window) has log-prob 0 and no
+        gradient: training it would only dilute the update."""
+        candidates = out.stochastic.nonzero().flatten()
+        if len(candidates) == 0:
+            raise UserError("no sampling step is stochastic, so there is no log-prob to train; set "
+                            "--model.eta > 0 (and a non-empty --model.sde_window)")
+        count = max(1, int(len(candidates) * fraction))
+        return candidates[torch.randperm(len(candidates), generator=generator)[:count]].tolist()
 
     def add_noise(self, x0: torch.Tensor, generator: torch.Generator):
         """``(x_t, t, target)`` for ``x0`` in the model's space, t uniform over the training
         timesteps; the target is what the network predicts (:func:`~prefdiff.sampling.training_target`).
         The draws are made for the global batch from a rank-free ``generator`` (:meth:`rank_share`)."""
+        t, eps = self.draw_training_noise(x0, generator)
+        return noised(self.noise_scheduler, x0, eps, t), t, training_target(self.noise_scheduler, x0, eps, t)
+
+    def draw_training_noise(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t, eps)`` for a batch ``x0``, drawn for the global batch (DDP-exact) from a rank-free ``generator``:
+        t uniform over the training timesteps (DDIM), or 1000 s with s uniform in [0, 1) (flow matching,
+        Lipman et al. 2023)."""
         n, world = x0.shape[0], self.world_size
-        t = self.rank_share(torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n * world,),
-                                          generator=generator))
-        eps = self.rank_share(torch.randn((n * world, *x0.shape[1:]), generator=generator)).to(x0)
-        t = t.to(x0.device)
-        return self.noise_scheduler.add_noise(x0, eps, t), t, training_target(self.noise_scheduler, x0, eps, t)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        if self.flow:
+            t = torch.rand(n * world, generator=generator) * steps
+        else:
+            t = torch.randint(0, steps, (n * world,), generator=generator)
+        eps = torch.randn((n * world, *x0.shape[1:]), generator=generator)
+        return self.rank_share(t).to(x0.device), self.rank_share(eps).to(x0)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.denoiser.parameters() if p.requires_grad]

@@ -39,7 +39,6 @@ class D3POModule(AlignmentModule):
         n = 2 * condition_count(batch["cond"])
         with torch.no_grad():
             out = self.run_sampler(cond, n, generator, return_trajectory=True)
-        with torch.no_grad():
             scores, _ = self.score(self.denoiser.decode(out.samples), cond)
         pairs = scores.view(-1, 2)
         first_wins = pairs[:, 0] >= pairs[:, 1]
@@ -47,12 +46,10 @@ class D3POModule(AlignmentModule):
         win, lose = torch.where(first_wins, idx, idx + 1), torch.where(first_wins, idx + 1, idx)
         order = torch.cat([win, lose])
         latents, cond_wl = out.latents[order], select(cond, order)
-        steps = len(out.timesteps)
-        chosen = torch.randperm(steps, generator=generator)[:max(1, int(steps * self.hparams.timestep_fraction))]
+        chosen = self.trainable_steps(out, self.hparams.timestep_fraction, generator)
         half = n // 2
-        uncond = self.denoiser.null_condition(cond_wl) if self.hparams.guidance_scale != 1 else None
-        kw = dict(eta=self.hparams.eta, guidance_scale=self.hparams.guidance_scale, uncond=uncond)
-        for j in chosen.tolist():
+        kw = self.log_prob_options(cond_wl)
+        for j in chosen:
             t = out.timesteps[j]
             lp, _, _ = step_log_prob(self.denoiser, self.noise_scheduler, latents[:, j], t,
                                      latents[:, j + 1], cond_wl, **kw)

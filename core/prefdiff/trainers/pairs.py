@@ -10,7 +10,7 @@ from prefdiff.data import concat
 from prefdiff.errors import UserError
 from prefdiff.losses import diffusion_dpo_loss, kto_loss, per_sample_mse
 from prefdiff.models import reference_mode
-from prefdiff.sampling import training_target
+from prefdiff.sampling import noised, training_target
 from prefdiff.trainers.base import AlignmentModule, TrainingData
 
 OBJECTIVES = ("dpo", "kto")
@@ -43,16 +43,13 @@ class PairModule(AlignmentModule):
         # Pairs hold samples (images, trajectories); latent models train on their encodings.
         x_w, x_l, cond = self.denoiser.encode(batch["x_w"]), self.denoiser.encode(batch["x_l"]), batch["cond"]
         n = x_w.shape[0]
-        generator = self.step_generator(per_rank=False)
         # Winner and loser share the timestep and the noise (Wallace et al. 2023, sec. 4), drawn
-        # for the global batch so DDP trains as one process would.
-        world = self.world_size
-        t = self.rank_share(torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n * world,),
-                                          generator=generator))
-        eps = self.rank_share(torch.randn((n * world, *x_w.shape[1:]), generator=generator)).to(x_w)
-        t2, eps2 = torch.cat([t, t]).to(x_w.device), torch.cat([eps, eps])
+        # for the global batch so DDP trains as one process would. In flow form the errors are
+        # those of the velocity (flow Diffusion-DPO).
+        t, eps = self.draw_training_noise(x_w, self.step_generator(per_rank=False))
+        t2, eps2 = torch.cat([t, t]), torch.cat([eps, eps])
         x0 = torch.cat([x_w, x_l])
-        x_t = self.noise_scheduler.add_noise(x0, eps2, t2)
+        x_t = noised(self.noise_scheduler, x0, eps2, t2)
         target = training_target(self.noise_scheduler, x0, eps2, t2)
         cond2 = concat(cond, cond)
         model_err = per_sample_mse(self.denoiser(x_t, t2, cond2), target)

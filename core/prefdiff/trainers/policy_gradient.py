@@ -34,11 +34,17 @@ class PolicyGradientModule(AlignmentModule):
     :param inner_epochs: passes over each sampled batch.
     :param timestep_fraction: fraction of the denoising steps trained per pass.
     :param kl_coef: weight of the per-step KL to the reference (dpok, grpo).
+    :param shared_noise: a condition's samples start from the same initial noise (Flow-GRPO's option).
+
+    On a flow-matching model the steps are Flow-GRPO's SDE steps (``--model.eta`` its noise
+    level; ``--model.sde_window`` limits them), so ``grpo`` is Flow-GRPO (Liu et al. 2025).
+    Only steps that drew noise are trained.
     """
 
     def __init__(self, *args: Any, method: str = "ddpo", samples_per_condition: int = 4,
                  clip_range: float = 1e-4, adv_clip_max: float = 5.0, inner_epochs: int = 1,
-                 timestep_fraction: float = 1.0, kl_coef: float = 0.0, **kwargs: Any) -> None:
+                 timestep_fraction: float = 1.0, kl_coef: float = 0.0, shared_noise: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if method not in VARIANTS:
             raise UserError(f"--model.method must be one of {', '.join(VARIANTS)}, got '{method}'")
@@ -60,16 +66,13 @@ class PolicyGradientModule(AlignmentModule):
         cond = repeat_condition(batch["cond"], k)
         n = k * condition_count(batch["cond"])
         with torch.no_grad():
-            out = self.run_sampler(cond, n, generator, return_trajectory=True)
-        with torch.no_grad():
+            out = self.run_sampler(cond, n, generator, group=k if hp.shared_noise else 1, return_trajectory=True)
             rewards, _ = self.score(self.denoiser.decode(out.samples), cond)
         advantages = self.advantages(rewards.float(), k).clamp(-hp.adv_clip_max, hp.adv_clip_max)
-        steps = len(out.timesteps)
-        uncond = self.denoiser.null_condition(cond) if hp.guidance_scale != 1 else None
-        kw = dict(eta=hp.eta, guidance_scale=hp.guidance_scale, uncond=uncond)
+        kw = self.log_prob_options(cond)
         for _ in range(hp.inner_epochs):
-            chosen = torch.randperm(steps, generator=generator)[:max(1, int(steps * hp.timestep_fraction))]
-            for j in chosen.tolist():
+            chosen = self.trainable_steps(out, hp.timestep_fraction, generator)
+            for j in chosen:
                 t = out.timesteps[j]
                 lp, mean, std = step_log_prob(self.denoiser, self.noise_scheduler, out.latents[:, j], t,
                                               out.latents[:, j + 1], cond, **kw)

@@ -10,7 +10,7 @@ from prefdiff.data import condition_count
 from prefdiff.errors import UserError
 from prefdiff.losses import per_sample_mse, reward_backprop_loss
 from prefdiff.models import reference_mode
-from prefdiff.sampling import predict_noise, predict_x0
+from prefdiff.sampling import predict_noise, predict_sample, predict_velocity
 from prefdiff.trainers.base import AlignmentModule
 
 VARIANTS = ("draft", "alignprop", "refl")
@@ -63,8 +63,7 @@ class RewardBackpropModule(AlignmentModule):
             first = int(steps * (1 - hp.refl_window))
             j = int(torch.randint(min(first, steps - 1), steps, (1,), generator=generator))
             x_t, t = out.latents[:, j], out.timesteps[j]
-            eps = self._eps(x_t, t, cond)
-            x0 = predict_x0(self.noise_scheduler, x_t, eps, t)
+            x0 = self._predict_sample(x_t, t, cond)
         else:
             out = self.run_sampler(cond, n, generator, grad_last_k=hp.k,
                                    truncate_random=hp.method == "alignprop",
@@ -76,16 +75,26 @@ class RewardBackpropModule(AlignmentModule):
         if want_drift:
             x_t, t = out.latents[:, j], out.timesteps[j]
             with torch.no_grad(), reference_mode(self.denoiser):
-                eps_ref = self._eps(x_t, t, cond)
-            drift = per_sample_mse(self._eps(x_t, t, cond), eps_ref)
+                out_ref = self._output(x_t, t, cond)
+            drift = per_sample_mse(self._output(x_t, t, cond), out_ref)
         scores, info = self.score(x0, cond)
         loss, metrics = reward_backprop_loss(scores, drift, hp.drift_coef)
         self.manual_backward(loss)
         self.clip_and_step(optimizer)
         self.log_metrics({**metrics, "reward_queries": self.reward_queries})  # holds train/reward
 
-    def _eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        tt = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+    def _guided(self, t: torch.Tensor, n: int, cond: Any) -> tuple[torch.Tensor, float, Any]:
         guidance = self.hparams.guidance_scale
-        uncond = self.denoiser.null_condition(cond) if guidance != 1 else None
+        return (t.expand(n) if t.ndim == 0 else t), guidance, (self.denoiser.null_condition(cond) if guidance != 1 else None)
+
+    def _output(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The guided prediction the drift penalty compares: the noise (DDIM) or the velocity (flow).
+        Its squared distance to the reference's is, up to a factor, the KL between the two step Gaussians."""
+        tt, guidance, uncond = self._guided(t, x_t.shape[0], cond)
+        if self.flow:
+            return predict_velocity(self.denoiser, x_t, tt, cond, guidance, uncond)
         return predict_noise(self.denoiser, self.noise_scheduler, x_t, tt, cond, guidance, uncond)
+
+    def _predict_sample(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        tt, guidance, uncond = self._guided(t, x_t.shape[0], cond)
+        return predict_sample(self.denoiser, self.noise_scheduler, x_t, tt, cond, guidance, uncond)

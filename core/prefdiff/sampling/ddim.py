@@ -30,46 +30,14 @@ Conventions:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-Model = Callable[[Tensor, Tensor, Any], Tensor]
-
-__all__ = [
-    "SampleOutput",
-    "add_noise",
-    "ddim_step",
-    "ddim_timesteps",
-    "inpaint",
-    "predict_noise",
-    "predict_x0",
-    "sample",
-    "sdedit",
-    "step_log_prob",
-    "to_epsilon",
-    "training_target",
-]
-
-
-@dataclass
-class SampleOutput:
-    """What :func:`sample` returns."""
-
-    samples: Tensor
-    """x_0, ``[B, ...]``; carries the graph of the steps run with grad."""
-    timesteps: Tensor
-    """``[S]`` the timesteps used, in denoising order (high to low)."""
-    latents: Tensor | None
-    """``[B, S+1, ...]`` x_T .. x_0, detached; with ``return_trajectory=True``."""
-    log_probs: Tensor | None
-    """``[B, S]`` log-prob of each transition taken, detached; with ``return_trajectory=True``."""
-    means: Tensor | None = None
-    """``[B, S, ...]`` the mean of each transition, detached; with ``return_trajectory=True``."""
+from prefdiff.sampling.common import (Model, SampleOutput, check_guidance, gaussian_log_prob, num_grad_steps,
+                                      predict_velocity, randn_like)
 
 
 # ------------------------------------------------------------ schedule
@@ -227,60 +195,25 @@ def ddim_step(
     if prev_sample is None:
         if eta > 0:
             if noise is None:
-                noise = _randn(x_t, generator)
+                noise = randn_like(x_t, generator)
             prev_sample = mean + std * noise
         else:
             prev_sample = mean
-    log_prob = _gaussian_log_prob(prev_sample.detach(), mean, std)
+    log_prob = gaussian_log_prob(prev_sample.detach(), mean, std)
     return prev_sample, log_prob, mean, std
-
-
-def _gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """log N(x; mean, std^2) averaged over the non-batch dims; 0 where std == 0."""
-    deterministic = std == 0
-    safe_std = torch.where(deterministic, torch.ones_like(std), std)
-    log_prob = -((x - mean) ** 2) / (2 * safe_std**2) - safe_std.log() - 0.5 * math.log(2 * math.pi)
-    log_prob = torch.where(deterministic, torch.zeros_like(log_prob), log_prob)
-    return log_prob.reshape(x.shape[0], -1).mean(dim=1)
-
-
-def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    # Draw on the generator's device so one CPU seed reproduces the same noise on any device.
-    device = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 def predict_noise(model: Model, scheduler, x: Tensor, t: Tensor, cond: Any, guidance_scale: float = 1.0,
                   uncond: Any = None) -> Tensor:
     """The noise ``model`` predicts at ``(x_t, t)``, guided, whatever its prediction type.
 
-    Classifier-free guidance (Ho & Salimans 2022, eq. 6 with w = guidance_scale - 1) mixes
-    the outputs: out = out(0) + guidance_scale * (out(c) - out(0)); it is linear, so it
+    Classifier-free guidance is linear in the outputs (:func:`predict_velocity`), so it
     commutes with the conversion to noise (:func:`to_epsilon`).
     """
-    if guidance_scale == 1:
-        out = model(x, t, cond)
-    else:
-        if torch.is_tensor(cond) and torch.is_tensor(uncond) and cond.shape == uncond.shape:
-            pair = torch.cat([uncond, cond])
-        elif isinstance(cond, list) and isinstance(uncond, list):
-            pair = [*uncond, *cond]  # prompts: one batch of both
-        else:
-            pair = None
-        if pair is not None:
-            out_uncond, out_cond = model(torch.cat([x, x]), torch.cat([t, t]), pair).chunk(2)
-        else:
-            out_uncond, out_cond = model(x, t, uncond), model(x, t, cond)
-        out = out_uncond + guidance_scale * (out_cond - out_uncond)
-    return to_epsilon(scheduler, out, x, t)
+    return to_epsilon(scheduler, predict_velocity(model, x, t, cond, guidance_scale, uncond), x, t)
 
 
-def _check_guidance(guidance_scale: float, uncond: Any) -> None:
-    if guidance_scale != 1 and uncond is None:
-        raise ValueError(f"guidance_scale={guidance_scale} needs uncond (the unconditional cond)")
-
-
-def step_log_prob(
+def ddim_step_log_prob(
     model: Model,
     scheduler,
     x_t: Tensor,
@@ -306,7 +239,7 @@ def step_log_prob(
 
     Returns ``(log_prob [B], mean, std)`` as :func:`ddim_step`.
     """
-    _check_guidance(guidance_scale, uncond)
+    check_guidance(guidance_scale, uncond)
     t = _batch_timesteps(t, x_t)
     eps = predict_noise(model, scheduler, x_t, t, cond, guidance_scale, uncond)
     _, log_prob, mean, std = ddim_step(scheduler, eps, t, x_t, eta, prev_sample=x_prev, clip_sample=clip_sample)
@@ -316,7 +249,7 @@ def step_log_prob(
 # ---------------------------------------------------------------- loop
 
 
-def sample(
+def sample_ddim(
     model: Model,
     scheduler,
     noise: Tensor,
@@ -370,18 +303,17 @@ def sample(
     transitions, so :func:`step_log_prob` reproduces them.
     """
     _check_scheduler(scheduler)
-    _check_guidance(guidance_scale, uncond)
+    check_guidance(guidance_scale, uncond)
     if (known is None) != (keep_mask is None):
         raise ValueError("known and keep_mask must be given together")
     if not 0 <= start_step < num_steps:
         raise ValueError(f"start_step must be in [0, {num_steps}), got {start_step}")
     timesteps = ddim_timesteps(scheduler, num_steps)[start_step:].to(noise.device)
     step_ratio = _step_ratio(scheduler)
-    num_grad_steps = _num_grad_steps(len(timesteps), grad_last_k, truncate_random, generator)
-    first_grad_step = len(timesteps) - num_grad_steps
+    first_grad_step = len(timesteps) - num_grad_steps(len(timesteps), grad_last_k, truncate_random, generator)
 
     x = noise
-    latents, log_probs, means = [x.detach()], [], []
+    latents, log_probs, means, stochastic = [x.detach()], [], [], []
     for i, t in enumerate(timesteps):
         t_batch = t.expand(x.shape[0])
         with_grad = i >= first_grad_step
@@ -397,137 +329,27 @@ def sample(
             x, log_prob, mean, std = ddim_step(
                 scheduler, eps, t_batch, x, eta, generator=generator, clip_sample=clip_sample
             )
+            stochastic.append(bool((std > 0).all()))
             if known is not None:
                 if i == len(timesteps) - 1:
                     known_now = known
                 else:
-                    known_now = add_noise(scheduler, known, t - step_ratio, _randn(x, generator))
+                    known_now = add_noise(scheduler, known, t - step_ratio, randn_like(x, generator))
                 x = keep_mask * known_now + (1 - keep_mask) * x
-                log_prob = _gaussian_log_prob(x.detach(), mean, std)
+                log_prob = gaussian_log_prob(x.detach(), mean, std)
         if return_trajectory:
             latents.append(x.detach())
             log_probs.append(log_prob.detach())
             means.append(mean.detach())
 
+    noisy = torch.tensor(stochastic, dtype=torch.bool)
     if not return_trajectory:
-        return SampleOutput(samples=x, timesteps=timesteps, latents=None, log_probs=None)
+        return SampleOutput(samples=x, timesteps=timesteps, latents=None, log_probs=None, stochastic=noisy)
     return SampleOutput(
         samples=x,
         timesteps=timesteps,
         latents=torch.stack(latents, dim=1),
         log_probs=torch.stack(log_probs, dim=1),
         means=torch.stack(means, dim=1),
+        stochastic=noisy,
     )
-
-
-def _num_grad_steps(num_steps: int, grad_last_k: int, truncate_random: bool, generator) -> int:
-    if grad_last_k < -1:
-        raise ValueError(f"grad_last_k must be -1 (all steps), 0 (none) or a step count, got {grad_last_k}")
-    k = num_steps if grad_last_k == -1 else min(grad_last_k, num_steps)
-    if truncate_random:
-        if k == 0:
-            raise ValueError("truncate_random=True needs grad_last_k != 0")
-        device = generator.device if generator is not None else "cpu"
-        k = int(torch.randint(1, k + 1, (1,), generator=generator, device=device))
-    return k
-
-
-# ------------------------------------------------------------- editing
-
-
-def _edit_start_step(num_steps: int, strength: float) -> int:
-    """First step of an edit that runs the last ``strength`` fraction of the schedule (at least one step)."""
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    return num_steps - max(1, round(strength * num_steps))
-
-
-def _edit_start(scheduler, x0: Tensor, noise: Tensor, num_steps: int, start_step: int) -> Tensor:
-    # From the first timestep the start is pure noise, so x0 is ignored exactly,
-    # as in unconditional sampling; otherwise noise x0 with q(x_t | x_0) (SDEdit).
-    if start_step == 0:
-        return noise
-    return add_noise(scheduler, x0, ddim_timesteps(scheduler, num_steps)[start_step], noise)
-
-
-def sdedit(
-    model: Model,
-    scheduler,
-    x0: Tensor,
-    cond: Any,
-    strength: float,
-    *,
-    num_steps: int = 20,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    guidance_scale: float = 1.0,
-    uncond: Any = None,
-) -> Tensor:
-    """Edit ``x0`` towards ``cond`` by noising and denoising it (SDEdit, Meng et al. 2022).
-
-    :param x0: the sample to edit, ``[B, ...]``.
-    :param strength: fraction in (0, 1] of the ``num_steps`` schedule to run:
-        the last ``max(1, round(strength * num_steps))`` steps. Small keeps
-        ``x0`` close; 1 starts from pure noise and ignores ``x0``.
-
-    The start noise and any step noise come from ``generator``. Returns the edited x_0.
-    """
-    start_step = _edit_start_step(num_steps, strength)
-    x_t = _edit_start(scheduler, x0, _randn(x0, generator), num_steps, start_step)
-    return sample(
-        model,
-        scheduler,
-        x_t,
-        cond,
-        num_steps=num_steps,
-        eta=eta,
-        guidance_scale=guidance_scale,
-        uncond=uncond,
-        generator=generator,
-        start_step=start_step,
-    ).samples
-
-
-def inpaint(
-    model: Model,
-    scheduler,
-    known: Tensor,
-    keep_mask: Tensor,
-    cond: Any,
-    *,
-    num_steps: int = 20,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    noise: Tensor | None = None,
-    strength: float = 1.0,
-    guidance_scale: float = 1.0,
-    uncond: Any = None,
-) -> Tensor:
-    """Fill in the region where ``keep_mask`` is 0, keeping ``known`` where it is 1.
-
-    :param known: ``[B, ...]``; its kept region is returned exactly.
-    :param keep_mask: 1 = keep, broadcastable to ``known``.
-    :param noise: the start noise; drawn from ``generator`` when None.
-    :param strength: 1 starts from pure noise; below 1 starts from ``known``
-        noised as in :func:`sdedit`, so the filled region stays close to it.
-
-    Uses :func:`sample` with ``known=`` and ``keep_mask=`` (RePaint-style replacement).
-    """
-    start_step = _edit_start_step(num_steps, strength)
-    if noise is None:
-        noise = _randn(known, generator)
-    x_t = _edit_start(scheduler, known, noise, num_steps, start_step)
-    return sample(
-        model,
-        scheduler,
-        x_t,
-        cond,
-        num_steps=num_steps,
-        eta=eta,
-        guidance_scale=guidance_scale,
-        uncond=uncond,
-        generator=generator,
-        known=known,
-        keep_mask=keep_mask,
-        start_step=start_step,
-    ).samples

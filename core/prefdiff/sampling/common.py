@@ -1,0 +1,87 @@
+"""What the DDIM and the flow-matching samplers share: the output, Gaussian step log-probs, noise, guidance."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+Model = Callable[[Tensor, Tensor, Any], Tensor]
+
+
+@dataclass
+class SampleOutput:
+    """What :func:`prefdiff.sampling.sample` returns."""
+
+    samples: Tensor
+    """x_0, ``[B, ...]``; carries the graph of the steps run with grad."""
+    timesteps: Tensor
+    """``[S]`` the timesteps used, in denoising order (high to low)."""
+    latents: Tensor | None
+    """``[B, S+1, ...]`` x_T .. x_0, detached; with ``return_trajectory=True``."""
+    log_probs: Tensor | None
+    """``[B, S]`` log-prob of each transition taken, detached; with ``return_trajectory=True``."""
+    means: Tensor | None = None
+    """``[B, S, ...]`` the mean of each transition, detached; with ``return_trajectory=True``."""
+    stochastic: Tensor | None = None
+    """``[S]`` bool: the steps that drew noise (a log-prob to train); a deterministic step,
+    DDIM's last onto ``final_alpha_cumprod = 1`` or an ODE step, has log-prob 0 and no gradient."""
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """log N(x; mean, std^2) averaged over the non-batch dims; 0 where std == 0."""
+    deterministic = std == 0
+    safe_std = torch.where(deterministic, torch.ones_like(std), std)
+    log_prob = -((x - mean) ** 2) / (2 * safe_std**2) - safe_std.log() - 0.5 * math.log(2 * math.pi)
+    log_prob = torch.where(deterministic, torch.zeros_like(log_prob), log_prob)
+    return log_prob.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def randn_like(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    # Draw on the generator's device so one CPU seed reproduces the same noise on any device.
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def predict_velocity(model: Model, x: Tensor, t: Tensor, cond: Any, guidance_scale: float = 1.0,
+                     uncond: Any = None) -> Tensor:
+    """The model's own output at ``(x_t, t)`` (noise, v, or flow velocity), guided.
+
+    Classifier-free guidance (Ho & Salimans 2022, eq. 6 with w = guidance_scale - 1):
+    out = out(0) + guidance_scale * (out(c) - out(0)).
+    """
+    if guidance_scale == 1:
+        out = model(x, t, cond)
+    else:
+        if torch.is_tensor(cond) and torch.is_tensor(uncond) and cond.shape == uncond.shape:
+            pair = torch.cat([uncond, cond])
+        elif isinstance(cond, list) and isinstance(uncond, list):
+            pair = [*uncond, *cond]  # prompts: one batch of both
+        else:
+            pair = None
+        if pair is not None:
+            out_uncond, out_cond = model(torch.cat([x, x]), torch.cat([t, t]), pair).chunk(2)
+        else:
+            out_uncond, out_cond = model(x, t, uncond), model(x, t, cond)
+        out = out_uncond + guidance_scale * (out_cond - out_uncond)
+    return out
+
+
+def check_guidance(guidance_scale: float, uncond: Any) -> None:
+    if guidance_scale != 1 and uncond is None:
+        raise ValueError(f"guidance_scale={guidance_scale} needs uncond (the unconditional cond)")
+
+
+def num_grad_steps(num_steps: int, grad_last_k: int, truncate_random: bool, generator) -> int:
+    if grad_last_k < -1:
+        raise ValueError(f"grad_last_k must be -1 (all steps), 0 (none) or a step count, got {grad_last_k}")
+    k = num_steps if grad_last_k == -1 else min(grad_last_k, num_steps)
+    if truncate_random:
+        if k == 0:
+            raise ValueError("truncate_random=True needs grad_last_k != 0")
+        device = generator.device if generator is not None else "cpu"
+        k = int(torch.randint(1, k + 1, (1,), generator=generator, device=device))
+    return k

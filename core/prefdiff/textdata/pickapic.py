@@ -1,0 +1,136 @@
+"""Human preference pairs in the Pick-a-Pic v2 layout (Kirstain et al. 2023).
+
+A folder of parquet shards, as the dataset's Hub snapshot holds them
+(``data/train-00000-of-00645-*.parquet``, ``validation-*``, ``test-*``), each
+with the columns
+
+- ``caption``: the prompt;
+- ``jpg_0``, ``jpg_1``: the two images, JPEG bytes;
+- ``label_0``: 1 when image 0 won, 0 when image 1 won, 0.5 for a tie.
+
+Shards are read through the ``datasets`` library, which converts them once
+into memory-mapped Arrow files under its cache folder (as big again as the
+shards; later runs reuse them). Ties are dropped: Diffusion-DPO needs a winner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from prefdiff.errors import UserError
+from prefdiff.textdata.images import check_resolution, read_image
+from prefdiff.textdata.splits import SPLIT_NAMES, check_size, check_split
+
+PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
+LABELS = {1.0: "image 0 won", 0.0: "image 1 won", 0.5: "a tie"}
+
+
+def _split_of(shard: Path) -> str | None:
+    """The split a shard's name declares (``train-00000-of-00645.parquet``), or None."""
+    return next((split for split, names in SPLIT_NAMES.items()
+                 if any(shard.name.startswith(f"{name}-") for name in names)), None)
+
+
+def parquet_shards(folder: str | Path, split: str = "train") -> list[Path]:
+    """The shards of ``split`` in ``folder`` (searched recursively), checked for the Pick-a-Pic columns.
+
+    Shards named by split (``train-*``, ``validation-*``, ``test-*``) are chosen
+    by that prefix; when no shard is, every ``*.parquet`` is training data.
+    """
+    import pyarrow.parquet as pq
+
+    folder, split = Path(folder), check_split(split)
+    shards = sorted(folder.rglob("*.parquet"))
+    if not shards:
+        raise UserError(f"{folder} holds no .parquet files; point it at a folder of Pick-a-Pic shards "
+                        f"(train-*.parquet), or give --data.pairs a JSONL pair file")
+    named = {shard: _split_of(shard) for shard in shards}
+    if any(named.values()):
+        shards = [shard for shard in shards if named[shard] == split]
+        if not shards:
+            found = ", ".join(sorted({s for s in named.values() if s}))
+            raise UserError(f"{folder} has no {split} shards ({' or '.join(SPLIT_NAMES[split])}-*.parquet); "
+                            f"it has {found}")
+    elif split != "train":
+        raise UserError(f"the shards in {folder} are not named by split, so all of them are training data; "
+                        f"name them {SPLIT_NAMES[split][-1]}-*.parquet for a {split} split")
+    for shard in shards:
+        try:
+            names = pq.read_schema(shard).names
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a broken file
+            raise UserError(f"{shard} is not a readable parquet file ({type(exc).__name__}: {exc})") from None
+        missing = [column for column in PICKAPIC_COLUMNS if column not in names]
+        if missing:
+            raise UserError(f"{shard} lacks the column(s) {', '.join(missing)}; Pick-a-Pic shards need "
+                            f"{', '.join(PICKAPIC_COLUMNS)} (it has {', '.join(names) or 'none'})")
+    return shards
+
+
+class PickAPicPairs(Dataset):
+    """Decided Pick-a-Pic pairs as ``{"x_w", "x_l", "cond"}`` items, images in [-1, 1].
+
+    :param path: the folder of parquet shards.
+    :param split: ``train``, ``val`` (or ``validation``) or ``test`` shards.
+    :param size: keep at most this many decided pairs (None: all).
+    :param resolution: images are resized (shorter side) and centre-cropped to this square.
+    :param cache_dir: where ``datasets`` keeps its Arrow copy (default: the
+        prefdiff cache, ``$PREFDIFF_CACHE/datasets``).
+    """
+
+    def __init__(self, path: str | Path, split: str = "train", size: int | None = None,
+                 resolution: int = 512, cache_dir: str | None = None) -> None:
+        import datasets
+
+        from prefdiff.cache import cache_root
+
+        self.folder, self.resolution = Path(path), check_resolution(resolution)
+        self.shards = parquet_shards(self.folder, split)
+        table = datasets.load_dataset(
+            "parquet", data_files=[str(s) for s in self.shards], split="train", columns=list(PICKAPIC_COLUMNS),
+            cache_dir=str(cache_dir or cache_root() / "datasets"))
+        for column in ("jpg_0", "jpg_1"):  # shards written with datasets' Image feature: keep the bytes
+            if isinstance(table.features[column], datasets.Image):
+                table = table.cast_column(column, datasets.Image(decode=False))
+        self.table = table
+        labels = list(table["label_0"])
+        unknown = next((row for row, label in enumerate(labels) if label not in LABELS), None)
+        if unknown is not None:
+            raise UserError(f"{self._where(unknown)} has label_0 {labels[unknown]!r}; Pick-a-Pic labels are "
+                            f"1 (image 0 won), 0 (image 1 won) or 0.5 (a tie)")
+        labels = np.asarray(labels, dtype=float)
+        self.rows = np.flatnonzero(labels != 0.5)[:check_size(size)]
+        if len(self.rows) == 0:
+            raise UserError(f"the {split} shards in {self.folder} hold only ties; Diffusion-DPO needs "
+                            f"decided pairs (label_0 of 1 or 0)")
+        self.first_wins = labels[self.rows] == 1.0
+
+    def _where(self, row: int) -> str:
+        """Row ``row`` of the loaded shards, named by its file (for error messages)."""
+        import pyarrow.parquet as pq
+
+        for shard in self.shards:
+            count = pq.ParquetFile(shard).metadata.num_rows
+            if row < count:
+                return f"row {row} of {shard}"
+            row -= count
+        return f"row {row} past the end of the shards in {self.folder}"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = int(self.rows[index])
+        record = self.table[row]
+        images = []
+        for column in ("jpg_0", "jpg_1"):
+            value = record[column]
+            data = value["bytes"] if isinstance(value, dict) else value  # an Image feature's struct
+            if not isinstance(data, bytes):
+                raise UserError(f"{column} of {self._where(row)} holds no image bytes ({type(data).__name__})")
+            images.append(read_image(data, self.resolution, lambda: f"{column} of {self._where(row)}"))
+        x_w, x_l = images if self.first_wins[index] else images[::-1]
+        return {"x_w": x_w, "x_l": x_l, "cond": record["caption"]}
