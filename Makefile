@@ -4,7 +4,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 PLUGINS := $(wildcard plugins/*/pyproject.toml) $(wildcard docs/examples/*/pyproject.toml)
 STAMP := .venv/.installed
 
-.PHONY: demo test bench bench-quick venv clean
+.PHONY: demo test bench bench-quick mutate venv clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ bench: $(STAMP)
 	for b in $(BENCHMARKS); do .venv/bin/prefdiff bench $$b --out benchmarks/results/$$b || exit 1; done
 	OMP_NUM_THREADS=1 $(PY) -m prefdiff.perf --results benchmarks/results --out benchmarks/results/perf.json
 	$(PY) -m prefdiff.benchdocs benchmarks/results docs/benchmarks.md
+
+# Mutation testing of the maths layer (under an hour on 2 cores; not part of `make test`).
+mutate: $(STAMP)
+	$(PIP) install mutmut==3.8.1
+	$(PY) tools/mutate.py
 
 clean:
 	rm -rf .venv runs

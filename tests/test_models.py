@@ -45,7 +45,9 @@ def test_monai_denoiser():
 
 def test_bad_preset_is_a_user_error():
     with pytest.raises(UserError, match="--model.kind must be one of"):
-        ModelPreset(kind="transformer")
+        ModelPreset(kind="vit")
+    with pytest.raises(UserError, match="a transformer is loaded from its pipeline folder"):
+        build_denoiser(ModelPreset(kind="transformer"))
     with pytest.raises(UserError, match="norm_num_groups=8 must divide"):
         ModelPreset(block_out_channels=(12, 24))
 

@@ -19,6 +19,14 @@ file and skip file of `prefdiff label`, mined pair files):
   :class:`~prefdiff.errors.UserError` naming the file, the line and the fix,
   instead of going on with part of the data.
 
+The same holds beyond JSON Lines, for every file prefdiff writes that a user
+cannot afford to lose (a tensor file of a pair, an exported adapter, a model
+folder, a cache, a checkpoint): one file is written by
+:func:`atomic_write_bytes` (safetensors through ``safetensors.torch.save``,
+torch through a bytes buffer), and a folder of files by
+:func:`replacing_folder`: written whole into a temporary folder beside its
+target, fsynced, and swapped into place in one step.
+
 A failed write (a full disk, say) leaves the file as it was and raises a
 UserError saying so. Appenders of one file exclude each other with ``flock``
 on it; code that rewrites a file while others append must hold a lock of its
@@ -27,15 +35,19 @@ own around both (:class:`prefdiff.feedback.store.LabelStore` does).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import fcntl
 import json
 import os
+import re
 import secrets
+import shutil
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefdiff.errors import UserError
 
@@ -199,14 +211,136 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_failed(path: Path, exc: OSError) -> UserError:
+def _write_failed(path: Path, exc: OSError, what: str = "file") -> UserError:
     """The one-line error for a write that did not happen."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free disk space and retry"
+    elif exc.errno == errno.EFBIG:
+        fix = "free disk space or raise the file size limit (ulimit -f), then retry"
     else:
         fix = "check the folder exists and is writable, then retry"
-    return UserError(f"could not write {path}: {exc.strerror or exc}; the file is as it was before this "
-                     f"write; {fix}")
+    state = ("nothing of it was left behind" if what == "new folder"
+             else f"the {what} is as it was before this write")
+    return UserError(f"could not write {path}: {exc.strerror or exc}; {state}; {fix}")
+
+
+# -------------------------------------------------------------- folders ----
+
+
+@contextlib.contextmanager
+def replacing_folder(target: str | Path, *, markers: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write a folder whole: yields an empty temporary folder beside ``target`` to fill.
+
+    When the block ends without an error every file in the temporary folder is
+    fsynced and the folder takes ``target``'s place in one step (Linux's
+    ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames), so a reader sees
+    the old folder or the new one, never a mix, and a crash at any point
+    leaves ``target`` whole. On an error the temporary folder is removed and
+    ``target`` is untouched; a failed write (a full disk) is one
+    :class:`UserError` naming ``target``.
+
+    Write files in the block with :func:`write_new_file` (or any writer that
+    raises ``OSError``): the block syncs them.
+
+    :param markers: names of files, one of which marks ``target`` as a folder
+        of this kind; a target that holds files but none of these is not
+        replaced (a user's own folder is never deleted) but refused.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target} exists and is not a folder; pass a new folder")
+    if markers and target.is_dir() and any(target.iterdir()) and not any((target / m).exists() for m in markers):
+        raise UserError(f"{target} holds files but none of {', '.join(markers)}; not replacing a folder "
+                        f"prefdiff did not write; pass a new or empty folder")
+    what = "folder" if target.exists() else "new folder"
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    leftover = tmp
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        yield tmp
+        _fsync_tree(tmp)
+        leftover = _swap_into_place(tmp, target)
+        _fsync_folder(target.parent)
+    except Exception as exc:
+        error = write_error(target, exc, what)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def write_error(path: str | Path, exc: BaseException, what: str = "file") -> UserError | None:
+    """The one-line :class:`UserError` for a write of ``path`` that failed with ``exc``; None when
+    ``exc`` is not an I/O failure (a bug, which keeps its traceback).
+
+    Besides ``OSError`` this knows the I/O errors libraries wrap in their own types, such as
+    safetensors' ``SafetensorError(... (os error 28))``.
+    """
+    if isinstance(exc, UserError):
+        return exc
+    if not isinstance(exc, OSError):
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        if found is None:
+            return None
+        code = int(found.group(1))
+        exc = OSError(code, os.strerror(code))
+    return _write_failed(Path(path), exc, what)
+
+
+def write_new_file(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a file in a :func:`replacing_folder` block (which syncs it); raises ``OSError``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder``, deepest first."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_folder(Path(root))
+
+
+def _swap_into_place(new: Path, target: Path) -> Path:
+    """Put folder ``new`` at ``target``; returns the path that now holds the old folder (to remove)."""
+    if not target.exists():
+        os.rename(new, target)
+        return new  # nothing is there any more
+    if _exchange(new, target):
+        return new  # ``new`` now names the old folder
+    old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
+    os.rename(target, old)  # a crash here leaves the old folder whole at ``old``
+    os.rename(new, target)
+    return old
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with ``renameat2(RENAME_EXCHANGE)``; False where it is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # an old kernel or a filesystem without it
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 # -------------------------------------------------------------- reading ----

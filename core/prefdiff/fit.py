@@ -4,16 +4,28 @@ Config files follow LightningCLI conventions (``model.class_path`` names a
 trainer, ``model.init_args`` its options, ``data`` the data module,
 ``trainer`` the Lightning Trainer). ``--ckpt_path last`` resumes from the
 newest ``last.ckpt`` under the run's root folder, e.g. after a SIGKILL.
+
+The terminal shows the training progress and prefdiff's own lines; Lightning's
+info lines (seed, accelerators, tips) and Python warnings go to ``fit.log`` in
+the run's root folder. A mistake in the options, prefdiff's or the Trainer's,
+is one line naming the flag; a traceback means a bug.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from prefdiff.errors import UserError
+
+LOG_FILE = "fit.log"
+"""Where Lightning's lines go, in the run's root folder (``--trainer.default_root_dir``)."""
 
 
 def _check_config_files(argv: list[str]) -> None:
@@ -85,11 +97,22 @@ def _user_error_in_chain(exc: BaseException) -> UserError | None:
 
 def fit(argv: list[str]) -> int:
     """Run `prefdiff fit ARGS`; returns the exit code."""
+    from prefdiff.quiet import show_progress_lines
+
+    _check_config_files(argv)
+    show_progress_lines()
+    with contextlib.ExitStack() as chatter:  # entered once the run's root folder is known
+        return _fit(argv, chatter)
+
+
+def _fit(argv: list[str], chatter: contextlib.ExitStack) -> int:
     from jsonargparse import ArgumentError
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.cli import LightningCLI
 
     from prefdiff.datamodule import PrefDataModule
+    from prefdiff.quiet import lightning_chatter_to
     from prefdiff.trainers import AlignmentModule
 
     class PrefdiffCLI(LightningCLI):
@@ -97,7 +120,30 @@ def fit(argv: list[str]) -> int:
             parser.add_argument("--ckpt_path", type=str | None, default=None,
                                 help="checkpoint to resume from; 'last' finds the newest last.ckpt")
 
-    _check_config_files(argv)
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            with warnings.catch_warnings():
+                # prefdiff passes args on purpose: `prefdiff fit` is a subcommand of its own CLI.
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                super().parse_arguments(parser, args)
+            root = Path(self.config.get("trainer.default_root_dir") or os.getcwd())
+            root.mkdir(parents=True, exist_ok=True)
+            chatter.enter_context(lightning_chatter_to(root / LOG_FILE))
+
+        def before_instantiate_classes(self) -> None:
+            _check_trainer_values(self.config)
+            _check_base_exists(self.config, argv)
+
+        def instantiate_trainer(self, **kwargs: Any):
+            kwargs.setdefault("plugins", _with_durable_checkpoints(
+                self._get(self.config_init, "trainer", default={}).get("plugins")))
+            try:
+                return super().instantiate_trainer(**kwargs)
+            except (MisconfigurationException, ValueError, TypeError) as exc:
+                error = _trainer_option_error(exc, self.config, self.parser, instantiating=True)
+                if error is None:
+                    raise
+                raise error from None
+
     try:
         cli = PrefdiffCLI(
             AlignmentModule, PrefDataModule, subclass_mode_model=True, run=False, args=argv,
@@ -118,11 +164,186 @@ def fit(argv: list[str]) -> int:
     ckpt = _resolve_checkpoint(cli.config.get("ckpt_path"), cli.trainer.default_root_dir)
     if ckpt is not None:
         _check_checkpoint(ckpt, cli.model)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    _check_data_fits(cli)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    except MisconfigurationException as exc:  # Lightning checks some options only when fit starts
+        error = _trainer_option_error(exc, cli.config, cli.parser, instantiating=False)
+        if error is None:
+            raise
+        raise error from None
     root = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)  # a collective: every rank asks
     if cli.trainer.global_rank == 0:
         _export(cli, root)
+        print(f"log (with Lightning's lines): {Path(cli.trainer.default_root_dir) / LOG_FILE}")
     return 0
+
+
+# ------------------------------------------------------ Trainer options ----
+
+
+_HINTS = {
+    "manual optimization": "prefdiff's online trainers (ddpo, d3po, draft, ...) step their own optimizer: "
+                           "clip with --model.init_args.max_grad_norm, and raise --data.batch_size instead "
+                           "of accumulating",
+    "clip_gradients(": "prefdiff's trainers clip gradients themselves: set --model.init_args.max_grad_norm instead",
+}
+"""Fixes for the Trainer options that prefdiff's trainers take their own way, by a fragment of Lightning's message."""
+
+_ALIASES = {"Timer(duration": "max_time"}
+"""Lightning messages that name what an option became instead of the option."""
+
+
+def _trainer_option_error(exc: Exception, config, parser, *, instantiating: bool) -> UserError | None:
+    """The one-line error for a Trainer option Lightning rejected, or None for anything else (a bug).
+
+    Only what Lightning's own code raised counts. While the Trainer is built every
+    MisconfigurationException is the user's options, and a ValueError or TypeError is when its
+    message names an option; once fit has started only a message naming an option the user set is.
+    """
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    if not _raised_by_lightning(exc):
+        return None
+    message = " ".join(str(exc).split()).rstrip(".")
+    given = _given_trainer_options(config, parser)
+    name = _named_option(message, given if not instantiating else [*given, *_trainer_parameters()])
+    if name is None and not (instantiating and isinstance(exc, MisconfigurationException)):
+        return None
+    fix = next((hint for fragment, hint in _HINTS.items() if fragment in message), None)
+    if name is None:
+        return UserError(f"the Trainer options are invalid: {message}; {fix or 'change the --trainer option it names'}")
+    fix = fix or f"change --trainer.{name} (on the command line, or trainer.{name} in the config)"
+    return UserError(f"--trainer.{name}: {message}; {fix}")
+
+
+def _raised_by_lightning(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module.startswith(("pytorch_lightning.", "lightning_fabric.", "lightning."))
+
+
+def _trainer_parameters() -> list[str]:
+    import inspect
+
+    from pytorch_lightning import Trainer
+
+    return [name for name in inspect.signature(Trainer.__init__).parameters if name != "self"]
+
+
+def _given_trainer_options(config, parser) -> list[str]:
+    """The Trainer options the command line or a config file set (those that differ from the default)."""
+    defaults = parser.get_defaults()
+    return [name for name in _trainer_parameters()
+            if config.get(f"trainer.{name}") != defaults.get(f"trainer.{name}")]
+
+
+def _named_option(message: str, candidates: list[str]) -> str | None:
+    """The Trainer option ``message`` is about: one written as `` `name` `` or ``name=`` first, then a bare
+    mention; the earliest in the message wins."""
+    for fragment, name in _ALIASES.items():
+        if fragment in message:
+            return name
+    for pattern in (r"(?:`{0}`|(?<![\w.]){0}=)", r"(?<![\w.]){0}(?!\w)"):
+        found = [(m.start(), name) for name in dict.fromkeys(candidates)
+                 for m in [re.search(pattern.format(re.escape(name)), message)] if m]
+        if found:
+            return min(found)[1]
+    return None
+
+
+def _check_trainer_values(config) -> None:
+    """Values Lightning takes but then fails on with a bug's traceback (a division by zero)."""
+    every = config.get("trainer.check_val_every_n_epoch")
+    if every is not None and every < 1:
+        raise UserError(f"--trainer.check_val_every_n_epoch must be >= 1 (or null), got {every}")
+
+
+def _with_durable_checkpoints(plugins: Any) -> list:
+    """The Trainer's plugins, with prefdiff's checkpoint writer unless the user gave a CheckpointIO."""
+    from lightning_fabric.plugins import CheckpointIO, TorchCheckpointIO
+
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if any(isinstance(p, CheckpointIO) for p in plugins):
+        return plugins
+
+    class DurableCheckpointIO(TorchCheckpointIO):
+        """Checkpoints by the rule of :mod:`prefdiff.durable`: a temporary file beside the target, fsynced
+        and renamed over it. Lightning's own writer puts the temporary file in the system's temp folder
+        and moves it: a copy when that is another filesystem (a tmpfs /tmp), which a kill tears, and
+        never fsynced."""
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            import io
+
+            import torch
+
+            from prefdiff.durable import atomic_write_bytes
+
+            if storage_options is not None:
+                return super().save_checkpoint(checkpoint, path, storage_options)  # which refuses them
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, buffer.getvalue())
+
+    return [*plugins, DurableCheckpointIO()]
+
+
+# ---------------------------------------------------------------- data ----
+
+
+def _check_base_exists(config, argv: list[str]) -> None:
+    """A base model that another config writes, and that is not there yet: name that config."""
+    from prefdiff.models import is_model_folder
+
+    base = config.get("model.init_args.base")
+    if not base or is_model_folder(base):
+        return
+    for path in _config_paths(argv):
+        for other in sorted(Path(path).parent.glob("*.y*ml")):
+            if other.resolve() == Path(path).resolve():
+                continue
+            try:
+                root = ((yaml.safe_load(other.read_text()) or {}).get("trainer") or {}).get("default_root_dir")
+            except (yaml.YAMLError, OSError, AttributeError):
+                continue
+            if root and Path(root).resolve() in (Path(base).resolve(), *Path(base).resolve().parents):
+                raise UserError(f"--model.init_args.base {base} is not a model folder yet: {other} writes it "
+                                f"(its trainer.default_root_dir is {root}); run `prefdiff fit --config {other}` "
+                                f"first, or pass --model.init_args.base a model folder")
+
+
+def _config_paths(argv: list[str]) -> list[str]:
+    paths = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            paths.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def _check_data_fits(cli) -> None:
+    """One item of the training data through the model before training: a dataset made for another
+    model is one line naming the dataset, the conditioner and the model, not a traceback mid-step."""
+    from prefdiff.checks import check_conditions_fit
+    from prefdiff.data import collate
+
+    data = cli.datamodule
+    data.setup("fit")
+    if data.train_set is None or len(data.train_set) == 0:
+        return  # the data module says what is wrong when training asks for batches
+    init = cli.config.get("model.init_args")
+    base, preset = init.get("base"), init.get("model")
+    model = f"in {base}" if base else f"preset {dict(preset).get('kind', '?')}"
+    name = f"pair file {data.pairs}" if data.pairs else f"dataset '{data.dataset_name}'"
+    check_conditions_fit(cli.model.denoiser, collate([data.train_set[0]])["cond"], data=name, model=model,
+                         conditioner=init.get("conditioner"),
+                         fix="pass --data.dataset a dataset made for this model, with the "
+                             "--model.init_args.conditioner that turns its conditions into what the model takes")
 
 
 def _export(cli, root: Path) -> None:
@@ -136,6 +357,5 @@ def _export(cli, root: Path) -> None:
             save_lora_for_pipeline(denoiser, root / "lora")
         print(f"LoRA adapter: {root / 'lora'}")
     else:
-        save_model(denoiser, root / "model", cli.model.noise_scheduler)
-        cli.model.noise_scheduler.save_pretrained(root / "model" / "scheduler")
+        save_model(denoiser, root / "model", cli.model.noise_scheduler)  # with scheduler/, in one step
         print(f"model: {root / 'model'}")

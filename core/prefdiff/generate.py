@@ -44,16 +44,12 @@ def _dataset(args: argparse.Namespace):
 
 
 def _fits(denoiser, cond: Any, args: argparse.Namespace) -> None:
-    """One line naming the dataset and the model when the conditions do not fit the model."""
-    from prefdiff.data import select
+    """One line naming the dataset, the conditioner and the model when the conditions do not fit the model."""
+    from prefdiff.checks import check_conditions_fit
 
-    try:
-        denoiser(torch.zeros(1, *denoiser.sample_shape), torch.zeros(1, dtype=torch.long), select(cond, slice(0, 1)))
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        what = f"dataset '{args.dataset}'" if args.dataset else "the prompts"
-        raise UserError(f"the conditions of {what} do not fit the model in {args.model} (conditioner "
-                        f"{args.conditioner or 'none'}): {' '.join(str(exc).split())[:200]}; pass the "
-                        f"dataset and --conditioner the model was trained with") from None
+    check_conditions_fit(denoiser, cond, data=f"dataset '{args.dataset}'" if args.dataset else "the prompts",
+                         model=f"in {args.model}", conditioner=args.conditioner,
+                         fix="pass the dataset and --conditioner the model was trained with")
 
 
 def _write(samples: torch.Tensor, out: Path, name: str) -> None:

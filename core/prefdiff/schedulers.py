@@ -59,9 +59,12 @@ def load_scheduler(model_dir: str | Path):
 
     from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-    from prefdiff.models.pipelines import is_pipeline_folder, load_pipeline_scheduler
+    from prefdiff.models.flow_pipelines import load_flow_scheduler
+    from prefdiff.models.pipelines import FLOW_LAYOUTS, is_pipeline_folder, load_pipeline_scheduler, pipeline_layout
 
     if is_pipeline_folder(model_dir):
+        if pipeline_layout(model_dir) in FLOW_LAYOUTS:  # SD3, FLUX
+            return load_flow_scheduler(model_dir)
         return load_pipeline_scheduler(model_dir)
     path = Path(model_dir) / "scheduler"
     if (path / "scheduler_config.json").is_file():

@@ -177,6 +177,90 @@ def tiny_pipeline(directory, *, sdxl: bool = False, prediction_type: str = "epsi
     return Path(directory)
 
 
+def char_t5_tokenizer(max_length: int = 32):
+    """A T5 tokenizer whose Unigram vocabulary is single characters: a real ``T5TokenizerFast``
+    (tokenizers-backed) built with no download, for SD3 and FLUX pipelines made from configs."""
+    from transformers import T5TokenizerFast
+
+    pieces = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    # T5 keeps pad, eos and unk first; "\u2581" is SentencePiece's word boundary.
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [(c, -3.0) for c in pieces]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
+def _tiny_flow_parts(image_size: int, scaling_factor: float, shift_factor: float, t5_width: int):
+    """The VAE and T5 encoder that the tiny SD3 and FLUX pipelines share (random weights)."""
+    from diffusers import AutoencoderKL
+    from transformers import T5Config, T5EncoderModel
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=8, sample_size=image_size, scaling_factor=scaling_factor,
+                        shift_factor=shift_factor, use_quant_conv=False, use_post_quant_conv=False)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(char_t5_tokenizer()), d_model=t5_width, d_ff=37, d_kv=8,
+                                 num_layers=2, num_heads=4, relative_attention_num_buckets=8))
+    return vae, t5
+
+
+def tiny_sd3_pipeline(directory, *, seed: int = 0, image_size: int = 16, max_length: int = 32, t5: bool = True):
+    """Write a tiny Stable Diffusion 3 pipeline (MMDiT, CLIP-L/G-shaped encoders, T5) with random weights
+    to ``directory``; ``t5=False`` leaves text_encoder_3 out, as SD3 folders may. Returns the folder."""
+    from pathlib import Path
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    text = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                vocab_size=520, max_position_embeddings=max_length, bos_token_id=512, eos_token_id=513,
+                pad_token_id=513, projection_dim=32)
+    vae, encoder_3 = _tiny_flow_parts(image_size, 1.5305, 0.0609, t5_width=64)
+    # joint_attention_dim is T5's width (the CLIP states are padded to it); the pooled
+    # projection is both CLIPs' projections side by side.
+    transformer = SD3Transformer2DModel(sample_size=image_size // 2, patch_size=2, in_channels=4, out_channels=4,
+                                        num_layers=2, attention_head_dim=8, num_attention_heads=4,
+                                        joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer=char_tokenizer(max_length),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer_2=char_tokenizer(max_length),
+        text_encoder_3=encoder_3 if t5 else None, tokenizer_3=char_t5_tokenizer(max_length) if t5 else None)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return Path(directory)
+
+
+def tiny_flux_pipeline(directory, *, seed: int = 0, image_size: int = 16, max_length: int = 32,
+                       guidance_embeds: bool = True):
+    """Write a tiny FLUX pipeline (double- and single-stream blocks, CLIP pooled, T5) with random weights to
+    ``directory``; ``guidance_embeds`` makes it guidance-distilled like FLUX.1-dev. Returns the folder.
+
+    The VAE's ``sample_size`` is the image side prefdiff samples at (1024 in the released folders).
+    """
+    from pathlib import Path
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                vocab_size=520, max_position_embeddings=max_length, bos_token_id=512, eos_token_id=513,
+                pad_token_id=513)
+    vae, encoder_2 = _tiny_flow_parts(image_size, 0.3611, 0.1159, t5_width=32)
+    # 2x2 patches of the 4-channel latent: 16 input channels; the rotary axes add up to the head width.
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=(4, 4, 8))
+    # FLUX.1's schedule: the shift grows with the image's token count.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
+                        text_encoder=CLIPTextModel(CLIPTextConfig(**text)), tokenizer=char_tokenizer(max_length),
+                        text_encoder_2=encoder_2, tokenizer_2=char_t5_tokenizer(max_length))
+    pipe.save_pretrained(directory, safe_serialization=True)
+    return Path(directory)
+
+
 def check_reward(reward: Reward | Any, conditions: Any, samples: torch.Tensor, *,
                  differentiable: bool | None = None, atol: float = 1e-5) -> torch.Tensor:
     """Assert the reward contract on ``samples``; returns the scores.

@@ -26,6 +26,8 @@ Where models come from:
   :class:`ModelPreset` (diffusers and MONAI UNets, 2-D and 1-D);
 - :mod:`~prefdiff.models.pipelines`: a user's local diffusers pipeline folder
   (Stable Diffusion 1.x/2.x, SDXL), loaded with ``from_pretrained``;
+- :mod:`~prefdiff.models.flow_pipelines`: SD3 and FLUX pipeline folders
+  (flow-matching transformers), through the same ``load_model``;
 - :mod:`~prefdiff.models.io`: prefdiff's own model folders (``save_model`` /
   ``load_model``; ``load_model`` also opens a pipeline folder).
 
@@ -41,7 +43,9 @@ from prefdiff.models.lora import (LORA_CONFIG, LORA_WEIGHTS, LoraOptions, add_lo
 from prefdiff.models.pipelines import load_pipeline_unet
 from prefdiff.models.presets import CONDITIONINGS, KINDS, ModelPreset, build_denoiser
 
-__all__ = ["CONDITIONINGS", "KINDS", "LORA_CONFIG", "LORA_WEIGHTS", "MODEL_FILE", "Denoiser", "LoraOptions",
-           "ModelPreset", "add_lora", "build_denoiser", "count_parameters", "is_model_folder", "default_lora_targets", "has_lora",
-           "load_lora", "load_model", "load_pipeline_unet", "lora_state_dict", "reference_mode", "save_lora",
-           "save_lora_for_pipeline", "save_model"]
+__all__ = [
+    "CONDITIONINGS", "Denoiser", "KINDS", "LORA_CONFIG", "LORA_WEIGHTS", "LoraOptions", "MODEL_FILE",
+    "ModelPreset", "add_lora", "build_denoiser", "count_parameters", "default_lora_targets", "has_lora",
+    "is_model_folder", "load_lora", "load_model", "load_pipeline_unet", "lora_state_dict", "reference_mode",
+    "save_lora", "save_lora_for_pipeline", "save_model",
+]

@@ -6,7 +6,7 @@ condition encoder, the codec and the prediction type.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -29,11 +29,14 @@ class Denoiser(nn.Module):
     :param controlnet: optional diffusers ControlNetModel (conditioning 'controlnet').
     :param codec: samples <-> the model's space (default: the identity).
     :param prediction_type: what the network predicts: ``epsilon``, ``v_prediction`` or ``flow``.
+    :param net_call: for a pipeline whose network is not called like a UNet (the SD3 and FLUX
+        transformers): ``net_call(net, x_t, t, kwargs) -> prediction``, with ``kwargs`` the
+        prompt encoder's output (:mod:`prefdiff.models.flow_pipelines`).
     """
 
     def __init__(self, net: nn.Module, preset: ModelPreset, conditioner: nn.Module | None = None,
                  controlnet: nn.Module | None = None, *, codec: nn.Module | None = None,
-                 prediction_type: str = "epsilon") -> None:
+                 prediction_type: str = "epsilon", net_call: Callable[..., torch.Tensor] | None = None) -> None:
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -43,6 +46,7 @@ class Denoiser(nn.Module):
         self.controlnet = controlnet
         self.codec = codec if codec is not None else IdentityCodec()
         self.prediction_type = prediction_type
+        self.net_call = net_call
 
     # -- the seam -------------------------------------------------------------
 
@@ -73,7 +77,10 @@ class Denoiser(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if mode == "text":
-            return self.net(x, t, **self.conditioner(cond, device=x.device, dtype=x.dtype)).sample
+            kwargs = self.conditioner(cond, device=x.device, dtype=x.dtype)
+            if self.net_call is not None:
+                return self.net_call(self.net, x, t, kwargs)
+            return self.net(x, t, **kwargs).sample
         if self.conditioner is not None and cond is not None:
             cond = self.conditioner(cond)
         if self.preset.kind == "monai":

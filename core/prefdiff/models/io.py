@@ -11,7 +11,7 @@ from torch import nn
 
 from prefdiff.errors import UserError
 from prefdiff.models.denoiser import Denoiser
-from prefdiff.models.lora import LORA_WEIGHTS, has_lora, load_lora, save_lora
+from prefdiff.models.lora import LORA_WEIGHTS, has_lora, load_lora
 from prefdiff.models.presets import ModelPreset, build_denoiser
 
 MODEL_FILE = "prefdiff_model.json"
@@ -26,42 +26,62 @@ def is_model_folder(directory: str | Path) -> bool:
 
 
 def save_model(denoiser: Denoiser, directory: str | Path, scheduler=None) -> Path:
-    """Write a full model: ``prefdiff_model.json``, ``net/`` via save_pretrained, extras as safetensors.
+    """Write a full model: ``prefdiff_model.json``, ``net/`` as save_pretrained lays it out, extras as
+    safetensors, and ``scheduler/`` when ``scheduler`` is given.
 
     A LoRA adapter, when present, is written beside it in peft's layout. A text-to-image
     model is written as a diffusers pipeline folder instead, with ``scheduler``.
+
+    The folder is written whole into a temporary folder beside ``directory`` and swapped into
+    place (:func:`prefdiff.durable.replacing_folder`): a crash or a full disk leaves the old model
+    or the new one, never a mix; a folder holding other files is refused, not replaced.
     """
-    from safetensors.torch import save_file
+    from prefdiff.durable import replacing_folder
+
+    if denoiser.preset.conditioning == "text" and scheduler is None:
+        raise ValueError("saving a pipeline needs its scheduler")
+    directory = Path(directory)
+    with replacing_folder(directory, markers=(MODEL_FILE, "model_index.json")) as tmp:
+        _write_model(denoiser, tmp, scheduler)
+    return directory
+
+
+def _write_model(denoiser: Denoiser, directory: Path, scheduler) -> None:
+    """The files of :func:`save_model`, into the (temporary) folder ``directory``."""
+    from safetensors.torch import save
+
+    from prefdiff.durable import write_new_file
+    from prefdiff.models.lora import write_lora_files
 
     if denoiser.preset.conditioning == "text":
-        from prefdiff.models.pipelines import save_pipeline
+        from prefdiff.models.flow_pipelines import save_flow_pipeline
+        from prefdiff.models.pipelines import FLOW_LAYOUTS, save_pipeline
 
-        if scheduler is None:
-            raise ValueError("saving a pipeline needs its scheduler")
-        return save_pipeline(denoiser, scheduler, directory)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+        if getattr(denoiser, "pipeline_class", None) in FLOW_LAYOUTS:
+            save_flow_pipeline(denoiser, scheduler, directory)
+        else:
+            save_pipeline(denoiser, scheduler, directory)
+        return
     meta = {"preset": asdict(denoiser.preset), "format": 1}
-    (directory / MODEL_FILE).write_text(json.dumps(meta, indent=2))
-    lora = has_lora(denoiser)
-    if lora:
-        save_lora(denoiser, directory / "lora")
+    write_new_file(directory / MODEL_FILE, json.dumps(meta, indent=2).encode())
+    if has_lora(denoiser):
+        write_lora_files(denoiser, directory / "lora")
+    # With any adapter stripped, for a clean base.
     net_state = {k: v for k, v in denoiser.net.state_dict().items() if "lora_" not in k}
     net_state = {k.replace(".base_layer.", "."): v.contiguous() for k, v in net_state.items()}
     if denoiser.preset.kind == "monai":
-        save_file(net_state, str(directory / "net.safetensors"))
-    elif not lora:
-        denoiser.net.save_pretrained(directory / "net", safe_serialization=True)
-    else:
-        # The same layout save_pretrained writes, with the adapter stripped for a clean base.
+        write_new_file(directory / "net.safetensors", save(net_state))
+    else:  # the layout save_pretrained writes
         denoiser.net.save_config(directory / "net")
-        save_file(net_state, str(directory / "net" / "diffusion_pytorch_model.safetensors"))
+        write_new_file(directory / "net" / "diffusion_pytorch_model.safetensors",
+                       save(net_state, metadata={"format": "pt"}))
     for part in ("conditioner", "controlnet"):
         module = getattr(denoiser, part)
         if module is not None:
-            save_file({k: v.contiguous() for k, v in module.state_dict().items()},
-                      str(directory / f"{part}.safetensors"))
-    return directory
+            write_new_file(directory / f"{part}.safetensors",
+                           save({k: v.contiguous() for k, v in module.state_dict().items()}))
+    if scheduler is not None:
+        scheduler.save_pretrained(directory / "scheduler")
 
 
 def load_model(directory: str | Path, conditioner: nn.Module | None = None) -> Denoiser:
@@ -69,14 +89,15 @@ def load_model(directory: str | Path, conditioner: nn.Module | None = None) -> D
     missing or foreign folder."""
     from safetensors.torch import load_file
 
-    from prefdiff.models.pipelines import is_pipeline_folder, load_pipeline
+    from prefdiff.models.flow_pipelines import load_flow_pipeline
+    from prefdiff.models.pipelines import FLOW_LAYOUTS, is_pipeline_folder, load_pipeline, pipeline_layout
 
     directory = Path(directory)
     if is_pipeline_folder(directory):
         if conditioner is not None:
             raise UserError(f"{directory} is a text-to-image pipeline with its own text encoder; drop the "
                             f"conditioner (--conditioner / --model.conditioner)")
-        return load_pipeline(directory)
+        return load_flow_pipeline(directory) if pipeline_layout(directory) in FLOW_LAYOUTS else load_pipeline(directory)
     meta_path = directory / MODEL_FILE
     if not meta_path.is_file():
         raise UserError(f"{directory} is not a prefdiff model folder (no {MODEL_FILE}) nor a diffusers "

@@ -6,6 +6,9 @@ layout ``save_pretrained`` writes and the Hub's snapshots have) with
 :class:`~prefdiff.models.Denoiser` whose condition encoder is the frozen
 :class:`~prefdiff.models.text.PromptEncoder`, whose codec is the frozen VAE
 and whose prediction type is the scheduler's (epsilon or v-prediction).
+The layout checks here cover SD3 and FLUX folders too, which
+:mod:`prefdiff.models.flow_pipelines` opens (``load_model`` and ``load_scheduler``
+pick the module by the folder's pipeline class).
 """
 
 from __future__ import annotations
@@ -29,7 +32,17 @@ LAYOUTS = {
     "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     "StableDiffusionXLPipeline": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                                   "scheduler"),
+    "StableDiffusion3Pipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                                 "scheduler"),
+    "FluxPipeline": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
 }
+#: components a layout may leave out (``null`` in model_index.json): SD3 without T5.
+OPTIONAL = {"StableDiffusion3Pipeline": ("text_encoder_3", "tokenizer_3")}
+#: pipeline class -> the class of its denoising network.
+NETWORKS = {"StableDiffusionPipeline": "UNet2DConditionModel", "StableDiffusionXLPipeline": "UNet2DConditionModel",
+            "StableDiffusion3Pipeline": "SD3Transformer2DModel", "FluxPipeline": "FluxTransformer2DModel"}
+#: the layouts that sample by flow matching (a FlowMatch* scheduler); the others by DDIM.
+FLOW_LAYOUTS = ("StableDiffusion3Pipeline", "FluxPipeline")
 
 
 @contextlib.contextmanager
@@ -74,7 +87,67 @@ def pipeline_layout(path: str | Path) -> str:
         if index.get(part) in (None, [None, None]) or not (path / part).is_dir():
             raise UserError(f"pipeline folder {path} has no {part}/ ({name} needs "
                             f"{', '.join(LAYOUTS[name])}); copy the whole pipeline, not only some of its parts")
+    for part in OPTIONAL.get(name, ()):
+        if index.get(part) not in (None, [None, None]) and not (path / part).is_dir():
+            raise UserError(f"pipeline folder {path} has no {part}/ but its {INDEX} lists one; copy the whole "
+                            f"pipeline, or set \"{part}\": [null, null] in {INDEX} to load it without")
+    _check_family(path, name)
     return name
+
+
+def _unet_layout(path: str | Path) -> str:
+    """:func:`pipeline_layout` for this module's UNet loaders; an SD3 or FLUX folder is pointed elsewhere."""
+    layout = pipeline_layout(path)
+    if layout in FLOW_LAYOUTS:
+        raise UserError(f"{path} holds a {layout} (a flow-matching transformer); open it with "
+                        f"prefdiff.models.load_model and prefdiff.schedulers.load_scheduler")
+    return layout
+
+
+def has_part(path: str | Path, part: str) -> bool:
+    """Whether the pipeline folder at ``path`` holds the (optional) component ``part``."""
+    index = json.loads((Path(path) / INDEX).read_text())
+    return index.get(part) not in (None, [None, None]) and (Path(path) / part).is_dir()
+
+
+def _check_family(path: Path, layout: str) -> None:
+    """The network must be the layout's and the scheduler of its family (flow matching or DDIM)."""
+    part = "unet" if "unet" in LAYOUTS[layout] else "transformer"
+    network = _class_name(path / part / "config.json")
+    scheduler = _class_name(path / "scheduler" / "scheduler_config.json")
+    if network is not None and network != NETWORKS[layout]:
+        raise UserError(f"pipeline folder {path} is a {layout} but its {part}/ holds a {network} (a {layout} has a "
+                        f"{NETWORKS[layout]}); re-save the pipeline from the class its {part} belongs to")
+    if scheduler is None:
+        return
+    if scheduler.startswith("FlowMatch") != (layout in FLOW_LAYOUTS):
+        needs = ("a flow-matching scheduler (FlowMatchEulerDiscreteScheduler)" if layout in FLOW_LAYOUTS
+                 else "a noise-prediction scheduler (DDIM, PNDM, Euler, ...)")
+        raise UserError(f"pipeline folder {path} pairs a {network or NETWORKS[layout]} ({part}/) with a {scheduler} "
+                        f"(scheduler/); a {layout} samples with {needs}; restore the scheduler/ the pipeline "
+                        f"was released with")
+
+
+def _class_name(config: Path) -> str | None:
+    """The ``_class_name`` of a component's config file, None when the file is absent."""
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text())["_class_name"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{config} is malformed ({type(exc).__name__}: {exc}); re-save the pipeline") from None
+
+
+@contextlib.contextmanager
+def loading(path: Path) -> Iterator[None]:
+    """Read a pipeline's components quietly; an unreadable one is one clear error naming the folder."""
+    try:
+        with quiet_hub():
+            yield
+    except (OSError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise UserError(f"cannot load the pipeline in {path}: {first}; the folder must hold safetensors "
+                        f"weights and configs as `save_pretrained` writes them") from None
 
 
 def load_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.dtype | None = None) -> Denoiser:
@@ -89,22 +162,17 @@ def load_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.d
     from prefdiff.models.text import PromptEncoder
 
     path = Path(path)
-    layout = pipeline_layout(path)
+    layout = _unet_layout(path)
     sdxl = layout == "StableDiffusionXLPipeline"
     options = {"use_safetensors": True, "local_files_only": True, **({"torch_dtype": dtype} if dtype else {})}
-    try:
-        with quiet_hub():
-            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **options)
-            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **options)
-            tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)]
-            encoders = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **options)]
-            if sdxl:
-                tokenizers.append(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True))
-                encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **options))
-    except (OSError, ValueError) as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise UserError(f"cannot load the pipeline in {path}: {first}; the folder must hold safetensors "
-                        f"weights and configs as `save_pretrained` writes them") from None
+    with loading(path):
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **options)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **options)
+        tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)]
+        encoders = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **options)]
+        if sdxl:
+            tokenizers.append(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True))
+            encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **options))
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     image_size = unet.config.sample_size * vae_scale
     conditioner = PromptEncoder(tokenizers, encoders, image_size=image_size, negative_prompt=negative_prompt)
@@ -121,9 +189,11 @@ def load_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.d
 
 
 def load_pipeline_scheduler(path: str | Path):
-    """The pipeline's noise schedule as a ``DDIMScheduler`` (whatever scheduler class it was saved with)."""
+    """The pipeline's noise schedule as a ``DDIMScheduler`` (whatever noise-prediction scheduler class it was
+    saved with)."""
     from diffusers import DDIMScheduler
 
+    _unet_layout(path)
     config = DDIMScheduler.load_config(Path(path), subfolder="scheduler", local_files_only=True)
     scheduler = DDIMScheduler.from_config(config)
     if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
@@ -140,6 +210,8 @@ def save_pipeline(denoiser: Denoiser, scheduler, directory: str | Path) -> Path:
 
     if has_lora(denoiser):
         raise ValueError("save the base pipeline before adding LoRA; write the adapter with save_lora_for_pipeline")
+    if getattr(denoiser, "pipeline_class", None) in FLOW_LAYOUTS:
+        raise ValueError(f"a {denoiser.pipeline_class} is written by flow_pipelines.save_flow_pipeline (or save_model)")
     encoder = denoiser.conditioner
     parts = {"unet": denoiser.net, "vae": denoiser.codec.vae, "scheduler": scheduler,
              "text_encoder": encoder.text_encoders[0], "tokenizer": encoder.tokenizers[0]}

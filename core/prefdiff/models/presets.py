@@ -11,7 +11,8 @@ from prefdiff.models.denoiser import Denoiser
 
 CONDITIONINGS = ("none", "concat", "class", "cross_attention", "controlnet", "text")
 """How the condition enters; ``text`` is a pipeline's prompt encoder (set by the pipeline loader)."""
-KINDS = ("unet2d", "unet2d_condition", "unet1d", "monai")
+KINDS = ("unet2d", "unet2d_condition", "unet1d", "monai", "transformer")
+"""``transformer``: an SD3 or FLUX transformer, only ever loaded from its pipeline folder."""
 
 
 @dataclass
@@ -70,6 +71,8 @@ def build_denoiser(preset: ModelPreset | dict, conditioner: nn.Module | None = N
     """Build a fresh denoiser for ``preset``; pass ``net`` to hand in a ready network (MONAI)."""
     preset = preset if isinstance(preset, ModelPreset) else ModelPreset(**preset)
     kind = preset.prediction_type
+    if preset.kind == "transformer" and net is None:
+        raise UserError("a transformer is loaded from its pipeline folder (--model.base DIR), not built from a preset")
     if net is not None:
         return Denoiser(net, preset, conditioner, prediction_type=kind)
     builder = {"unet2d": _unet2d, "unet2d_condition": _unet2d_condition,

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefdiff.sampling.common import Model, SampleOutput, gaussian_log_prob, predict_velocity, randn_like
+from prefdiff.sampling.common import (Model, SampleOutput, concat_outputs, gaussian_log_prob, predict_velocity,
+                                      randn_like)
 from prefdiff.sampling.ddim import (add_noise, ddim_step, ddim_step_log_prob, ddim_timesteps, predict_noise,
                                     predict_x0, sample_ddim, to_epsilon)
 from prefdiff.sampling.ddim import training_target as ddim_training_target
@@ -30,6 +31,7 @@ __all__ = [
     "SampleOutput",
     "add_flow_noise",
     "add_noise",
+    "concat_outputs",
     "ddim_step",
     "ddim_timesteps",
     "flow_step",

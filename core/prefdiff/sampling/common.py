@@ -31,6 +31,17 @@ class SampleOutput:
     DDIM's last onto ``final_alpha_cumprod = 1`` or an ODE step, has log-prob 0 and no gradient."""
 
 
+def concat_outputs(outputs: list[SampleOutput]) -> SampleOutput:
+    """One output for chunks of a batch sampled with the same schedule, joined along the batch."""
+    if len(outputs) == 1:
+        return outputs[0]
+    join = lambda name: None if getattr(outputs[0], name) is None else torch.cat(  # noqa: E731
+        [getattr(o, name) for o in outputs])
+    first = outputs[0]
+    return SampleOutput(samples=join("samples"), timesteps=first.timesteps, latents=join("latents"),
+                        log_probs=join("log_probs"), means=join("means"), stochastic=first.stochastic)
+
+
 def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """log N(x; mean, std^2) averaged over the non-batch dims; 0 where std == 0."""
     deterministic = std == 0

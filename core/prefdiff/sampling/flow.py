@@ -43,7 +43,7 @@ SDE_KINDS = ("sde", "cps")
 
 def is_flow(scheduler) -> bool:
     """Whether ``scheduler`` is a flow-matching one (diffusers' ``FlowMatchEulerDiscreteScheduler``)."""
-    return type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    return any(c.__name__ == "FlowMatchEulerDiscreteScheduler" for c in type(scheduler).__mro__)
 
 
 def flow_timesteps(scheduler, num_steps: int) -> tuple[Tensor, Tensor]:

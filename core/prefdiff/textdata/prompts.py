@@ -65,7 +65,11 @@ def read_prompt_file(path: str | Path) -> list[dict[str, Any]]:
         items = [{"cond": prompt, **({"meta": {k: f[k] for k in meta}} if meta else {})}
                  for prompt, f in zip(prompts, fields)]
     else:
-        lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"prompt file {path} is not UTF-8 text ({exc}); save it as UTF-8") from None
+        lines = (line.strip() for line in text.splitlines())
         items = [{"cond": line} for line in lines if line and not line.startswith("#")]
     if not items:
         raise UserError(f"prompt file {path} holds no prompts; write one prompt a line (blank lines and "

@@ -53,6 +53,11 @@ class AlignmentModule(pl.LightningModule):
     :param sde: flow matching only: ``sde`` (Flow-GRPO's SDE) or ``cps`` (coefficients-preserving).
     :param sde_window: flow matching only: ``[first, end)``, the sampling steps that are stochastic
         (Flow-GRPO-Fast, MixGRPO); the others take ODE steps and are not trained.
+    :param sample_chunks: online methods sample their batch in this many chunks, so a chunk's
+        reward can be computed while the next one samples.
+    :param reward_workers: score in this many worker processes (or Ray actors) overlapped with
+        sampling (:mod:`prefdiff.reward_pool`); 0 scores in this process.
+    :param reward_backend: ``process`` or ``ray`` (the optional ``ray`` extra).
     :param guidance_scale: classifier-free guidance weight; 1 turns it off.
     :param lr: AdamW learning rate.
     :param max_grad_norm: gradient clipping norm; 0 turns it off.
@@ -68,7 +73,8 @@ class AlignmentModule(pl.LightningModule):
                  num_steps: int = 20, eta: float = 1.0, guidance_scale: float = 1.0,
                  lr: float = 1e-4, max_grad_norm: float = 1.0, seed: int = 0,
                  scheduler: dict | None = None, sde: str | None = None,
-                 sde_window: list[int] | None = None) -> None:
+                 sde_window: list[int] | None = None, sample_chunks: int = 1, reward_workers: int = 0,
+                 reward_backend: str = "process") -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
         if (model is None) == (base is None):
@@ -80,6 +86,9 @@ class AlignmentModule(pl.LightningModule):
             raise UserError(f"--model.eta must be in [0, 1], got {eta}")
         if lr <= 0:
             raise UserError(f"--model.lr must be > 0, got {lr}")
+        if sample_chunks < 1 or reward_workers < 0:
+            raise UserError(f"--model.sample_chunks must be >= 1 and --model.reward_workers >= 0, got "
+                            f"{sample_chunks} and {reward_workers}")
         manager = get_manager()
         cond_module = (manager.conditioner(conditioner, **(conditioner_options or {}))
                        if conditioner else None)
@@ -108,8 +117,9 @@ class AlignmentModule(pl.LightningModule):
         """The model, its scheduler and the sampling options must be of one family."""
         if self.flow != (self.denoiser.prediction_type == "flow"):
             raise UserError(f"the model predicts {self.denoiser.prediction_type} but its scheduler is "
-                            f"{type(self.noise_scheduler).__name__}; a flow model needs a FlowMatchEulerDiscreteScheduler "
-                            f"and an epsilon/v model a DDIM-style one (check the folder's scheduler/)")
+                            f"{type(self.noise_scheduler).__name__}; a flow model needs a "
+                            f"FlowMatchEulerDiscreteScheduler and an epsilon/v model a DDIM-style one "
+                            f"(check the folder's scheduler/)")
         if not self.flow and (sde is not None or sde_window is not None):
             raise UserError("--model.sde and --model.sde_window are flow-matching options; this model samples by DDIM")
         if sde is not None and sde not in SDE_KINDS:
@@ -161,6 +171,59 @@ class AlignmentModule(pl.LightningModule):
         if numbers and self._trainer is not None:
             self.log_metrics(numbers)
         return scores, info
+
+    def sample_and_score(self, cond: Any, batch: int, generator: torch.Generator, group: int = 1, **kwargs):
+        """Sample ``batch`` trajectories for ``cond`` and score their decoded samples: ``(out, rewards)``.
+
+        The batch is sampled in ``--model.sample_chunks`` chunks (whole groups of ``group``); with
+        ``--model.reward_workers`` a chunk is scored in a worker while the next one samples, and
+        the scores are checked against the reward contract as in-process ones are.
+        """
+        from prefdiff.data import select
+        from prefdiff.rewards import check_reward_output
+        from prefdiff.sampling import concat_outputs
+
+        reward = self.require_reward()
+        groups = batch // group
+        per_chunk = -(-groups // self.hparams.sample_chunks) * group
+        outputs, scores, pending = [], [], []
+        with torch.no_grad():
+            for start in range(0, batch, per_chunk):
+                part = select(cond, slice(start, start + per_chunk))
+                size = min(per_chunk, batch - start)
+                out = self.run_sampler(part, size, generator, group, return_trajectory=True, **kwargs)
+                outputs.append(out)
+                samples = self.denoiser.decode(out.samples)
+                if self.reward_workers_pool is not None:
+                    pending.append((self.reward_workers_pool.submit(samples, part), size))
+                else:
+                    scores.append(self.score(samples, part)[0])
+            for future, size in pending:
+                part_scores, info = check_reward_output(future.result(), size, reward.describe())
+                self.reward_queries += size
+                numbers = {k: v for k, v in info.items() if isinstance(v, (int, float))}
+                if numbers and self._trainer is not None:
+                    self.log_metrics(numbers)
+                scores.append(part_scores.to(self.device))
+        return concat_outputs(outputs), torch.cat(scores)
+
+    @property
+    def reward_workers_pool(self):
+        """The worker pool scoring rewards (None when scoring in this process); started on first use."""
+        if self.hparams.reward_workers == 0:
+            return None
+        if getattr(self, "_reward_pool", None) is None:
+            from prefdiff.reward_pool import RewardPool
+
+            self._reward_pool = RewardPool(self.hparams.reward, self.hparams.reward_options,
+                                           workers=self.hparams.reward_workers, backend=self.hparams.reward_backend)
+        return self._reward_pool
+
+    def teardown(self, stage: str) -> None:
+        pool = getattr(self, "_reward_pool", None)
+        if pool is not None:
+            pool.close()
+            self._reward_pool = None
 
     def step_generator(self, salt: int = 0, *, per_rank: bool = True) -> torch.Generator:
         """A generator fixed by (seed, global step, rank): resumed runs draw the same noise.
@@ -252,7 +315,8 @@ class AlignmentModule(pl.LightningModule):
         own ``gradient_clip_val``, when set, takes precedence)."""
         clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
         if clip and clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+            self.clip_gradients(optimizer, gradient_clip_val=clip,
+                                gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
     def configure_optimizers(self):
         params = self.trainable_parameters()

@@ -22,7 +22,8 @@ class D3POModule(AlignmentModule):
     :param timestep_fraction: fraction of the denoising steps trained per batch.
     """
 
-    def __init__(self, *args: Any, beta: float = 0.1, timestep_fraction: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, beta: float = 0.1, timestep_fraction: float = 1.0,
+                 **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
         if beta <= 0:
             raise UserError(f"--model.beta must be > 0, got {beta}")
@@ -37,9 +38,7 @@ class D3POModule(AlignmentModule):
         generator = self.step_generator()
         cond = repeat_condition(batch["cond"], 2)
         n = 2 * condition_count(batch["cond"])
-        with torch.no_grad():
-            out = self.run_sampler(cond, n, generator, return_trajectory=True)
-            scores, _ = self.score(self.denoiser.decode(out.samples), cond)
+        out, scores = self.sample_and_score(cond, n, generator)
         pairs = scores.view(-1, 2)
         first_wins = pairs[:, 0] >= pairs[:, 1]
         idx = torch.arange(0, n, 2, device=scores.device)

@@ -24,7 +24,8 @@ class PairModule(AlignmentModule):
     :param beta: the KL strength of the implicit reward.
     """
 
-    def __init__(self, *args: Any, objective: str = "dpo", beta: float = 2000.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, objective: str = "dpo", beta: float = 2000.0,
+                 **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
         if objective not in OBJECTIVES:
             raise UserError(f"--model.objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")

@@ -44,7 +44,7 @@ class PolicyGradientModule(AlignmentModule):
     def __init__(self, *args: Any, method: str = "ddpo", samples_per_condition: int = 4,
                  clip_range: float = 1e-4, adv_clip_max: float = 5.0, inner_epochs: int = 1,
                  timestep_fraction: float = 1.0, kl_coef: float = 0.0, shared_noise: bool = False,
-                 **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
         if method not in VARIANTS:
             raise UserError(f"--model.method must be one of {', '.join(VARIANTS)}, got '{method}'")
@@ -65,9 +65,7 @@ class PolicyGradientModule(AlignmentModule):
         k = hp.samples_per_condition
         cond = repeat_condition(batch["cond"], k)
         n = k * condition_count(batch["cond"])
-        with torch.no_grad():
-            out = self.run_sampler(cond, n, generator, group=k if hp.shared_noise else 1, return_trajectory=True)
-            rewards, _ = self.score(self.denoiser.decode(out.samples), cond)
+        out, rewards = self.sample_and_score(cond, n, generator, group=k if hp.shared_noise else 1)
         advantages = self.advantages(rewards.float(), k).clamp(-hp.adv_clip_max, hp.adv_clip_max)
         kw = self.log_prob_options(cond)
         for _ in range(hp.inner_epochs):

@@ -34,7 +34,7 @@ class RewardBackpropModule(AlignmentModule):
     """
 
     def __init__(self, *args: Any, method: str = "draft", k: int = 1, checkpoint: bool = True,
-                 drift_coef: float = 0.0, refl_window: float = 0.25, **kwargs: Any) -> None:
+                 drift_coef: float = 0.0, refl_window: float = 0.25, **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
         if method not in VARIANTS:
             raise UserError(f"--model.method must be one of {', '.join(VARIANTS)}, got '{method}'")
@@ -85,7 +85,8 @@ class RewardBackpropModule(AlignmentModule):
 
     def _guided(self, t: torch.Tensor, n: int, cond: Any) -> tuple[torch.Tensor, float, Any]:
         guidance = self.hparams.guidance_scale
-        return (t.expand(n) if t.ndim == 0 else t), guidance, (self.denoiser.null_condition(cond) if guidance != 1 else None)
+        uncond = self.denoiser.null_condition(cond) if guidance != 1 else None
+        return (t.expand(n) if t.ndim == 0 else t), guidance, uncond
 
     def _output(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """The guided prediction the drift penalty compares: the noise (DDIM) or the velocity (flow).

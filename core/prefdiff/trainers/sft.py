@@ -21,7 +21,7 @@ class SFTModule(AlignmentModule):
     """
 
     def __init__(self, *args: Any, reward_weighted: bool = False, temperature: float = 0.1,
-                 p_uncond: float = 0.0, **kwargs: Any) -> None:
+                 p_uncond: float = 0.0, **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
         if not 0.0 <= p_uncond < 1.0:
             raise UserError(f"--model.p_uncond must be in [0, 1), got {p_uncond}")
@@ -57,7 +57,8 @@ class SFTModule(AlignmentModule):
     def _drop_condition(self, cond: Any, generator: torch.Generator) -> Any:
         null = self.denoiser.null_condition(cond)
         first = cond if not isinstance(cond, dict) else next(iter(cond.values()))
-        drop = self.rank_share(torch.rand(first.shape[0] * self.world_size, generator=generator)) < self.hparams.p_uncond
+        draws = torch.rand(first.shape[0] * self.world_size, generator=generator)
+        drop = self.rank_share(draws) < self.hparams.p_uncond
 
         def pick(c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
             mask = drop.to(c.device).view(-1, *([1] * (c.ndim - 1)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ SPLITS = {"v1.0-mini": {"train": "mini_train", "val": "mini_val", "test": "mini_
 VEHICLES = ("vehicle.car", "vehicle.truck", "vehicle.bus", "vehicle.trailer", "vehicle.construction",
             "vehicle.emergency", "vehicle.motorcycle", "vehicle.bicycle")
 CACHE_FORMAT = 2
+
+log = logging.getLogger("prefdiff.driving")
 
 
 # ----------------------------------------------------------- validation ----
@@ -225,6 +228,35 @@ def read_split(root: str | Path, version: str, split: str, log=None) -> dict[str
             "speed": torch.tensor(speeds, dtype=torch.float32).reshape(-1, 1), "tokens": tokens}
 
 
+def _write_cache(cache: Path, data: dict[str, Any]) -> None:
+    """Write the parsed split whole: temporary file, fsync, rename, fsync the folder (the rule of
+    ``prefdiff.durable``), so a crash never leaves a torn cache for the next run to trip on.
+
+    A failed write (a full disk) only costs the cache: the run goes on and says so.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cache)
+        folder = os.open(cache.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        log.warning(f"could not write the cache file {cache} ({exc.strerror or exc}); going on without it: "
+                    f"the next run parses the dataroot again (free disk space, or set PREFDIFF_CACHE elsewhere)")
+
+
 class NuScenesBEV(Dataset):
     """Keyframes of one split as ``{"cond": {"layout", "route", "speed", "traffic"}, "x0": agent raster}``.
 
@@ -251,10 +283,7 @@ class NuScenesBEV(Dataset):
         else:
             data = read_split(root_path, version, split)
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(f".tmp-{os.getpid()}")
-                torch.save(data, tmp)
-                os.replace(tmp, cache)
+                _write_cache(cache, data)
         n = len(data["tokens"]) if size is None else min(size, len(data["tokens"]))
         self.layout, self.agents = data["layout"][:n], data["agents"][:n]
         self.route, self.speed, self.tokens = data["route"][:n], data["speed"][:n], list(data["tokens"][:n])

@@ -114,7 +114,7 @@ def train_segmenter(root: str | Path, out: str | Path, *, arch: str = "unet", st
     Returns the checkpoint path; its metadata records the validation Dice.
     """
     from monai.losses import DiceCELoss
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from prefdiff_medical.data import DecathlonSlices
 
@@ -151,12 +151,31 @@ def train_segmenter(root: str | Path, out: str | Path, *, arch: str = "unet", st
     meta = {"format": FORMAT, "arch": arch, "num_classes": k, "resolution": train.resolution, "seed": seed,
             "steps": steps, "val_dice": val_dice, "train_wall_s": wall, "task": str(Path(root).resolve())}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    save_file({k_: v.contiguous() for k_, v in net.state_dict().items()}, str(tmp),
-              metadata={"prefdiff_medical": json.dumps(meta)})
-    os.replace(tmp, out)
+    _write_whole(out, save({k_: v.contiguous() for k_, v in net.state_dict().items()},
+                           metadata={"prefdiff_medical": json.dumps(meta)}))
     return out
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temporary file, fsync, rename, fsync the folder (the rule of
+    ``prefdiff.durable``): a crash or a full disk leaves the old checkpoint or the new one."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write the segmenter checkpoint {path}: {exc.strerror or exc}; the file is as "
+                        f"it was before this write; free disk space and retry") from None
 
 
 def load_segmenter(path: str | Path | None) -> tuple[nn.Module, dict[str, Any]]:

@@ -13,13 +13,19 @@ The layout (robomimic's dataset format, one group per demonstration)::
     data/demo_N/rewards, dones   [T]
     mask/train, mask/valid, mask/test   names of the demos in each split
 
-Any file in this layout with matching dimensions can be read; a file without
-masks is split 80/10/10 in demo order.
+Any file in this layout with matching dimensions can be read; ``keys`` maps
+the names above to a file's own (robomimic's ``robot0_eef_pos``, say). A file
+without masks is split 80/10/10 in demo order. A file with masks never lends
+a training demo to a held-out split: the test split is ``mask/test``, else the
+demos in no mask, else (as in robomimic's own files, which have only
+``train`` and ``valid``) the validation demos, with a warning that validation
+and test then coincide; masks that leave no demo out of training are an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from functools import lru_cache
@@ -37,6 +43,11 @@ from prefdiff_robotics.scene import (ACTION_DIM, COND_DIM, DT, GOAL_TOLERANCE, H
 ENV_ID = "prefdiff_robotics/PointRoom-v0"
 SPLITS = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
 MAKE = "make one with `prefdiff robotics make-data FILE`"
+KEYS = {"robot_pos": "obs/robot_pos", "goal_pos": "obs/goal_pos", "obstacles": "obs/obstacles", "actions": "actions"}
+"""What the dataset reads in each ``data/demo_N`` group; the ``keys`` option maps these names to a file's own."""
+KEYS_HINT = 'or map the file\'s own names with the dataset option keys, e.g. keys={"robot_pos": "robot0_eef_pos"}'
+
+log = logging.getLogger("prefdiff.robotics")
 
 
 def write_robomimic(path: str | Path, demos, splits=(0.8, 0.1, 0.1)) -> Path:
@@ -82,8 +93,26 @@ def write_robomimic(path: str | Path, demos, splits=(0.8, 0.1, 0.1)) -> Path:
     return path
 
 
+def _key_paths(keys: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """``keys`` (our name -> the file's) as the path of each array in a demo group; a bare name is under obs/."""
+    if keys is None:
+        return tuple(KEYS.items())
+    if not isinstance(keys, dict) or not all(isinstance(v, str) and v for v in keys.values()):
+        raise UserError(f"dataset option keys must map names to the file's key names, e.g. "
+                        f'{{"robot_pos": "robot0_eef_pos"}}; got {keys!r}')
+    unknown = sorted(set(keys) - set(KEYS))
+    if unknown:
+        raise UserError(f"dataset option keys names '{unknown[0]}', which robot_demos does not read; it reads "
+                        f"{', '.join(KEYS)}")
+    paths = dict(KEYS)
+    for name, key in keys.items():
+        paths[name] = key if "/" in key or name == "actions" else f"obs/{key}"
+    return tuple(paths.items())
+
+
 @lru_cache(maxsize=8)
-def _read(path: str, mtime: float, size: int, horizon: int, state_dim: int, action_dim: int):
+def _read(path: str, mtime: float, size: int, horizon: int, state_dim: int, action_dim: int,
+          keys: tuple[tuple[str, str], ...] = tuple(KEYS.items())):
     """Every demo of the file as (x0 [N, C, H], cond [N, K], names, split masks); cached per file version."""
     import h5py
 
@@ -97,36 +126,38 @@ def _read(path: str, mtime: float, size: int, horizon: int, state_dim: int, acti
                        key=lambda k: int(k.split("_")[1]) if k.split("_")[1].isdigit() else -1)
         if not demos:
             raise UserError(f"{path} is not in the robomimic layout (no data/demo_N groups); {MAKE}")
+        where = dict(keys)
         x0, cond, names, dropped = [], [], [], 0
         for name in demos:
             g = data[name]
             arrays = {}
-            for key, cols, meaning in (("obs/robot_pos", state_dim, "state (x, y)"),
-                                       ("obs/goal_pos", 2, "goal (x, y)"),
-                                       ("obs/obstacles", 4 * MAX_OBSTACLES, f"obstacle slots ({MAX_OBSTACLES} x "
-                                                                            "x, y, radius, present)"),
+            for key, cols, meaning in (("robot_pos", state_dim, "state (x, y)"),
+                                       ("goal_pos", 2, "goal (x, y)"),
+                                       ("obstacles", 4 * MAX_OBSTACLES, f"obstacle slots ({MAX_OBSTACLES} x "
+                                                                        "x, y, radius, present)"),
                                        ("actions", action_dim, "action (vx, vy)")):
-                if key not in g:
-                    raise UserError(f"{path}: data/{name}/{key} is missing; the robomimic layout needs "
-                                    f"obs/robot_pos, obs/goal_pos, obs/obstacles and actions per demo; {MAKE}")
-                a = np.asarray(g[key], dtype=np.float64)
+                if where[key] not in g:
+                    raise UserError(f"{path}: data/{name}/{where[key]} is missing; the robomimic layout needs "
+                                    f"{', '.join(where.values())} per demo; {MAKE}, {KEYS_HINT}")
+                a = np.asarray(g[where[key]], dtype=np.float64)
                 if a.ndim != 2 or a.shape[1] != cols or len(a) == 0:
-                    raise UserError(f"{path}: data/{name}/{key} has shape {list(a.shape)} but the model expects "
-                                    f"[T, {cols}] ({meaning}); convert the file or build the model for its dimensions")
+                    raise UserError(f"{path}: data/{name}/{where[key]} has shape {list(a.shape)} but the model "
+                                    f"expects [T, {cols}] ({meaning}); convert the file or build the model for its "
+                                    f"dimensions")
                 arrays[key] = a
             t = len(arrays["actions"])
-            if len(arrays["obs/robot_pos"]) != t:
-                raise UserError(f"{path}: data/{name} has {len(arrays['obs/robot_pos'])} observations and {t} "
+            if len(arrays["robot_pos"]) != t:
+                raise UserError(f"{path}: data/{name} has {len(arrays['robot_pos'])} observations and {t} "
                                 f"actions; each step needs both")
             if not all(np.isfinite(a).all() for a in arrays.values()):
                 dropped += 1
                 continue
-            positions, actions = arrays["obs/robot_pos"][:horizon], arrays["actions"][:horizon]
+            positions, actions = arrays["robot_pos"][:horizon], arrays["actions"][:horizon]
             if t < horizon:  # a short demo waits at its last position
                 positions = np.concatenate([positions, np.repeat(positions[-1:], horizon - t, 0)])
                 actions = np.concatenate([actions, np.zeros((horizon - t, action_dim))])
-            layout_vec = np.concatenate([arrays["obs/robot_pos"][0], arrays["obs/goal_pos"][0],
-                                         arrays["obs/obstacles"][0]]) / ROOM
+            layout_vec = np.concatenate([arrays["robot_pos"][0], arrays["goal_pos"][0],
+                                         arrays["obstacles"][0]]) / ROOM
             x0.append(encode_trajectory(positions, actions))
             cond.append(layout_vec.astype(np.float32))
             names.append(name)
@@ -140,6 +171,39 @@ def _read(path: str, mtime: float, size: int, horizon: int, state_dim: int, acti
     if not x0:
         raise UserError(f"{path}: every demo holds NaN or Inf; re-create the file ({MAKE})")
     return np.stack(x0), np.stack(cond), names, masks, dropped
+
+
+def _split_demos(file: Path, names: list[str], masks: dict[str, set[str]], key: str) -> set[str]:
+    """The demos of split ``key`` (train, valid, test); a held-out split never holds a training demo."""
+    if not masks:  # no masks at all: 80/10/10 in demo order
+        n = len(names)
+        bounds = {"train": (0, int(0.8 * n)), "valid": (int(0.8 * n), int(0.9 * n)), "test": (int(0.9 * n), n)}
+        return set(names[slice(*bounds[key])])
+    if key == "train":
+        return masks.get("train", set())
+    train = masks.get("train", set())
+    other = "test" if key == "valid" else "valid"
+    unmasked = [n for n in names if not any(n in m for m in masks.values())]
+    if key in masks:
+        chosen, source = masks[key], f"mask/{key}"
+    elif unmasked:
+        chosen, source = set(unmasked), "the demos in no mask"
+    elif masks.get(other):
+        chosen, source = masks[other], f"mask/{other}"
+        log.warning(f"{file} has no mask/{key}: the {'test' if key == 'test' else 'validation'} split is "
+                    f"mask/{other}, so validation and test coincide (a score on test was also seen while "
+                    f"choosing the model); add a mask/test of held-out demos for an unbiased test")
+    else:
+        chosen, source = set(), ""
+    if not chosen - train:
+        raise UserError(f"{file}: its masks ({', '.join(f'mask/{k}' for k in sorted(masks))}) leave no held-out "
+                        f"demo for the {'test' if key == 'test' else 'validation'} split: every demo is in "
+                        f"mask/train; add a mask/{key} of demos kept out of training")
+    leaked = sorted(chosen & train)
+    if leaked:
+        raise UserError(f"{file}: {source} shares {len(leaked)} demo(s) with mask/train (e.g. {leaked[0]}); "
+                        f"a held-out split must not hold training demos; fix the file's masks")
+    return chosen
 
 
 class RobotDemos(Dataset):
@@ -156,11 +220,14 @@ class RobotDemos(Dataset):
     :param horizon: trajectory length the model generates.
     :param state_dim: state columns the model expects (obs/robot_pos).
     :param action_dim: action columns the model expects.
+    :param keys: the file's own names for what is read, by ours: ``robot_pos``, ``goal_pos``,
+        ``obstacles`` (under ``obs/`` unless the name has a ``/``) and ``actions``; e.g.
+        ``{"robot_pos": "robot0_eef_pos"}``. Names left out keep the layout above.
     """
 
     def __init__(self, split: str = "train", size: int | None = None, path: str | None = None,
                  root: str | None = None, horizon: int = HORIZON, state_dim: int = STATE_DIM,
-                 action_dim: int = ACTION_DIM) -> None:
+                 action_dim: int = ACTION_DIM, keys: dict[str, str] | None = None) -> None:
         if split not in SPLITS:
             raise UserError(f"dataset split must be one of train, val, test; got '{split}'")
         if (state_dim, action_dim) != (STATE_DIM, ACTION_DIM):
@@ -174,14 +241,9 @@ class RobotDemos(Dataset):
             raise UserError(f"demonstration file {file} does not exist; {MAKE}")
         stat = file.stat()
         x0, cond, names, masks, self.dropped = _read(str(file.resolve()), stat.st_mtime, stat.st_size,
-                                                     horizon, STATE_DIM, ACTION_DIM)
-        key = SPLITS[split]
-        if key in masks:
-            keep = [i for i, n in enumerate(names) if n in masks[key]]
-        else:
-            n = len(names)
-            bounds = {"train": (0, int(0.8 * n)), "valid": (int(0.8 * n), int(0.9 * n)), "test": (int(0.9 * n), n)}
-            keep = list(range(*bounds[key]))
+                                                     horizon, STATE_DIM, ACTION_DIM, _key_paths(keys))
+        chosen = _split_demos(file, names, masks, SPLITS[split])
+        keep = [i for i, n in enumerate(names) if n in chosen]
         if size is not None:
             keep = keep[:size]
         self.x0 = torch.from_numpy(x0[keep])

@@ -1,0 +1,37 @@
+"""Checks a command runs before its expensive part, so a mismatch is one line instead of a traceback later."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prefdiff.errors import UserError
+
+
+@torch.no_grad()
+def check_conditions_fit(denoiser, cond: Any, *, data: str, model: str, conditioner: str | None, fix: str) -> None:
+    """Raise one line naming the data, the conditioner and the model when ``cond`` does not fit ``denoiser``.
+
+    The denoiser runs once, in eval mode, on zeros with the first condition of the collated batch
+    ``cond``: what the network cannot take (a robot layout given to an image model's class
+    embedding, say) fails here, before sampling or training starts.
+
+    :param data: what the conditions came from, as the user named it (``dataset 'robot_demos'``).
+    :param model: the model, as the user named it (a folder, or a preset).
+    :param conditioner: the conditioner's registered name, or None.
+    :param fix: what to do about it, worded for the command's flags.
+    """
+    from prefdiff.data import select
+
+    if isinstance(cond, (list, tuple)) and denoiser.preset.conditioning == "text":
+        return  # prompts and a text encoder always fit; its forward is the costliest of all
+    training = denoiser.training
+    denoiser.eval()
+    try:
+        denoiser(torch.zeros(1, *denoiser.sample_shape), torch.zeros(1, dtype=torch.long), select(cond, slice(0, 1)))
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise UserError(f"the conditions of {data} do not fit the model {model} (conditioner "
+                        f"{conditioner or 'none'}): {' '.join(str(exc).split())[:200]}; {fix}") from None
+    finally:
+        denoiser.train(training)

@@ -1,0 +1,43 @@
+"""The training shuffle: fixed by (seed, epoch), sharded by rank, resumable."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from prefdiff.errors import UserError
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffle fixed by (seed, epoch) and sharded by rank: resumable and DDP-safe.
+
+    Lightning calls ``set_epoch`` on it, so a run resumed from a checkpoint at
+    an epoch boundary sees exactly the batches an uninterrupted run sees. With
+    ``batch_size`` (per process), each global batch of the shuffle is split
+    across the ranks, rank r taking its r-th slice, so ``world_size`` processes
+    see the batches one process with a ``world_size`` times larger batch sees.
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 batch_size: int | None = None) -> None:
+        if size == 0:
+            raise UserError("the dataset is empty; check its root folder and split")
+        self.size, self.seed, self.rank, self.world = size, seed, rank, world_size
+        self.batch = batch_size or max(1, size // world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        step = self.batch * self.world
+        mine = [i for start in range(0, len(order) - step + 1, step)
+                for i in order[start + self.rank * self.batch:start + (self.rank + 1) * self.batch]]
+        return iter(mine)
+
+    def __len__(self) -> int:
+        return (self.size // (self.batch * self.world)) * self.batch
