@@ -23,16 +23,17 @@ test: $(STAMP)
 
 BENCHMARKS = $(shell $(PY) -c "from prefdiff.plugins import get_manager; print(' '.join(get_manager().names('benchmarks')))" 2>/dev/null)
 
-# Field benchmarks, then the performance suite (one thread per measurement; figure 7
+# Field benchmarks (two threads each, pinned: a number is reproducible only at a fixed thread count),
+# then the performance suite (one thread per measurement; figure 7
 # reads the fields' reward curves), then the page. Budgets on the 2-core machine:
 # bench-quick about 10 minutes, bench about 90.
 bench-quick: $(STAMP)
-	for b in $(BENCHMARKS); do .venv/bin/prefdiff bench $$b --quick --out runs/bench-quick/$$b || exit 1; done
+	for b in $(BENCHMARKS); do .venv/bin/prefdiff bench $$b --quick --threads 2 --out runs/bench-quick/$$b || exit 1; done
 	OMP_NUM_THREADS=1 $(PY) -m prefdiff.perf --quick --results runs/bench-quick --out runs/bench-quick/perf.json
 	$(PY) -m prefdiff.benchdocs runs/bench-quick runs/bench-quick/benchmarks.md
 
 bench: $(STAMP)
-	for b in $(BENCHMARKS); do .venv/bin/prefdiff bench $$b --out benchmarks/results/$$b || exit 1; done
+	for b in $(BENCHMARKS); do .venv/bin/prefdiff bench $$b --threads 2 --out benchmarks/results/$$b || exit 1; done
 	OMP_NUM_THREADS=1 $(PY) -m prefdiff.perf --results benchmarks/results --out benchmarks/results/perf.json
 	$(PY) -m prefdiff.benchdocs benchmarks/results docs/benchmarks.md
 

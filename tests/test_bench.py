@@ -140,3 +140,32 @@ def test_report_numbers_are_those_of_results_json(tmp_path):
         assert f"| {entry['reward_mean']:.4f} | {entry['reward_std']:.4f} | {entry['improvement']:+.4f} | " \
                f"[{lo:+.4f}, {hi:+.4f}] | {entry['drift']:.4f} | {entry['reward_queries']} |" in row
     assert f"| base | {results['base']['reward_mean']:.4f} |" in report
+
+
+def test_a_small_held_out_set_is_flagged_in_the_log_and_the_report(tmp_path, caplog):
+    from prefdiff.bench import Benchmark
+    from prefdiff.bench.report import report_markdown
+
+    with caplog.at_level("WARNING", logger="prefdiff.bench"):
+        cond, _ = Benchmark(TINY, quick=True, cache=tmp_path).eval_set()
+    assert len(cond) == 8
+    assert "only 8 held-out conditions, fewer than 30" in caplog.text and "bootstrap interval" in caplog.text
+    summary = {"reward_mean": 0.5, "reward_std": 0.1}
+    results = {"domain": "tiny", "reward": "r", "judge": "j", "seed": 0, "n_eval": 8, "quick": True,
+               "base": summary, "untrained": summary, "methods": {}}
+    report = report_markdown(results, TINY)
+    assert "8 held-out conditions" in report
+    assert "**Warning:** only 8 held-out conditions, fewer than 30: a bootstrap interval" in report
+    assert "Warning" not in report_markdown({**results, "n_eval": 30}, TINY)
+
+
+def test_a_methods_result_does_not_depend_on_the_methods_before_it(tmp_path):
+    from prefdiff.bench.runner import method_seed
+
+    recipe = replace(TINY, methods={**TINY.methods, "ddpo": {"samples_per_condition": 2, "steps": 2}})
+    with registered_plugin(TinyBench(recipe), "tiny-bench"):
+        alone = run_benchmark("tiny", methods=["ddpo"], quick=True, out=tmp_path / "alone")
+        after = run_benchmark("tiny", methods=["draft", "dpo", "ddpo"], quick=True, out=tmp_path / "after")
+    for key in ("reward_mean", "improvement", "improvement_ci95", "drift", "train_reward_mean"):
+        assert alone["methods"]["ddpo"][key] == after["methods"]["ddpo"][key], key
+    assert method_seed(0, "ddpo") != method_seed(0, "dpo") and method_seed(0, "ddpo") != method_seed(1, "ddpo")

@@ -173,3 +173,30 @@ def test_empty_dataset_is_a_user_error(base):
 
     with pytest.raises(UserError, match="empty"):
         _fit(SFTModule(base=base, **COMMON), Conditions(0))
+
+
+def test_ranks_sample_differently_and_share_the_data_draws(base, monkeypatch):
+    """Online methods: each rank samples its own noise. Data methods: one draw for the global
+    batch, each rank keeping its slice (docs/scaling.md)."""
+    from prefdiff.trainers import PolicyGradientModule, SFTModule
+
+    def as_rank(module, rank, world):
+        monkeypatch.setattr(type(module), "global_rank", property(lambda self: rank))
+        monkeypatch.setattr(type(module), "world_size", property(lambda self: world))
+
+    online = PolicyGradientModule(base=base, reward="smoothness", **COMMON)
+    noise = []
+    for rank in (0, 1):
+        as_rank(online, rank, 2)
+        noise.append(online.draw_noise(4, online.step_generator()))
+    assert not torch.equal(noise[0], noise[1])
+
+    data = SFTModule(base=base, **COMMON)
+    x0 = torch.zeros(2, 3, 8, 8)
+    as_rank(data, 0, 1)
+    t_all, eps_all = data.draw_training_noise(torch.zeros(4, 3, 8, 8), data.step_generator(per_rank=False))
+    for rank in (0, 1):
+        as_rank(data, rank, 2)
+        t, eps = data.draw_training_noise(x0, data.step_generator(per_rank=False))
+        torch.testing.assert_close(t, t_all[2 * rank:2 * rank + 2])
+        torch.testing.assert_close(eps, eps_all[2 * rank:2 * rank + 2])

@@ -27,6 +27,9 @@ CORE_COMMANDS = ("plugins", "bench", "new-plugin", "fit", "sample", "edit", "lab
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `prefdiff` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from prefdiff.threads import prepare_threads
+
+    prepare_threads()  # before anything imports torch
     try:
         return _dispatch(argv)
     except UserError as exc:
@@ -75,7 +78,7 @@ def _parser(plugin_commands: dict[str, dict[str, Any]]):
     bench.add_argument("--out", default=None, help="output folder (default runs/bench-DOMAIN)")
     bench.add_argument("--cache", default=None, help="cache folder for base models and data")
     bench.add_argument("--threads", type=int, default=None,
-                       help="torch threads (1 is faster when other jobs share the cores)")
+                       help="torch threads (default: the cores other jobs leave free)")
     bench.add_argument("--reward", default=None, help="train with this reward instead of the recipe's")
     bench.add_argument("--judge", default=None, help="evaluate with this reward instead of the recipe's judge")
     sub.add_subcommand("bench", bench, help="pretrain, align with each method, evaluate, write a report")
@@ -202,12 +205,11 @@ def _bench(args) -> int:
     from prefdiff.bench import run_benchmark
     from prefdiff.quiet import show_progress_lines
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        import torch
+    from prefdiff.threads import choose_threads
 
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    choose_threads(args.threads)
     show_progress_lines()
     out = Path(args.out or f"runs/bench-{args.domain}{'-quick' if args.quick else ''}")
     run_benchmark(args.domain, methods=args.method, quick=args.quick, seed=args.seed, out=out,

@@ -27,7 +27,7 @@ from prefdiff.bench.curves import judge_curve
 from prefdiff.bench.memory import PeakRSS
 from prefdiff.bench.publish import publish, staging_folder
 from prefdiff.bench.recipe import Recipe, recipe_key
-from prefdiff.bench.report import report_markdown
+from prefdiff.bench.report import report_markdown, small_eval_warning
 from prefdiff.bench.stats import paired_bootstrap_ci, sliced_wasserstein, summary
 from prefdiff.cache import cache_root
 from prefdiff.data import condition_count, repeat_condition, select
@@ -49,6 +49,14 @@ def _seed(seed: int) -> None:
     import pytorch_lightning as pl
 
     pl.seed_everything(seed, workers=True, verbose=False)
+
+
+def method_seed(seed: int, method: str) -> int:
+    """The seed of one method's training: from the run's seed and the method's name alone."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{method}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def _trainer(max_steps: int, seed: int, callbacks: list | None = None):
@@ -145,6 +153,9 @@ class Benchmark:
 
         test = self.dataset("test")
         items = [test[i] for i in range(min(self.recipe.n_eval, len(test)))]
+        warning = small_eval_warning(len(items))
+        if warning:  # also in report.md, which report_markdown writes from results["n_eval"]
+            log.warning(f"{self.recipe.domain}: {warning} (dataset '{self.recipe.dataset}', split test)")
         batch = collate(items)
         return batch["cond"], batch.get("x0")
 
@@ -309,7 +320,8 @@ class Benchmark:
 
         r = self.recipe
         cls, fixed = METHODS[method]
-        options = {**self.module_options(), **fixed, **r.methods.get(method, {})}
+        seed = method_seed(self.seed, method)
+        options = {**self.module_options(), "seed": seed, **fixed, **r.methods.get(method, {})}
         steps = options.pop("steps", r.align_steps)
         if cls.uses_reward(**fixed):
             name, reward_options = r.reward_for(method)
@@ -319,9 +331,9 @@ class Benchmark:
         else:
             options.pop("reward", None)
         options.setdefault("lora_rank", r.lora_rank)
-        # Seed before the adapter is built: a method's result must not depend on
-        # which methods ran before it.
-        _seed(self.seed)
+        # Seed from (seed, method) before the adapter is built: a method's result depends on
+        # neither which methods ran before it nor their number.
+        _seed(seed)
         try:
             module = cls(base=str(base_dir), **options)
         except UserError as exc:  # worded for `prefdiff fit`; here the options come from the recipe
@@ -329,11 +341,11 @@ class Benchmark:
                             f"{str(exc).replace('--model.', '')}") from None
         train = self.training_set(cls.training_data(**fixed), mined)
         batch = min(r.align_batch, len(train))
-        data = PrefDataModule.from_datasets(train, batch_size=batch, seed=self.seed)
+        data = PrefDataModule.from_datasets(train, batch_size=batch, seed=seed)
         recorder = judge_curve(curve[0], curve[1], max(1, steps // CURVE_POINTS)) if curve else None
         start = time.perf_counter()
         with PeakRSS() as memory:
-            _trainer(steps, self.seed, [recorder] if recorder else None).fit(module, datamodule=data)
+            _trainer(steps, seed, [recorder] if recorder else None).fit(module, datamodule=data)
         return module, time.perf_counter() - start, memory.peak, recorder
 
     def write_figures(self, rows: dict[str, torch.Tensor], cond, out: Path) -> None:
