@@ -169,3 +169,28 @@ def test_a_methods_result_does_not_depend_on_the_methods_before_it(tmp_path):
     for key in ("reward_mean", "improvement", "improvement_ci95", "drift", "train_reward_mean"):
         assert alone["methods"]["ddpo"][key] == after["methods"]["ddpo"][key], key
     assert method_seed(0, "ddpo") != method_seed(0, "dpo") and method_seed(0, "ddpo") != method_seed(1, "ddpo")
+
+
+def test_a_shipped_base_replaces_pretraining_only_for_its_own_recipe(tmp_path, caplog):
+    shipped = tmp_path / "bases"
+    recipe = replace(TINY, default_methods=["dpo"], shipped_bases=str(shipped))
+    with registered_plugin(TinyBench(recipe), "tiny-bench"):
+        first = run_benchmark("tiny", quick=True, out=tmp_path / "a", cache=tmp_path / "c1", ship_base=True)
+    (folder,) = shipped.iterdir()
+    record = json.loads((folder / "shipped.json").read_text())
+    assert folder.name == "tiny" and record["seed"] == 0 and record["domain"] == "tiny"
+    assert record["hashed"]["model"] == json.loads(json.dumps(recipe.model))
+    assert record["hashed"]["pretrain_steps"] == recipe.pretrain_steps
+    # A fresh cache takes the shipped base: the same numbers, no pretraining.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="prefdiff"), registered_plugin(TinyBench(recipe), "tiny-bench"):
+        again = run_benchmark("tiny", quick=True, out=tmp_path / "b", cache=tmp_path / "c2")
+    assert "the shipped tiny" in caplog.text and "pretraining" not in caplog.text
+    assert again["base"] == first["base"] and again["methods"]["dpo"]["improvement"] == first["methods"]["dpo"][
+        "improvement"]
+    # Another recipe (more pretraining) has another key: the shipped base is not used.
+    caplog.clear()
+    changed = replace(recipe, pretrain_steps=recipe.pretrain_steps + 1)
+    with caplog.at_level("INFO", logger="prefdiff"), registered_plugin(TinyBench(changed), "tiny-bench"):
+        run_benchmark("tiny", quick=True, out=tmp_path / "c", cache=tmp_path / "c3")
+    assert "is for another recipe" in caplog.text and "pretraining 7 SFT steps" in caplog.text

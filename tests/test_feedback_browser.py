@@ -19,8 +19,7 @@ from prefdiff.feedback.store import LabelStore
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
 ENABLE = ("needs a headless Chromium and its driver: on Debian/Ubuntu run "
-          "`apt-get install chromium chromium-driver` (CI's .ci/run does this as root), "
-          "and `pip install selenium` (in prefdiff[test])")
+          "`apt-get install chromium chromium-driver` (CI's .ci/run does this as root)")
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
          "--window-size=1280,1000")
@@ -28,8 +27,9 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable
 
 @pytest.fixture
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason=ENABLE)
-    if CHROMIUM is None or DRIVER is None:
+    from selenium import webdriver  # a Python dependency (prefdiff[test]): missing it is an error, not a skip
+
+    if CHROMIUM is None or DRIVER is None:  # system packages: skip, naming the install
         pytest.skip(ENABLE)
     from selenium.webdriver.chrome.service import Service
 

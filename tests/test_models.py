@@ -37,7 +37,6 @@ def test_builders_predict_noise_of_input_shape(preset, x, cond):
 
 
 def test_monai_denoiser():
-    pytest.importorskip("monai")
     denoiser = build_denoiser(dict(kind="monai", sample_size=8, channels=1, conditioning="concat",
                                    cond_channels=1, block_out_channels=(8, 16)))
     assert denoiser(torch.randn(2, 1, 8, 8), T, torch.randn(2, 1, 8, 8)).shape == (2, 1, 8, 8)

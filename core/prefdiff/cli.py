@@ -81,6 +81,8 @@ def _parser(plugin_commands: dict[str, dict[str, Any]]):
                        help="torch threads (default: the cores other jobs leave free)")
     bench.add_argument("--reward", default=None, help="train with this reward instead of the recipe's")
     bench.add_argument("--judge", default=None, help="evaluate with this reward instead of the recipe's judge")
+    bench.add_argument("--ship-base", action="store_true",
+                       help="write the base model into the field's shipped bases (make bench does)")
     sub.add_subcommand("bench", bench, help="pretrain, align with each method, evaluate, write a report")
 
     new = _subparser("Write a pip-installable plugin package to start from.")
@@ -213,7 +215,8 @@ def _bench(args) -> int:
     show_progress_lines()
     out = Path(args.out or f"runs/bench-{args.domain}{'-quick' if args.quick else ''}")
     run_benchmark(args.domain, methods=args.method, quick=args.quick, seed=args.seed, out=out,
-                  cache=Path(args.cache) if args.cache else None, reward=args.reward, judge=args.judge)
+                  cache=Path(args.cache) if args.cache else None, reward=args.reward, judge=args.judge,
+                  ship_base=args.ship_base)
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}\nsamples: {out / 'samples.png'}\n"
           f"log (with Lightning's lines): {out / 'bench.log'}")
     return 0

@@ -44,6 +44,8 @@ def lightning_chatter_to(log_file: str | Path | None) -> Iterator[None]:
     also writes to the file, so it holds the whole story of the run. Handlers
     and the warnings capture are restored on exit.
     """
+    import pytorch_lightning  # noqa: F401  (its import adds a terminal handler: install ours after it)
+
     handler: logging.Handler = (logging.FileHandler(log_file, encoding="utf-8") if log_file is not None
                                 else logging.NullHandler())
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))

@@ -81,6 +81,9 @@ class Recipe:
     """metrics({row name: samples}, conditions) -> {row name: {name: value}}: the field's own
     numbers beyond the judge (a success rate, with its interval against the base), written
     into results.json under each model's ``metrics`` and into the report."""
+    shipped_bases: str | None = None
+    """A folder of pretrained bases shipped with the field (:mod:`prefdiff.bench.shipped`),
+    used instead of pretraining when one matches the recipe's key."""
     edit: Callable[[Any, Any, Path], dict] | None = None
     """edit(denoiser, scheduler, out_dir) -> {"reward_mean", "preservation", ...}: the
     field's editing task, run on the aligned model with the best judge improvement
@@ -93,13 +96,14 @@ class Recipe:
         return name, dict(options)
 
 
-def recipe_key(recipe: Recipe, seed: int, cache: Path) -> str:
-    """The cache key of the base model a prepared recipe pretrains with ``seed``.
-
-    Paths inside ``cache`` count relative to it, so the key (and a shipped base
-    model recorded with it) does not depend on where the cache lives.
-    """
+def key_material(recipe: Recipe, seed: int, cache: Path) -> str:
+    """What the cache key hashes: the base-deciding fields as JSON, paths inside ``cache``
+    written relative to it (``$CACHE``) so the key does not depend on where the cache lives."""
     keyed = {k: v for k, v in asdict(recipe).items() if k in BASE_FIELDS}
     blob = json.dumps({**keyed, "seed": seed, "base": BASE_FORMAT}, sort_keys=True, default=str)
-    blob = blob.replace(str(Path(cache).resolve()), "$CACHE").replace(str(cache), "$CACHE")
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return blob.replace(str(Path(cache).resolve()), "$CACHE").replace(str(cache), "$CACHE")
+
+
+def recipe_key(recipe: Recipe, seed: int, cache: Path) -> str:
+    """The cache key of the base model a prepared recipe pretrains with ``seed``."""
+    return hashlib.sha256(key_material(recipe, seed, cache).encode()).hexdigest()[:12]

@@ -6,6 +6,18 @@ from typing import Any
 
 from prefdiff.bench.recipe import Recipe
 
+SMALL_EVAL = 30
+"""Fewer held-out conditions than this get a warning: a bootstrap interval over so few is unreliable."""
+
+
+def small_eval_warning(n_eval: int) -> str | None:
+    """The warning for a held-out set of ``n_eval`` conditions, or None when it is large enough."""
+    if n_eval >= SMALL_EVAL:
+        return None
+    return (f"only {n_eval} held-out condition{'s' if n_eval != 1 else ''}, fewer than {SMALL_EVAL}: a bootstrap "
+            f"interval resampled from so few values understates the real spread, so the CI95 columns are "
+            f"unreliable; evaluate on a larger test split")
+
 
 def _number(value: Any) -> str:
     if isinstance(value, float):
@@ -37,6 +49,8 @@ def report_markdown(results: dict[str, Any], recipe: Recipe) -> str:
              f" x {results.get('eval_samples', 1)} samples, quick={results['quick']}. "
              "Drift: " + (recipe.drift_note or ("the recipe's own measure" if recipe.drift else
                           "sliced Wasserstein-1 distance of samples to real held-out data")) + ".", "",
+             *([f"**Warning:** {small_eval_warning(results['n_eval'])}.", ""]
+               if small_eval_warning(results["n_eval"]) else []),
              "| model | judge mean | judge std | improvement | CI95 | drift | reward queries | train s | peak MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     b, u = results["base"], results["untrained"]

@@ -26,7 +26,8 @@ import torch
 from prefdiff.bench.curves import judge_curve
 from prefdiff.bench.memory import PeakRSS
 from prefdiff.bench.publish import publish, staging_folder
-from prefdiff.bench.recipe import Recipe, recipe_key
+from prefdiff.bench.recipe import Recipe, key_material, recipe_key
+from prefdiff.bench.shipped import install, restore_extras, ship, shipped_base
 from prefdiff.bench.report import report_markdown, small_eval_warning
 from prefdiff.bench.stats import paired_bootstrap_ci, sliced_wasserstein, summary
 from prefdiff.cache import cache_root
@@ -79,8 +80,11 @@ class Benchmark:
         self.manager = get_manager()
         self.seed, self.quick = seed, quick
         root = Path(cache or cache_root())
+        self.data_dir = root / "bench" / f"{recipe.domain}-data"
+        for path in restore_extras(recipe.shipped_bases, recipe.domain, self.data_dir):
+            log.info(f"shipped with the field: {path}")
         if recipe.prepare is not None:
-            prepared = recipe.prepare(recipe, root / "bench" / f"{recipe.domain}-data")
+            prepared = recipe.prepare(recipe, self.data_dir)
             if not isinstance(prepared, Recipe):
                 raise UserError(f"the '{recipe.domain}' recipe's prepare returned {type(prepared).__name__}, "
                                 f"not the prepared Recipe; return dataclasses.replace(recipe, ...)")
@@ -90,7 +94,9 @@ class Benchmark:
         if judge is not None:
             recipe = replace(recipe, judge=judge, judge_options={})
         self.recipe = recipe
-        self.cache = root / "bench" / f"{recipe.domain}-{recipe_key(recipe, seed, root)}"
+        self.key = recipe_key(recipe, seed, root)
+        self.key_material = json.loads(key_material(recipe, seed, root))
+        self.cache = root / "bench" / f"{recipe.domain}-{self.key}"
         self.cache.mkdir(parents=True, exist_ok=True)
         self.judge = self.manager.reward(recipe.judge, **recipe.judge_options)
         self.reward = self.manager.reward(recipe.reward, **recipe.reward_options)
@@ -126,12 +132,18 @@ class Benchmark:
             log.info(f"base model: cached at {base}")
             return base
         r = self.recipe
+        found = shipped_base(r.shipped_bases, r.domain, self.key)
+        if found is not None:
+            log.info(f"base model: the shipped {r.domain} base from {found}")
+            return install(found, base)
         log.info(f"base model: pretraining {r.pretrain_steps} SFT steps (cached afterwards in {base})")
         # Seed before the network is built: its initial weights come from the seed, not
         # from whatever the recipe's prepare step left in the global generator.
         _seed(self.seed)
         start_from = {"base": r.model["pipeline"]} if "pipeline" in r.model else {"model": r.model}
-        module = SFTModule(**start_from, lora_rank=0, lr=1e-3, **self.module_options())
+        # No gradient clipping: the bases were pretrained and measured that way (SFT ignored
+        # max_grad_norm until it was fixed, and the cache keys of those bases stand).
+        module = SFTModule(**start_from, lora_rank=0, lr=1e-3, max_grad_norm=0.0, **self.module_options())
         data = PrefDataModule.from_datasets(self.dataset("train", r.train_size),
                                             batch_size=r.pretrain_batch, seed=self.seed)
         start = time.perf_counter()
@@ -144,6 +156,24 @@ class Benchmark:
             {"steps": r.pretrain_steps, "wall_s": time.perf_counter() - start}))
         os.replace(tmp, base)
         return base
+
+    def reward_files(self) -> list[Path]:
+        """Files in the data folder that the recipe's rewards and judge read (their options name them)."""
+        r = self.recipe
+        values = [*r.reward_options.values(), *r.judge_options.values(),
+                  *(v for options in r.other_reward_options.values() for v in options.values())]
+        files = {Path(v).resolve() for v in values if isinstance(v, str) and Path(v).is_file()}
+        data = self.data_dir.resolve()
+        return sorted(f for f in files if data in f.parents)
+
+    def ship_base(self) -> Path:
+        """Write this run's base into the recipe's shipped-bases folder (``--ship-base``)."""
+        if self.recipe.shipped_bases is None:
+            raise UserError(f"the '{self.recipe.domain}' recipe names no shipped_bases folder; nothing to ship to")
+        target = ship(self.cache / "base", self.recipe.shipped_bases, self.recipe.domain, self.key, self.seed,
+                      self.key_material, extras=self.reward_files(), data_dir=self.data_dir)
+        log.info(f"base model shipped to {target}")
+        return target
 
     # -- evaluation -----------------------------------------------------------
 
@@ -388,7 +418,7 @@ def source_commit() -> dict[str, Any]:
 
 def run_benchmark(domain: str, *, methods: list[str] | None = None, quick: bool = False, seed: int = 0,
                   out: str | Path | None = None, cache: Path | None = None,
-                  reward: str | None = None, judge: str | None = None) -> dict[str, Any]:
+                  reward: str | None = None, judge: str | None = None, ship_base: bool = False) -> dict[str, Any]:
     """Run one domain's benchmark and move its outputs into ``out`` atomically.
 
     Progress goes to the ``prefdiff.bench`` logger; it and Lightning's own lines
@@ -404,6 +434,8 @@ def run_benchmark(domain: str, *, methods: list[str] | None = None, quick: bool 
         with lightning_chatter_to(tmp / "bench.log"):
             bench = Benchmark(recipe, seed=seed, quick=quick, cache=cache, reward=reward, judge=judge)
             results = bench.run(methods or list(bench.recipe.default_methods), tmp)
+            if ship_base:
+                bench.ship_base()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

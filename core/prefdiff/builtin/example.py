@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,8 @@ from torch.utils.data import Dataset
 from prefdiff.api import UserError, hookimpl
 
 PATTERNS = ("horizontal", "vertical", "diagonal", "checker")
+#: The example's pretrained base, shipped with prefdiff (configs/example_*.yaml start from it).
+SHIPPED = Path(__file__).parent / "bases"
 SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 
@@ -176,6 +179,7 @@ def example_recipe(quick: bool = False):
                  "draft": {"reward": "smoothness", "k": 2, "drift_coef": 1.0, "lr": 3e-4, "steps": 30}},
         default_methods=["dpo", "ddpo"] if quick else ["rwr", "dpo", "kto", "d3po", "ddpo", "grpo", "dpok",
                                                        "draft"],
-        pretrain_steps=400 if quick else 1000, pretrain_batch=32, align_batch=8,
+        # The same base for --quick and the full run: both align the shipped one.
+        pretrain_steps=1000, pretrain_batch=32, align_batch=8, shipped_bases=str(SHIPPED),
         n_eval=64 if quick else 256, num_steps=8, mine_conditions=128 if quick else 256,
         mine_per_condition=4, train_size=4096)

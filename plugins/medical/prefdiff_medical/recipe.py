@@ -27,12 +27,19 @@ TASK_VARIABLE = "PREFDIFF_MEDICAL_TASK"
 RESOLUTION = 32
 
 
+#: Where the field's pretrained base and segmenters ship (see prefdiff.bench.shipped).
+SHIPPED = Path(__file__).parent / "bases"
+
+
 def _settings(quick: bool) -> dict[str, Any]:
-    if quick:
-        return {"task": SyntheticTask(volumes=8, depth=16), "reward_steps": 300, "judge_steps": 200,
-                "model": (16, 32)}
+    """The task, the segmenters, the network and its pretraining.
+
+    The same for ``--quick`` and the full run, so both align the shipped base with the
+    shipped segmenters: a quick run changes only the alignment and evaluation budgets,
+    and a newcomer's first run aligns a real base in minutes. (Tests shrink these.)
+    """
     return {"task": SyntheticTask(volumes=48, depth=24), "reward_steps": 800, "judge_steps": 600,
-            "model": (32, 64, 64)}
+            "model": (32, 64, 64), "pretrain_steps": 2000}
 
 
 def medical_recipe(quick: bool = False) -> Recipe:
@@ -75,10 +82,10 @@ def medical_recipe(quick: bool = False) -> Recipe:
         judge_note="a BasicUNet of another seed, trained on the same images; training never queries it",
         methods=methods,
         default_methods=["dpo", "draft"] if quick else ["dpo", "kto", "draft", "ddpo"],
-        pretrain_steps=300 if quick else 2000, pretrain_batch=16,
+        pretrain_steps=settings["pretrain_steps"], pretrain_batch=16,
         align_steps=8 if quick else 100, align_batch=4 if quick else 8,
-        lora_rank=8, n_eval=16 if quick else 128, num_steps=8 if quick else 20,
-        mine_conditions=16 if quick else 192, mine_per_condition=4,
+        lora_rank=8, n_eval=32 if quick else 128, num_steps=20,
+        mine_conditions=16 if quick else 192, mine_per_condition=4, shipped_bases=str(SHIPPED),
         prepare=partial(prepare, quick=quick, user_task=user_task),
         drift=_drift, render=_render,
         drift_note="Wasserstein-1 distance of pixel intensities plus that of gradient magnitudes, "
@@ -127,7 +134,10 @@ def prepare(recipe: Recipe, data_dir: Path, *, quick: bool, user_task: str | Non
             log.info(f"writing the synthetic Decathlon task to {root}")
             make_task(root, task)
     data_options = {"root": str(root), **recipe.dataset_options}
-    key = hashlib.sha256(json.dumps({"data": {"root": str(root), **_data_options(user_task)},
+    # A user's task is named by its path; the synthetic one by its settings, so the key (and the
+    # segmenters shipped under it) does not depend on where the cache lives.
+    where = str(root) if user_task else root.name
+    key = hashlib.sha256(json.dumps({"data": {"root": where, **_data_options(user_task)},
                                      "task": None if user_task else asdict(task),
                                      "steps": [settings["reward_steps"], settings["judge_steps"]]},
                                     sort_keys=True).encode()).hexdigest()[:10]

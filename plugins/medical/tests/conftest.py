@@ -7,6 +7,22 @@ from pathlib import Path
 
 import pytest
 
+#: What the tests train: a much smaller task, segmenters and base than the benchmark's.
+TINY_SETTINGS = {"reward_steps": 300, "judge_steps": 200, "model": (16, 32), "pretrain_steps": 300}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tiny_recipe():
+    """Shrink the medical recipe for every test; the tests never read the shipped base."""
+    from prefdiff_medical import recipe
+    from prefdiff_medical.synthetic import SyntheticTask
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(recipe, "_settings", lambda quick: {"task": SyntheticTask(volumes=8, depth=16), **TINY_SETTINGS})
+    patch.setattr(recipe, "SHIPPED", Path("/nonexistent-shipped-bases"))
+    yield
+    patch.undo()
+
 
 @pytest.fixture(autouse=True)
 def _no_user_task(monkeypatch):

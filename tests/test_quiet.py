@@ -1,0 +1,16 @@
+"""Lightning's chatter goes to the log file, even when Lightning is first imported inside the block."""
+
+import subprocess
+import sys
+
+
+def test_a_fresh_process_prints_no_lightning_lines(tmp_path):
+    log = tmp_path / "run.log"
+    code = ("from prefdiff.quiet import lightning_chatter_to\n"
+            f"with lightning_chatter_to({str(log)!r}):\n"
+            "    import pytorch_lightning as pl\n"
+            "    pl.Trainer(accelerator='cpu', logger=False, enable_progress_bar=False, max_steps=1)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert "GPU available" not in out.stdout + out.stderr
+    assert "GPU available" in log.read_text()
