@@ -37,6 +37,16 @@ def test_tiny_benchmark_writes_the_contract(tmp_path):
         assert entry["improvement"] == pytest.approx(entry["reward_mean"] - on_disk["base"]["reward_mean"], abs=1e-5)
     assert on_disk["methods"]["dpo"]["reward_queries"] == 12  # mining: 6 conditions x 2 samples
     assert set(on_disk["base"]["judge_info"]) == {"jpeg_kb"}  # the judge's info numbers, averaged
+    # The real-data reference: the judge on the held-out split's own samples, one per condition.
+    from prefdiff.data import collate
+    from prefdiff.plugins import get_manager
+
+    manager = get_manager()
+    test = manager.dataset(TINY.dataset, split="test", **TINY.dataset_options)
+    real = collate([test[i] for i in range(8)])
+    judge = manager.reward(TINY.judge, **TINY.judge_options)
+    assert on_disk["real"]["reward_mean"] == pytest.approx(float(judge(real["x0"], real["cond"])[0].mean()), abs=1e-6)
+    assert f"| real held-out data | {on_disk['real']['reward_mean']:.4f} |" in (tmp_path / "out/report.md").read_text()
     assert (tmp_path / "out/report.md").read_text().startswith("# Benchmark: tiny")
     assert (tmp_path / "out/samples.png").stat().st_size > 0
     assert (tmp_path / "out/mined/pairs.jsonl").is_file()
@@ -46,6 +56,10 @@ def test_tiny_benchmark_writes_the_contract(tmp_path):
     page = render(tmp_path, tmp_path / "docs/benchmarks.md")
     assert "## tiny" in page and f"| base | {on_disk['base']['reward_mean']:.4f} |" in page
     assert f"{on_disk['methods']['dpo']['improvement']:+.4f}" in page
+    methods = on_disk["methods"]
+    best = max(methods, key=lambda m: methods[m]["improvement"])
+    assert (f"| tiny | `jpeg_incompressibility` | {on_disk['real']['reward_mean']:.4f} | "
+            f"{on_disk['base']['reward_mean']:.4f} | {best} | {methods[best]['reward_mean']:.4f} |") in page
     assert (tmp_path / "docs/figures/tiny-samples.png").is_file()
 
 
@@ -69,6 +83,10 @@ def test_several_samples_per_held_out_condition(tmp_path):
     assert dpo["improvement"] == pytest.approx(dpo["reward_mean"] - results["base"]["reward_mean"], abs=1e-5)
     lo, hi = dpo["improvement_ci95"]
     assert lo <= dpo["improvement"] <= hi
+    # One difference per condition, kept for pooling over seeds; the interval is theirs.
+    per_condition = torch.tensor(dpo["improvement_per_condition"])
+    assert len(per_condition) == 4 and float(per_condition.mean()) == pytest.approx(dpo["improvement"], abs=1e-6)
+    assert paired_bootstrap_ci(per_condition, seed=results["seed"]) == pytest.approx(dpo["improvement_ci95"], abs=1e-6)
     assert "4 held-out conditions x 3 samples" in (tmp_path / "out/report.md").read_text()
 
 

@@ -55,13 +55,16 @@ def test_malformed_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  init_args: [unclosed\n")
     assert_user_error(run("fit", "--config", bad), "bad.yaml", "not valid YAML", "line")
+    # every command's --config, not only fit's (jsonargparse's own message names no file)
+    assert_user_error(run("medical", "make-data", tmp_path / "task", "--config", bad), "bad.yaml", "not valid YAML")
+    assert_user_error(run("plugins", "--config", tmp_path / "no-such.yaml"), "no-such.yaml", "does not exist")
 
 
 def test_unknown_names(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text((ROOT / "configs/example_ddpo.yaml").read_text()
                       .replace("reward: jpeg_compressibility", "reward: jpeg_compresibility")
-                      .replace("base: runs/example-pretrain/csv/version_0/model", "base: null")
+                      .replace("base: core/prefdiff/builtin/bases/example", "base: null")
                       + "\n")
     result = run("fit", "--config", config, "--model.init_args.model", '{"kind": "unet2d", "sample_size": 16, '
                  '"conditioning": "class", "num_classes": 4, "block_out_channels": [16, 32]}')
@@ -319,3 +322,137 @@ def test_fit_stops_at_a_nan_reward(tmp_path, capsys):
         line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--model.init_args.reward", "nan_reward"))
     assert "reward 'nan_reward' (plugin 'nan-plugin') returned 8 NaN score(s) of 8" in line
     assert not list(tmp_path.rglob("lora/adapter_model.safetensors"))
+
+
+# ------------------------------------- issue 18: no bad first impression
+
+
+def test_fit_names_an_invalid_trainer_value_and_keeps_a_bugs_traceback(tmp_path, capsys, monkeypatch):
+    import functools
+
+    import pytorch_lightning as pl
+
+    line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--trainer.max_steps", "-5"))
+    assert line.startswith("prefdiff: error: --trainer.max_steps: `max_steps` must be a non-negative integer")
+    assert "change --trainer.max_steps" in line
+    line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--trainer.accelerator", "nowhere"))  # a ValueError
+    assert "--trainer.accelerator" in line and "'nowhere'" in line
+    line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--trainer.check_val_every_n_epoch", "0"))
+    assert "--trainer.check_val_every_n_epoch must be >= 1" in line  # Lightning would divide by it
+
+    @functools.wraps(pl.Trainer.__init__)  # the parser reads the Trainer's options from its signature
+    def broken(self, *args, **kwargs):
+        raise ValueError("max_steps went wrong in a bug")  # names an option, but is not Lightning's check
+
+    monkeypatch.setattr(pl.Trainer, "__init__", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        fit_here(_family_config("sft", tmp_path), tmp_path / "run")
+
+
+class VectorData:
+    """A dataset of 20-number conditions, as a robot layout is: they do not fit an image model."""
+
+    @hookimpl
+    def prefdiff_register_datasets(self, register):
+        register("vectors", lambda split="train", **options: [{"cond": torch.rand(20), "x0": torch.rand(3, 8, 8)}
+                                                               for _ in range(8)])
+
+
+def test_fit_says_when_the_datasets_conditions_do_not_fit_the_model(tmp_path, capsys):
+    with registered_plugin(VectorData(), "vector-data"):
+        line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--data.dataset", "vectors"))
+    assert "the conditions of dataset 'vectors' do not fit the model preset unet2d (conditioner class_label)" in line
+    assert "--model.init_args.conditioner" in line
+
+
+def test_sample_and_edit_say_when_the_datasets_conditions_do_not_fit_the_model(tmp_path, capsys):
+    from prefdiff.models import build_denoiser, save_model
+
+    save_model(build_denoiser(TINY_MODEL), tmp_path / "model")
+    common = ["--model", tmp_path / "model", "--dataset", "vectors", "--conditioner", "class_label", "--steps", "2"]
+    with registered_plugin(VectorData(), "vector-data"):
+        for command in (["sample", *common, "--n", "2"], ["edit", *common]):
+            line = fit_user_error(capsys, *command, "--out", tmp_path / command[0])
+            assert (f"the conditions of dataset 'vectors' do not fit the model in {tmp_path / 'model'} "
+                    f"(conditioner class_label)") in line, line
+    assert not (tmp_path / "sample").exists() and not (tmp_path / "edit").exists()
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("example_*.yaml")), ids=lambda p: p.name)
+def test_the_example_configs_start_from_the_shipped_base(config):
+    # A fresh checkout has no runs/ folder: the configs' base must be one the repository ships.
+    from prefdiff.models import is_model_folder
+
+    base = (yaml.safe_load(config.read_text())["model"].get("init_args") or {}).get("base")
+    assert base is None or is_model_folder(ROOT / base), f"{config.name}: base {base} is not in the checkout"
+
+
+def test_fit_names_the_config_that_writes_a_missing_base(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing under runs/ yet
+    (tmp_path / "configs").mkdir()
+    pretrain = tmp_path / "configs" / "example_pretrain.yaml"
+    pretrain.write_text((ROOT / "configs/example_pretrain.yaml").read_text())
+    ddpo = tmp_path / "configs" / "example_ddpo.yaml"
+    ddpo.write_text((ROOT / "configs/example_ddpo.yaml").read_text().replace(
+        "base: core/prefdiff/builtin/bases/example", "base: runs/example-pretrain/csv/version_0/model"))
+    line = fit_user_error(capsys, "fit", "--config", ddpo)
+    assert "runs/example-pretrain/csv/version_0/model is not a model folder yet" in line
+    assert f"run `prefdiff fit --config {pretrain}` first" in line
+
+
+def test_fit_keeps_lightnings_chatter_in_a_log_file(tmp_path, capsys):
+    # A user's error is the only line, not the last of the args warning, seed, GPU, TPU and tip lines.
+    failed = run(*_tiny_fit_args(tmp_path / "bad", "--data.dataset", "nowhere"))
+    assert_user_error(failed, "unknown dataset 'nowhere'")
+    assert len(failed.stderr.splitlines()) == 1 and failed.stdout == "", failed.stderr + failed.stdout
+    assert "GPU available" in (tmp_path / "bad" / "fit.log").read_text()  # the Trainer was built
+    assert fit_here(_family_config("sft", tmp_path), tmp_path / "ok") == 0
+    out = capsys.readouterr().out
+    assert "LoRA adapter:" in out and f"log (with Lightning's lines): {tmp_path / 'ok' / 'fit.log'}" in out
+    log = (tmp_path / "ok" / "fit.log").read_text()
+    assert "Seed set to 0" in log and "GPU available" in log and "`Trainer.fit` stopped" in log
+
+
+def test_checkpoints_are_written_beside_their_target_not_moved_from_the_temp_folder(tmp_path, monkeypatch):
+    # Lightning's own writer saves into the system temp folder and moves the file. From another
+    # filesystem (a tmpfs /tmp) the move is a copy: a kill or a full disk mid-copy tears last.ckpt.
+    import errno
+    import shutil
+    import tempfile
+
+    rename, temp = os.rename, tempfile.gettempdir()
+
+    def cross_device(src, dst, *args, **kwargs):
+        if os.path.dirname(os.fspath(src)) == temp:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        return rename(src, dst, *args, **kwargs)
+
+    def torn_copy(src, dst, *args, **kwargs):
+        data = Path(src).read_bytes()
+        Path(dst).write_bytes(data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "rename", cross_device)
+    monkeypatch.setattr(shutil, "copyfile", torn_copy)
+    assert fit_here(_family_config("sft", tmp_path), tmp_path / "run") == 0
+    checkpoint = torch.load(next((tmp_path / "run").rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 2
+
+
+def test_plugins_install_and_uninstall_failures_are_one_line(tmp_path):
+    # pip's own ERROR line is the reason; a package that is not installed is not a silent success.
+    assert_user_error(run("plugins", "install", tmp_path / "no-such-plugin"), "pip install", "no-such-plugin")
+    assert_user_error(run("plugins", "uninstall", "prefdiff-no-such-plugin"),
+                      "no package 'prefdiff-no-such-plugin' is installed")
+
+
+def test_sample_with_an_adapter_of_another_model_is_one_line(tmp_path, capsys):
+    from prefdiff.models import add_lora, build_denoiser, save_lora, save_model
+
+    save_model(build_denoiser(TINY_MODEL), tmp_path / "model")
+    save_lora(add_lora(build_denoiser({**TINY_MODEL, "block_out_channels": [16, 32]})), tmp_path / "lora")
+    line = fit_user_error(capsys, "sample", "--model", tmp_path / "model", "--lora", tmp_path / "lora", "--dataset",
+                          "synthetic_textures", "--dataset-option", "resolution=8", "--conditioner", "class_label",
+                          "--steps", "2", "--n", "2", "--out", tmp_path / "out")
+    assert f"the LoRA adapter in {tmp_path / 'lora'} is for another model (size mismatch" in line
+    assert not (tmp_path / "out").exists()

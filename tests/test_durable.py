@@ -157,3 +157,126 @@ def test_reading_names_the_torn_or_foreign_line_and_the_fix(tmp_path):
             read_records(path, torn_tail_ok=True)
     path.write_bytes(FIRST + b'{"id": "p1"}')  # whole, only the newline missing
     assert [r["id"] for _, r in read_records(path)] == ["p0", "p1"]
+
+
+# ---------------------------------------------- every file prefdiff writes
+
+
+def _all_writes_fail(monkeypatch):
+    """A full disk: every os.write of prefdiff.durable fails with ENOSPC."""
+    def write(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(durable.os, "write", write)
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_is_replaced_whole_and_a_users_folder_is_refused(tmp_path):
+    from prefdiff.durable import replacing_folder, write_new_file
+
+    target = tmp_path / "model"
+    with replacing_folder(target, markers=("meta.json",)) as tmp:
+        write_new_file(tmp / "meta.json", b"1")
+        write_new_file(tmp / "net" / "weights", b"old")
+    with replacing_folder(target, markers=("meta.json",)) as tmp:
+        write_new_file(tmp / "meta.json", b"2")
+    assert _tree(target) == {"meta.json": b"2"}  # nothing of the old folder is left in the new
+    with pytest.raises(RuntimeError, match="a bug"):
+        with replacing_folder(target, markers=("meta.json",)) as tmp:
+            write_new_file(tmp / "meta.json", b"3")
+            raise RuntimeError("a bug")
+    assert _tree(target) == {"meta.json": b"2"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's")
+    with pytest.raises(UserError, match=r"mine holds files but none of meta\.json; not replacing"):
+        with replacing_folder(mine, markers=("meta.json",)):
+            pass
+    assert (mine / "notes.txt").read_text() == "a user's"
+
+
+def test_a_full_disk_while_saving_an_adapter_or_a_model_leaves_the_old_one(tmp_path, monkeypatch):
+    from prefdiff.models import add_lora, load_lora, save_lora, save_model
+    from prefdiff.testing import tiny_denoiser, tiny_scheduler
+
+    denoiser = add_lora(tiny_denoiser(sample_size=8, block_out_channels=(8, 16)))
+    save_lora(denoiser, tmp_path / "lora")
+    save_model(denoiser, tmp_path / "model", tiny_scheduler())
+    before = {name: _tree(tmp_path / name) for name in ("lora", "model")}
+    assert "scheduler/scheduler_config.json" in before["model"]  # the model folder is whole in one step
+    _all_writes_fail(monkeypatch)
+    with pytest.raises(UserError, match=r"could not write .*lora: No space left on device; the folder is as it "
+                                        r"was before this write; free disk space"):
+        save_lora(denoiser, tmp_path / "lora")
+    with pytest.raises(UserError, match=r"could not write .*model: No space left on device; the folder is as it "
+                                        r"was before this write"):
+        save_model(denoiser, tmp_path / "model")
+    with pytest.raises(UserError, match=r"could not write .*new-lora: No space left on device; nothing of it was "
+                                        r"left behind"):
+        save_lora(denoiser, tmp_path / "new-lora")
+    assert {name: _tree(tmp_path / name) for name in ("lora", "model")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lora", "model"]
+    monkeypatch.undo()
+    load_lora(tiny_denoiser(sample_size=8, block_out_channels=(8, 16)), tmp_path / "lora")
+
+
+def test_a_full_disk_while_writing_pairs_leaves_the_pair_file_and_tensors_whole(tmp_path, monkeypatch):
+    import torch
+
+    from prefdiff.data import append_pair, read_pairs, save_tensors
+
+    save_tensors(tmp_path / "a.safetensors", {"sample": torch.ones(2)})
+    append_pair(tmp_path / "pairs.jsonl", {"condition": "c", "a": "a.safetensors", "b": "b", "winner": "a"})
+    before = _tree(tmp_path)
+    _all_writes_fail(monkeypatch)
+    with pytest.raises(UserError, match=r"could not write .*pairs\.jsonl: No space left on device"):
+        append_pair(tmp_path / "pairs.jsonl", {"condition": "c", "a": "a", "b": "b", "winner": "b"})
+    with pytest.raises(UserError, match=r"could not write .*a\.safetensors: No space left on device; the file is "
+                                        r"as it was"):
+        save_tensors(tmp_path / "a.safetensors", {"sample": torch.zeros(2)})
+    assert _tree(tmp_path) == before
+    monkeypatch.undo()
+    assert len(read_pairs(tmp_path / "pairs.jsonl")) == 1
+
+
+def test_a_torn_or_foreign_tensor_file_of_a_pair_names_the_file_the_pair_and_the_fix(tmp_path):
+    import torch
+
+    from prefdiff.data import PairDataset, append_pair, save_tensors
+
+    save_tensors(tmp_path / "c.safetensors", {"cond": torch.tensor(1)})
+    for name in ("a", "b"):
+        save_tensors(tmp_path / f"{name}.safetensors", {"sample": torch.rand(3, 4, 4)})
+    append_pair(tmp_path / "pairs.jsonl", {"id": "p0", "condition": "c.safetensors", "a": "a.safetensors",
+                                           "b": "b.safetensors", "winner": "a"})
+    pairs = PairDataset(tmp_path / "pairs.jsonl")
+    whole = (tmp_path / "a.safetensors").read_bytes()
+    (tmp_path / "a.safetensors").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(UserError, match=r"a\.safetensors, named as 'a' in .*pairs\.jsonl, is truncated or not a "
+                                        r"safetensors file .*re-create it .*or delete the line of pair 'p0'"):
+        pairs[0]
+    save_tensors(tmp_path / "a.safetensors", {"image": torch.rand(2)})
+    with pytest.raises(UserError, match=r"a\.safetensors, named as 'a' .* holds no 'sample' tensor \(it has image\)"):
+        pairs[0]
+
+
+def test_mining_into_a_folder_of_earlier_pairs_leaves_their_files_as_they_were(tmp_path):
+    import torch
+
+    from prefdiff.data import MinedSamples, PairDataset, write_best_worst_pairs
+
+    def mined(seed):
+        g = torch.Generator().manual_seed(seed)
+        return MinedSamples(torch.rand(3, 2, 3, 4, 4, generator=g), torch.tensor([[1.0, 0.0]] * 3),
+                            [torch.tensor(c) for c in range(3)])
+
+    first = mined(0)
+    pair_file = write_best_worst_pairs(first, tmp_path, "reward:r")
+    write_best_worst_pairs(mined(1), tmp_path, "reward:r")  # a second mining, with other samples
+    pairs = PairDataset(pair_file)
+    assert len(pairs) == 6 and len({r["id"] for r in pairs.records}) == 6
+    for i in range(3):  # the earlier lines still name the earlier samples
+        assert torch.equal(pairs[i]["x_w"], first.samples[i, 0]) and torch.equal(pairs[i]["x_l"], first.samples[i, 1])

@@ -52,7 +52,7 @@ def test_quick_suite_writes_every_figure(tmp_path):
         assert {"id", "name", "value", "target", "met", "details"} <= set(f)
         assert isinstance(f["met"], bool) and f["target"].split()[0] in ("<=", ">=")
         figures.setdefault(f["id"], []).append(f)
-    assert sorted(figures) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(figures) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert len(figures[5]) == 3  # batch exponent, resolution exponent, DDP speed-up
     for f in [*figures[1], *figures[2], *figures[3], figures[5][2], *figures[6]]:
         assert math.isfinite(f["value"]) and f["value"] > 0, f
@@ -74,6 +74,9 @@ def test_quick_suite_writes_every_figure(tmp_path):
     assert rewards["jpeg_incompressibility"]["role"] == "judge only"
     assert figures[4][0]["value"] == max(r["share"] for r in rewards.values() if "share" in r)
     assert figures[7][0]["value"] == pytest.approx(4.0)  # grpo 10 s against DDPO's 40 s
+    overlap = figures[8][0]["details"]["tinyperf"]
+    assert overlap["serial_step_s"] > 0 and overlap["overlapped_step_s"] > 0 and overlap["reward_s"] > 0
+    assert figures[8][0]["value"] == overlap["hidden_share"]
     assert {"cpu", "cores", "torch", "diffusers", "peft", "pytorch_lightning"} <= set(perf["environment"])
     assert perf["quick"] is True and "--quick" in perf["command"]
 

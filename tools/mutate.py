@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -36,24 +37,32 @@ MODULES = {
     "prefdiff.trainers": "core/prefdiff/trainers/*",
     "prefdiff.data.mining": "core/prefdiff/data/mining.py",
     "prefdiff.bench.stats": "core/prefdiff/bench/stats.py",
+    "prefdiff.bench.seeds": "core/prefdiff/bench/seeds.py",
     "prefdiff_medical.rewards": "plugins/medical/prefdiff_medical/rewards.py",
     "prefdiff_driving.rewards": "plugins/driving/prefdiff_driving/rewards.py",
     "prefdiff_robotics.rewards": "plugins/robotics/prefdiff_robotics/rewards.py",
 }
 
-#: the tests that exercise those modules (mutmut runs the covering subset per mutant).
-TESTS = ["tests/test_losses.py", "tests/test_sampling.py", "tests/test_flow.py", "tests/test_trainers.py",
-         "tests/test_trainer_direction.py", "tests/test_mining.py", "tests/test_bench_stats.py",
-         "plugins/medical/tests/test_rewards.py", "plugins/driving/tests/test_rewards.py",
-         "plugins/driving/tests/test_planner.py", "plugins/robotics/tests/test_rewards.py"]
+#: module -> the tests that exercise it (mutmut runs the covering subset of these per mutant).
+MODULE_TESTS = {
+    "prefdiff.losses": ["tests/test_losses.py", "tests/test_trainer_direction.py"],
+    "prefdiff.sampling": ["tests/test_sampling.py", "tests/test_flow.py"],
+    "prefdiff.trainers": ["tests/test_trainers.py", "tests/test_trainer_direction.py"],
+    "prefdiff.data.mining": ["tests/test_mining.py"],
+    "prefdiff.bench.stats": ["tests/test_bench_stats.py"],
+    "prefdiff.bench.seeds": ["tests/test_bench_seeds.py"],
+    "prefdiff_medical.rewards": ["plugins/medical/tests/test_rewards.py"],
+    "prefdiff_driving.rewards": ["plugins/driving/tests/test_rewards.py", "plugins/driving/tests/test_planner.py"],
+    "prefdiff_robotics.rewards": ["plugins/robotics/tests/test_rewards.py"],
+}
 
 PACKAGES = {"core/prefdiff": "prefdiff", "plugins/medical/prefdiff_medical": "prefdiff_medical",
             "plugins/driving/prefdiff_driving": "prefdiff_driving",
             "plugins/robotics/prefdiff_robotics": "prefdiff_robotics"}
 
 
-def make_copy() -> None:
-    """The tracked and new files of the tree, packages moved to src/, mutmut configured."""
+def make_copy(modules: dict[str, str]) -> None:
+    """The tracked and new files of the tree, packages moved to src/, mutmut configured to mutate ``modules``."""
     shutil.rmtree(COPY, ignore_errors=True)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
@@ -65,11 +74,11 @@ def make_copy() -> None:
     for source, package in PACKAGES.items():
         shutil.move(COPY / source, COPY / "src" / package)
     only = [pattern.replace("core/", "src/").replace("plugins/medical/", "src/").replace("plugins/driving/", "src/")
-            .replace("plugins/robotics/", "src/") for pattern in MODULES.values()]
+            .replace("plugins/robotics/", "src/") for pattern in modules.values()]
     config = {
         "source_paths": ["src"], "only_mutate": only,
         "also_copy": ["tests", "conftest.py", "plugins", "docs", "configs", "core"],
-        "pytest_add_cli_args_test_selection": TESTS,
+        "pytest_add_cli_args_test_selection": sorted({t for m in modules for t in MODULE_TESTS[m]}),
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q"],
         "process_isolation": "forkserver",
         # Without debug, mutmut 3.8's coverage run found no test for any mutant here;
@@ -88,8 +97,8 @@ def make_copy() -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def summary() -> dict:
-    """Per module: mutants, killed, survived (by name) and the rest, from `mutmut results --all`."""
+def summary(wanted: dict[str, str]) -> dict:
+    """Per module of ``wanted``: mutants, killed, survived (by name) and the rest, from `mutmut results --all`."""
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=COPY,
                          capture_output=True, text=True, check=True).stdout
     modules: dict[str, dict] = {}
@@ -97,7 +106,7 @@ def summary() -> dict:
         name, sep, status = line.strip().rpartition(": ")
         if not sep or "__mutmut_" not in name:
             continue
-        module = next((m for m in sorted(MODULES, key=len, reverse=True) if name.startswith(m + ".")), "other")
+        module = next((m for m in sorted(wanted, key=len, reverse=True) if name.startswith(m + ".")), "other")
         entry = modules.setdefault(module, {"statuses": Counter(), "survived": []})
         entry["statuses"][status] += 1
         if status == "survived":
@@ -109,13 +118,26 @@ def summary() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    parser.add_argument("--only", action="append", choices=list(MODULES),
+                        help="mutate only these modules (repeatable); docs/mutants.json keeps the others' last run")
     args = parser.parse_args()
-    make_copy()
+    modules = {m: MODULES[m] for m in (args.only or MODULES)}
+    make_copy(modules)
     env = {**os.environ, "PYTHONPATH": str(COPY / "mutants" / "src"), "OMP_NUM_THREADS": "1"}
+    started = time.monotonic()
     subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=COPY,
                    env=env, check=False)
-    result = summary()
-    (ROOT / "docs" / "mutants.json").write_text(json.dumps(result, indent=2) + "\n")
+    wall = round(time.monotonic() - started)
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    clean = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout == ""
+    result = {m: {**entry, "commit": commit, "clean": clean, "run_wall_s": wall}
+              for m, entry in summary(modules).items()}
+    path = ROOT / "docs" / "mutants.json"
+    earlier = json.loads(path.read_text()) if path.is_file() and args.only else {}
+    merged = {m: e for m, e in {**earlier, **result}.items() if m in MODULES}
+    path.write_text(json.dumps(dict(sorted(merged.items())), indent=2) + "\n")
     for module, entry in result.items():
         killed = entry.get("killed", 0)
         print(f"{module}: {entry['mutants']} mutants, {killed} killed, {entry.get('survived', 0)} survived")

@@ -18,6 +18,7 @@ from typing import Any
 BENCH_COMMAND = "make bench"
 PERF_COMMAND = "python -m prefdiff.perf --results benchmarks/results --out benchmarks/results/perf.json"
 PERF_NOTES = "PERF_NOTES.md"
+STATUS = "STATUS.md"
 
 
 def _row(name: str, m: dict) -> str:
@@ -85,6 +86,8 @@ def _field(path: Path, page: Path) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     if "untrained" in r:
         lines.append(_row("untrained network", r["untrained"]))
+    if "real" in r:
+        lines.append(_row("real held-out data", r["real"]))
     lines.append(_row("base", r["base"]))
     lines += [_row(name, m) for name, m in r["methods"].items()]
     if "edit" in r:
@@ -105,6 +108,27 @@ def _field(path: Path, page: Path) -> list[str]:
         lines += ["", f"![{r['domain']} samples, base then each method](figures/{target.name})"]
     lines.append("")
     return lines
+
+
+def summary_table(paths: list[Path]) -> list[str]:
+    """The page's opening table: per field, the real-data reference, the base, and the best method."""
+    lines = ["| field | judge | real held-out data | base | best method | its judge mean | improvement [CI95] | "
+             "methods above zero |", "|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        r = json.loads(path.read_text())
+        methods = r["methods"]
+        best = max(methods, key=lambda m: methods[m]["improvement"], default=None)
+        real = f"{r['real']['reward_mean']:.4f}" if "real" in r else "-"
+        above = [m for m, e in methods.items() if e.get("improvement_ci95", [0])[0] > 0]
+        row = f"| {r['domain']} | `{r.get('judge', r['reward'])}` | {real} | {r['base']['reward_mean']:.4f} | "
+        if best is None:
+            lines.append(row + "- | - | - | - |")
+            continue
+        b = methods[best]
+        lo, hi = b["improvement_ci95"]
+        lines.append(row + f"{best} | {b['reward_mean']:.4f} | {b['improvement']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
+                     f"{', '.join(above) or 'none'} ({len(above)} of {len(methods)}) |")
+    return lines + [""]
 
 
 def _value(value: Any) -> str:
@@ -154,7 +178,8 @@ def render_perf(perf_path: Path) -> list[str]:
              f"{env.get('diffusers', '?')}, peft {env.get('peft', '?')}, pytorch_lightning "
              f"{env.get('pytorch_lightning', '?')}.", "",
              "Every figure is a ratio of two things measured side by side in one run (medians of interleaved "
-             "repeats, timed by the process's CPU time on one thread; DDP by the wall clock) or, for memory, "
+             "repeats, timed by the process's CPU time on one thread; DDP and the reward overlap by the wall clock) or, "
+             "for memory, "
              "in processes of their own. Targets marked *issue* are the issue's; *suite* targets are set by "
              "the suite where the issue names none.", "",
              "| figure | what | value | target | met |", "|---|---|---|---|---|"]
@@ -176,26 +201,44 @@ def render_perf(perf_path: Path) -> list[str]:
 
 
 def render_gpu(gpu_dir: Path) -> list[str]:
-    """The GPU section: one row per step of every JSON benchmarks/gpu.sh wrote there, then NOTES.md."""
+    """The GPU section: one row per run of every JSON benchmarks/gpu.sh wrote there, the runs that
+    failed or were left out, then NOTES.md."""
     lines = ["## GPU", "",
-             "Written by `benchmarks/gpu.sh` (a Stable-Diffusion-1.5-shaped UNet with random weights, 64x64x4 "
-             "latents, 77x768 text states). MFU is achieved FLOP/s (forward and backward matmuls and convolutions, "
-             "counted by torch's FlopCounterMode) over a bf16 matrix product timed in the same run.", "",
-             "| file | card | batch | LoRA targets | step | s/step | samples/s | TFLOP/s | MFU | peak GiB | "
-             "kernel-busy s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Written by `benchmarks/gpu.sh`: prefdiff's trainers under a Lightning Trainer on pipeline folders "
+             "shaped like SD-1.5, SDXL and SD3-medium (public configs, random weights; the oldest files time a "
+             "separate harness on the SD-1.5 UNet alone). A step key is shape/method/mode, then +lever for each "
+             "performance option turned on. MFU is achieved FLOP/s (forward and backward matmuls and convolutions, "
+             "counted by torch's FlopCounterMode) over a bf16 matrix product timed in the same run; GPU idle is "
+             "the share of a step the device ran no kernel, from one profiled step.", "",
+             "| file | card | step | batch | LoRA targets | s/step | samples/s | TFLOP/s | MFU | peak GiB | GPU idle | "
+             "kernels/step |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
     for path in sorted(gpu_dir.glob("*.json")):
         g = json.loads(path.read_text())
+        card = (f"{g['device']} ({g.get('precision', g['dtype'])}, torch {g['torch']}, peak "
+                f"{g['matmul_peak_tflops']:.0f} TFLOP/s)")
         for key, e in g["results"].items():
             if "step_s" not in e:
                 continue
-            busy = e.get("profile", {}).get("kernel_busy_s", "")
-            lines.append(f"| {path.name} | {g['device']} ({g['dtype']}, torch {g['torch']}, peak "
-                         f"{g['matmul_peak_tflops']:.0f} TFLOP/s) | {g['batch']} | {g.get('lora_targets', 'blocks')} "
-                         f"| {key} | {e['step_s']:.3f} | {e['samples_per_s']:.1f} | {e['achieved_tflops']:.0f} | "
-                         f"{e['mfu']:.3f} | {e.get('peak_gpu_memory_gb', '')} | {busy} |")
-    notes = gpu_dir / "NOTES.md"
-    if notes.is_file():
-        lines += ["", notes.read_text().strip()]
+            profile = e.get("profile", {})
+            idle = profile.get("idle_share")
+            if idle is None and profile.get("kernel_busy_s"):  # the first runs kept the busy time only
+                idle = max(0.0, 1 - profile["kernel_busy_s"] / e["step_s"])
+            targets = e["lora_targets"] if "lora_targets" in e else g.get("lora_targets", "blocks")
+            tflops, mfu = e.get("achieved_tflops"), e.get("mfu")
+            lines.append(f"| {path.name} | {card} | {key} | {e.get('batch', g.get('batch', ''))} | {targets or '-'} "
+                         f"| {e['step_s']:.3f} | {e['samples_per_s']:.1f} | "
+                         f"{'' if tflops is None else f'{tflops:.0f}'} | {'' if mfu is None else f'{mfu:.3f}'} | "
+                         f"{e.get('peak_gpu_memory_gb', '')} | {'' if idle is None else f'{idle:.0%}'} | "
+                         f"{profile.get('kernel_launches', '')} |")
+        for kind in ("failed", "skipped"):
+            for key, why in g.get(kind, {}).items():
+                notes.append(f"- {path.name}, {key}: {kind}: {why}")
+    if notes:
+        lines += [""] + notes
+    notes_file = gpu_dir / "NOTES.md"
+    if notes_file.is_file():
+        lines += ["", notes_file.read_text().strip()]
     return lines + [""]
 
 
@@ -205,8 +248,17 @@ def render(results_dir: Path, page: Path) -> str:
              "Generated by `python -m prefdiff.benchdocs` from `benchmarks/results/*/results.json` and "
              f"`benchmarks/results/perf.json`; `{BENCH_COMMAND}` reruns every field benchmark and the performance "
              "suite and regenerates this page.", ""]
-    for path in sorted(results_dir.glob("*/results.json")):
+    status = results_dir / STATUS
+    if status.is_file():  # whether the numbers are those of the current code, said first
+        lines += [status.read_text().strip(), ""]
+    fields = sorted(results_dir.glob("*/results.json"))
+    if fields:
+        lines += summary_table(fields)
+    for path in fields:
         lines += _field(path, page)
+    from prefdiff.bench.seeds import render_seeds, seeds_summary
+
+    lines += render_seeds(seeds_summary(results_dir))
     perf = results_dir / "perf.json"
     if perf.is_file():
         lines += render_perf(perf)
@@ -215,12 +267,27 @@ def render(results_dir: Path, page: Path) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- results table: written by python -m prefdiff.benchdocs; do not edit -->"
+README_END = "<!-- end of results table -->"
+
+
+def readme_with_table(readme: str, results_dir: Path) -> str:
+    """``readme`` with the text between its results-table markers replaced by :func:`summary_table`."""
+    start, end = readme.index(README_BEGIN) + len(README_BEGIN), readme.index(README_END)
+    table = summary_table(sorted(results_dir.glob("*/results.json")))
+    return readme[:start] + "\n" + "\n".join(table) + readme[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     results_dir = Path(argv[0] if argv else "benchmarks/results")
     page = Path(argv[1] if len(argv) > 1 else "docs/benchmarks.md")
     page.write_text(render(results_dir, page))
     print(f"wrote {page}")
+    if len(argv) > 2:  # the README's table, from the same results
+        readme = Path(argv[2])
+        readme.write_text(readme_with_table(readme.read_text(), results_dir))
+        print(f"wrote the results table of {readme}")
     return 0
 
 

@@ -169,10 +169,13 @@ def _parse(argv: list[str], plugin_commands: dict[str, dict[str, Any]]):
 
 
 def _dispatch(argv: list[str]) -> int:
+    from prefdiff.fit import check_config_files
+
     if argv and argv[0] == "fit":
         from prefdiff.fit import fit
 
         return fit(argv[1:])
+    check_config_files(argv)
     plugin_commands = _plugin_commands()
     config = _parse(argv, plugin_commands)
     command = config.command
@@ -249,11 +252,23 @@ def _pip(action: str, args) -> int:
             target = str(Path(target).resolve())
         cmd = [sys.executable, "-m", "pip", "install", *(["-e"] if args.editable else []), target]
     else:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            distribution(args.name)
+        except PackageNotFoundError:
+            raise UserError(f"no package '{args.name}' is installed; `prefdiff plugins` lists the plugins "
+                            f"(uninstall takes the distribution name, e.g. prefdiff-medical)") from None
         cmd = [sys.executable, "-m", "pip", "uninstall", "-y", args.name]
-    result = subprocess.run(cmd)
+    # pip's output goes to the terminal; its stderr is held back so that on a failure its ERROR line
+    # is the one error line (the user's error promise), and shown as it is after a success.
+    result = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        raise UserError(f"pip {action} {getattr(args, 'target', None) or args.name} failed "
-                        f"(exit {result.returncode}); see pip's message above")
+        errors = [ln for ln in result.stderr.splitlines() if ln.startswith("ERROR:")] or result.stderr.splitlines()
+        reason = (errors[0].removeprefix("ERROR:").strip() if errors else "no message")[:300]
+        raise UserError(f"pip {action} {getattr(args, 'target', None) or args.name} failed (exit "
+                        f"{result.returncode}): {reason}")
+    sys.stderr.write(result.stderr)
     return 0
 
 

@@ -28,8 +28,9 @@ LOG_FILE = "fit.log"
 """Where Lightning's lines go, in the run's root folder (``--trainer.default_root_dir``)."""
 
 
-def _check_config_files(argv: list[str]) -> None:
-    """Parse every --config file first so a YAML error is one line naming the file."""
+def check_config_files(argv: list[str]) -> None:
+    """Parse every --config file of ``argv`` first, so a missing file or a YAML error is one line naming
+    the file (jsonargparse's own message names neither). Every command calls it before parsing."""
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else (
             arg.split("=", 1)[1] if arg.startswith("--config=") else None)
@@ -45,7 +46,7 @@ def _check_config_files(argv: list[str]) -> None:
             raise UserError(f"config file {path} is not valid YAML{where}: "
                             f"{getattr(exc, 'problem', None) or exc}") from None
         if content is not None and not isinstance(content, dict):
-            raise UserError(f"config file {path} must hold a mapping (model:, data:, trainer:), "
+            raise UserError(f"config file {path} must hold a mapping of options (option: value), "
                             f"not a {type(content).__name__}")
 
 
@@ -99,7 +100,7 @@ def fit(argv: list[str]) -> int:
     """Run `prefdiff fit ARGS`; returns the exit code."""
     from prefdiff.quiet import show_progress_lines
 
-    _check_config_files(argv)
+    check_config_files(argv)
     show_progress_lines()
     with contextlib.ExitStack() as chatter:  # entered once the run's root folder is known
         return _fit(argv, chatter)

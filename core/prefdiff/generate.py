@@ -53,12 +53,14 @@ def _fits(denoiser, cond: Any, args: argparse.Namespace) -> None:
 
 
 def _write(samples: torch.Tensor, out: Path, name: str) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    from prefdiff.durable import atomic_write_bytes
     from prefdiff.viz import save_grid
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({"samples": samples.contiguous()}, str(out / f"{name}.safetensors"))
+    # Whole or not at all (prefdiff.durable): a full disk is one line, an earlier file stays as it was.
+    atomic_write_bytes(out / f"{name}.safetensors", save({"samples": samples.contiguous()}))
     if samples.ndim == 4 and samples.shape[1] in (1, 3):
         save_grid(samples, out / f"{name}.png")
     print(f"{name}: {out / (name + '.safetensors')}")

@@ -56,6 +56,11 @@ def lightning_chatter_to(log_file: str | Path | None) -> Iterator[None]:
         lg.handlers = [handler]
         lg.propagate = False
     ours.addHandler(handler)
+    # The file holds prefdiff's INFO lines even where nothing asked for them on the terminal
+    # (a library call); records below WARNING still reach no terminal handler.
+    level = ours.level
+    if level == logging.NOTSET or level > logging.INFO:
+        ours.setLevel(logging.INFO)
     logging.captureWarnings(True)
     try:
         with warnings.catch_warnings():
@@ -64,6 +69,7 @@ def lightning_chatter_to(log_file: str | Path | None) -> Iterator[None]:
     finally:
         logging.captureWarnings(False)
         ours.removeHandler(handler)
+        ours.setLevel(level)
         for lg, handlers, propagate in saved:
             lg.handlers, lg.propagate = handlers, propagate
         handler.close()

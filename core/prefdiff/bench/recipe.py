@@ -80,7 +80,9 @@ class Recipe:
     metrics: Callable[[dict[str, torch.Tensor], Any], dict[str, dict[str, Any]]] | None = None
     """metrics({row name: samples}, conditions) -> {row name: {name: value}}: the field's own
     numbers beyond the judge (a success rate, with its interval against the base), written
-    into results.json under each model's ``metrics`` and into the report."""
+    into results.json under each model's ``metrics`` and into the report. The rows are
+    ``real`` (the held-out split's own samples, where the dataset has them in the samples'
+    shape), ``base``, then each method; every row lines up with the conditions."""
     shipped_bases: str | None = None
     """A folder of pretrained bases shipped with the field (:mod:`prefdiff.bench.shipped`),
     used instead of pretraining when one matches the recipe's key."""

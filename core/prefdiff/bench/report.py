@@ -28,7 +28,8 @@ def _number(value: Any) -> str:
 
 
 def _metrics_table(results: dict[str, Any]) -> list[str]:
-    rows = {"base": results["base"].get("metrics", {}),
+    rows = {**({"real held-out data": results["real"]["metrics"]} if "metrics" in results.get("real", {}) else {}),
+            "base": results["base"].get("metrics", {}),
             **{name: m.get("metrics", {}) for name, m in results["methods"].items()}}
     names = sorted({k for metrics in rows.values() for k in metrics})
     if not names:
@@ -55,6 +56,9 @@ def report_markdown(results: dict[str, Any], recipe: Recipe) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     b, u = results["base"], results["untrained"]
     lines.append(f"| untrained | {u['reward_mean']:.4f} | {u['reward_std']:.4f} | | | | | | |")
+    if "real" in results:
+        r = results["real"]
+        lines.append(f"| real held-out data | {r['reward_mean']:.4f} | {r['reward_std']:.4f} | | | | | | |")
     lines.append(f"| base | {b['reward_mean']:.4f} | {b['reward_std']:.4f} | | | {b.get('drift', float('nan')):.4f} | | | |")
     for name, m in results["methods"].items():
         lo, hi = m["improvement_ci95"]

@@ -271,6 +271,10 @@ class Benchmark:
             "curve_samples": n_curve,
             "methods": {},
         }
+        if real is not None and real.shape[1:] == base_samples.shape[1:]:
+            # The reference a field trusts: the judge on the real held-out samples of the same conditions.
+            real_scores, real_info = self.score(self.judge, real, select(cond, slice(None, None, k)))
+            results["real"] = {**summary(real_scores), **_judge_info(real_info)}
         rows = {"base": base_samples}
         aligned_models: dict[str, Any] = {}
         mined = None
@@ -286,6 +290,8 @@ class Benchmark:
             diff = (scores - base_scores).view(n, k).mean(1)
             entry = {**summary(scores), **_judge_info(info), "improvement": float(diff.mean()),
                      "improvement_ci95": paired_bootstrap_ci(diff, seed=self.seed),
+                     # kept so seeds pool without a rerun (prefdiff.bench.seeds)
+                     "improvement_per_condition": diff.tolist(),
                      "train_reward_mean": float(self.score(self.reward, samples, cond)[0].mean()),
                      "reward_queries": int(module.reward_queries + (mined.queries if data.mined else 0)),
                      "train_wall_s": round(wall - curve.eval_s, 2), "peak_rss_mb": round(peak, 1),
@@ -304,8 +310,10 @@ class Benchmark:
             log.info(f"editing with the {best or 'base'} model")
             results["edit"] = {"model": best or "base", **r.edit(model, scheduler, out)}
         if r.metrics is not None:
-            for name, values in r.metrics(rows, cond).items():
-                target = results["base"] if name == "base" else results["methods"].get(name)
+            # The real held-out samples go first, one copy per sample drawn, so every row lines up with cond.
+            real_row = {"real": real.repeat_interleave(k, 0)} if "real" in results else {}
+            for name, values in r.metrics({**real_row, **rows}, cond).items():
+                target = results[name] if name in ("base", "real") else results["methods"].get(name)
                 if target is not None:
                     target["metrics"] = values
         results["env"] = environment()

@@ -63,9 +63,18 @@ def write_best_worst_pairs(mined: MinedSamples, out_dir: str | Path, labeler: st
     Each pair's tensor files are written whole (:func:`~prefdiff.data.pairs.save_tensors`) before
     its line is appended (:func:`~prefdiff.data.pairs.append_pair`), so a crash or a full disk at any
     point leaves a pair file whose every line names whole files.
+
+    Mining into a folder that already holds pairs appends to them: the new files are named after
+    the number of lines already there (``r12-c00003_0.safetensors``), so they never replace a
+    file an earlier line names, and a rerun after a crash only leaves the crashed run's unnamed
+    files behind.
     """
+    from prefdiff.durable import read_records
+
     out_dir = Path(out_dir)
     pair_file = out_dir / "pairs.jsonl"
+    earlier = len(read_records(pair_file, torn_tail_ok=True)) if pair_file.is_file() else 0
+    prefix = f"r{earlier}-" if earlier else ""
     kept = 0
     for i, cond in enumerate(mined.conditions):
         best, worst = int(mined.rewards[i].argmax()), int(mined.rewards[i].argmin())
@@ -74,14 +83,14 @@ def write_best_worst_pairs(mined: MinedSamples, out_dir: str | Path, labeler: st
         if isinstance(cond, str):
             where = {"prompt": cond}
         else:
-            where = {"condition": f"conds/c{i:05d}.safetensors"}
+            where = {"condition": f"conds/{prefix}c{i:05d}.safetensors"}
             save_tensors(out_dir / where["condition"], condition_tensors(cond))
         names = []
         for j in (best, worst):
-            rel = f"samples/c{i:05d}_{j}.safetensors"
+            rel = f"samples/{prefix}c{i:05d}_{j}.safetensors"
             save_tensors(out_dir / rel, {"sample": mined.samples[i, j]})
             names.append(rel)
-        append_pair(pair_file, {"id": f"c{i:05d}-{best}-{worst}", **where,
+        append_pair(pair_file, {"id": f"{prefix}c{i:05d}-{best}-{worst}", **where,
                                 "a": names[0], "b": names[1], "winner": "a", "labeler": labeler,
                                 "time": time.time()})
         kept += 1

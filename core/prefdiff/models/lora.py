@@ -156,7 +156,14 @@ def load_lora(denoiser: Denoiser, directory: str | Path) -> Denoiser:
         inject_adapter_in_model(config, denoiser.net)
         denoiser.lora_config = config
     state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
-    result = set_peft_model_state_dict(denoiser.net, state)
+    try:
+        result = set_peft_model_state_dict(denoiser.net, state)
+    except RuntimeError as exc:  # torch's load_state_dict: the adapter's tensors have other shapes
+        if "size mismatch" not in str(exc):
+            raise
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc))
+        raise UserError(f"the LoRA adapter in {directory} is for another model ({first[:200]}); pass the "
+                        f"adapter trained on this model") from None
     if getattr(result, "unexpected_keys", None):
         raise UserError(f"the LoRA adapter in {directory} is for another model "
                         f"(unexpected '{result.unexpected_keys[0]}')")

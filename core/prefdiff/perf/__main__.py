@@ -12,7 +12,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-FIGURES = ("1", "2", "3", "4", "5", "6", "7")
+FIGURES = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -23,7 +23,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="folder of the field benchmarks' results.json (figure 7)")
     p.add_argument("--only", action="append", choices=FIGURES, help="run only these figures (repeatable)")
     p.add_argument("--domain", action="append", default=None,
-                   help="benchmark recipes whose rewards figure 4 times (default: every registered one)")
+                   help="benchmark recipes whose rewards figures 4 and 8 time (default: every registered one for 4, "
+                        "robotics and driving for 8)")
     p.add_argument("--update", action="store_true",
                    help="keep the other figures of an existing --out file (rerun some with --only)")
     p.add_argument("--seed", type=int, default=0)
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    from prefdiff.perf import efficiency, growth, memory, overhead, reward_cost, sampler
+    from prefdiff.perf import efficiency, growth, memory, overhead, overlap, reward_cost, sampler
     from prefdiff.perf.common import environment
 
     wanted = set(args.only or FIGURES)
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             ("4", lambda: reward_cost.run(args.quick, domains=args.domain)),
             ("5", lambda: growth.run(args.quick)),
             ("6", lambda: memory.run_backprop(args.quick, measurement=backprop)),
-            ("7", lambda: efficiency.run(args.results))]
+            ("7", lambda: efficiency.run(args.results)),
+            ("8", lambda: overlap.run(args.quick, domains=args.domain))]
     figures, timings = [], {}
     start = time.perf_counter()
     for key, fn in runs:

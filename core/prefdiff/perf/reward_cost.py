@@ -65,8 +65,8 @@ def _role_rank(recipe, name: str) -> int:
     return 1 if name == recipe.judge else 2
 
 
-def _step_module(bench, method: str):
-    """The method's module as `prefdiff bench` builds it, on a fresh model."""
+def _step_module(bench, method: str, **overrides: Any):
+    """The method's module as `prefdiff bench` builds it, on a fresh model (``overrides``: module options)."""
     from prefdiff.trainers import METHODS
 
     r = bench.recipe
@@ -76,6 +76,7 @@ def _step_module(bench, method: str):
     if options.setdefault("reward", r.reward) == r.reward and r.reward_options:
         options.setdefault("reward_options", r.reward_options)
     options.setdefault("lora_rank", r.lora_rank)
+    options.update(overrides)
     torch.manual_seed(0)
     return cls(model=r.model, **options)
 

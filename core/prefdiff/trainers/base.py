@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from enum import Enum
 from typing import Any
@@ -12,10 +13,17 @@ import torch
 
 from prefdiff.data import condition_count
 from prefdiff.errors import UserError
-from prefdiff.models import LoraOptions, ModelPreset, add_lora, build_denoiser, load_model
+from prefdiff.models import LoraOptions, ModelPreset, add_lora, build_denoiser, default_lora_targets, load_model
 from prefdiff.plugins import get_manager
 from prefdiff.sampling import SDE_KINDS, is_flow, noised, sample, training_target
 from prefdiff.schedulers import build_scheduler, load_scheduler
+
+#: --model.sdpa_backend -> the name of torch.nn.attention.SDPBackend it forces.
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                 "math": "MATH"}
+#: torch.compile's modes (reduce-overhead captures CUDA graphs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+LORA_TARGETS = ("attention", "blocks")
 
 
 class TrainingData(Enum):
@@ -64,6 +72,23 @@ class AlignmentModule(pl.LightningModule):
     :param seed: seeds every random draw the module makes.
     :param scheduler: scheduler options for a fresh model (DDIMScheduler's, or num_train_timesteps
         and shift for flow matching).
+    :param lora_targets: which layers LoRA adapts: ``attention`` (the attention projections, the default
+        for text-to-image pipelines) or ``blocks`` (every Linear/Conv inside the UNet blocks, the default
+        for the fields' UNets); None keeps the model's default.
+
+    Performance options (none changes the numbers beyond float tolerance; tests/test_levers.py;
+    benchmarks/gpu.sh measures each one on and off):
+
+    :param channels_last: the denoiser's network and its image inputs in channels-last memory format
+        (NHWC convolutions without layout conversions on GPUs).
+    :param sdpa_backend: force scaled-dot-product attention onto one kernel during fit: ``flash``,
+        ``efficient`` (memory-efficient), ``cudnn`` or ``math``; None lets torch choose.
+    :param compile: ``torch.compile`` the denoiser's network (after LoRA is injected).
+    :param compile_mode: torch.compile's mode: ``default``, ``reduce-overhead`` (CUDA graphs),
+        ``max-autotune`` or ``max-autotune-no-cudagraphs``.
+    :param fused_optimizer: AdamW's fused kernel (one launch per step instead of one per tensor group).
+    :param gradient_checkpointing: recompute the network's block activations in backward (diffusers'
+        ``enable_gradient_checkpointing``): less memory, more compute.
     """
 
     def __init__(self, model: dict | None = None, base: str | None = None,
@@ -74,7 +99,10 @@ class AlignmentModule(pl.LightningModule):
                  lr: float = 1e-4, max_grad_norm: float = 1.0, seed: int = 0,
                  scheduler: dict | None = None, sde: str | None = None,
                  sde_window: list[int] | None = None, sample_chunks: int = 1, reward_workers: int = 0,
-                 reward_backend: str = "process") -> None:  # pragma: no mutate block
+                 reward_backend: str = "process", lora_targets: str | None = None, channels_last: bool = False,
+                 sdpa_backend: str | None = None, compile: bool = False, compile_mode: str = "default",
+                 fused_optimizer: bool = False,
+                 gradient_checkpointing: bool = False) -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
         if (model is None) == (base is None):
@@ -89,24 +117,33 @@ class AlignmentModule(pl.LightningModule):
         if sample_chunks < 1 or reward_workers < 0:
             raise UserError(f"--model.sample_chunks must be >= 1 and --model.reward_workers >= 0, got "
                             f"{sample_chunks} and {reward_workers}")
-        manager = get_manager()
-        cond_module = (manager.conditioner(conditioner, **(conditioner_options or {}))
-                       if conditioner else None)
-        if base is not None:
-            self.denoiser = load_model(base, cond_module)
-            self.noise_scheduler = load_scheduler(base)
-        else:
-            preset = ModelPreset(**model)
-            self.denoiser = build_denoiser(preset, cond_module)
-            self.noise_scheduler = build_scheduler(scheduler, preset.prediction_type)
+        self._check_performance_options()
+        self.denoiser = self.new_denoiser()
+        self.noise_scheduler = (load_scheduler(base) if base is not None else
+                                build_scheduler(scheduler, self.denoiser.preset.prediction_type))
         self.flow = is_flow(self.noise_scheduler)
         self._check_family(sde, sde_window)
-        if lora_rank > 0:
-            add_lora(self.denoiser, LoraOptions(r=lora_rank, alpha=lora_alpha or float(lora_rank)))
+        self._prepare_network()
+        manager = get_manager()
         self.reward_fn = manager.reward(reward, **(reward_options or {})) if reward else None
         self.reward_queries = 0
         # A pipeline's VAE and text encoders come from its folder, not from checkpoints.
         self.strict_loading = not self.denoiser.frozen_parts()
+
+    def new_denoiser(self):
+        """The denoiser the options describe, as built before training: the base model or a fresh
+        preset, with its conditioner, and the LoRA adapters when ``lora_rank`` > 0."""
+        hp = self.hparams
+        cond_module = (get_manager().conditioner(hp.conditioner, **(hp.conditioner_options or {}))
+                       if hp.conditioner else None)
+        if hp.base is not None:
+            denoiser = load_model(hp.base, cond_module)
+        else:
+            denoiser = build_denoiser(ModelPreset(**hp.model), cond_module)
+        if hp.lora_rank > 0:
+            add_lora(denoiser, LoraOptions(r=hp.lora_rank, alpha=hp.lora_alpha or float(hp.lora_rank),
+                                           target_modules=self._lora_target_names(denoiser.net)))
+        return denoiser
 
     def frozen_keys(self, state: dict[str, Any]) -> list[str]:
         """Keys of ``state`` (this module's state dict) that belong to the model's frozen parts."""
@@ -129,6 +166,40 @@ class AlignmentModule(pl.LightningModule):
             if len(sde_window) != 2 or not 0 <= first < end <= self.hparams.num_steps:
                 raise UserError(f"--model.sde_window must be [first, end] with 0 <= first < end <= num_steps="
                                 f"{self.hparams.num_steps}, got {list(sde_window)}")
+
+    def _check_performance_options(self) -> None:
+        hp = self.hparams
+        if hp.lora_targets is not None and hp.lora_targets not in LORA_TARGETS:
+            raise UserError(f"--model.lora_targets must be one of {', '.join(LORA_TARGETS)}, got '{hp.lora_targets}'")
+        if hp.sdpa_backend is not None and hp.sdpa_backend not in SDPA_BACKENDS:
+            raise UserError(f"--model.sdpa_backend must be one of {', '.join(SDPA_BACKENDS)}, got '{hp.sdpa_backend}'")
+        if hp.compile_mode not in COMPILE_MODES:
+            raise UserError(f"--model.compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{hp.compile_mode}'")
+
+    def _lora_target_names(self, net: torch.nn.Module) -> list[str]:
+        """The layers of ``net`` that ``--model.lora_targets`` names (empty: the model's default targets)."""
+        which = self.hparams.lora_targets
+        if which is None:
+            return []
+        names = default_lora_targets(net, attention_only=which == "attention")
+        if not names:
+            raise UserError(f"--model.lora_targets {which}: the network ({type(net).__name__}) has no such layers")
+        return names
+
+    def _prepare_network(self) -> None:
+        """Apply the performance options to the denoiser's network, after LoRA so that they cover the
+        adapters too: checkpointing, memory format, then compilation (which traces the other two)."""
+        hp, net = self.hparams, self.denoiser.net
+        if hp.gradient_checkpointing:
+            if not getattr(net, "_supports_gradient_checkpointing", False):
+                raise UserError(f"--model.gradient_checkpointing needs a diffusers network that supports it; "
+                                f"{type(net).__name__} does not")
+            net.enable_gradient_checkpointing()
+        if hp.channels_last:
+            net.to(memory_format=torch.channels_last)  # 4-D weights only: the convolutions
+            net.register_forward_pre_hook(_channels_last_inputs, with_kwargs=True)
+        if hp.compile:
+            net.compile(mode=hp.compile_mode, dynamic=False)  # in place: state-dict keys unchanged
 
     def sampler_options(self) -> dict[str, Any]:
         """The family's own sampling options (flow matching: the SDE kind and window)."""
@@ -219,7 +290,48 @@ class AlignmentModule(pl.LightningModule):
                                            workers=self.hparams.reward_workers, backend=self.hparams.reward_backend)
         return self._reward_pool
 
+    def configure_model(self) -> None:
+        """Shard the denoiser with FSDP2 when the Trainer's strategy is Lightning's ModelParallelStrategy
+        (:mod:`prefdiff.trainers.sharding`); under any other strategy the model stays whole."""
+        from pytorch_lightning.strategies import ModelParallelStrategy
+
+        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        from prefdiff.trainers.sharding import is_sharded, shard_denoiser
+
+        if is_sharded(self.denoiser):  # Lightning calls this hook again for each stage
+            return
+        mesh = self.device_mesh
+        if mesh["tensor_parallel"].size() != 1:
+            raise UserError(f"prefdiff shards its models across data-parallel ranks only (FSDP2); give the "
+                            f"ModelParallelStrategy --trainer.strategy.init_args.data_parallel_size "
+                            f"{mesh.size()} and --trainer.strategy.init_args.tensor_parallel_size 1")
+        shard_denoiser(self.denoiser, mesh["data_parallel"])
+
+    def on_fit_end(self) -> None:
+        """After a sharded fit, gather the trained weights into a whole denoiser (on every rank), so that
+        the model or adapter is exported, sampled and evaluated as after any other fit."""
+        from prefdiff.trainers.sharding import gather_full_state, is_sharded
+
+        if not is_sharded(self.denoiser):
+            return
+        state = gather_full_state(self.denoiser)  # a collective: every rank takes part
+        whole = self.new_denoiser()
+        whole.load_state_dict(state)
+        self.denoiser = whole.to(self.device)
+
+    def setup(self, stage: str) -> None:
+        # The attention kernel is a process-wide setting: forced for the run, restored at teardown.
+        if self.hparams.sdpa_backend is not None and getattr(self, "_sdpa", None) is None:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            self._sdpa = contextlib.ExitStack()
+            self._sdpa.enter_context(sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[self.hparams.sdpa_backend])))
+
     def teardown(self, stage: str) -> None:
+        if getattr(self, "_sdpa", None) is not None:
+            self._sdpa.close()
+            self._sdpa = None
         pool = getattr(self, "_reward_pool", None)
         if pool is not None:
             pool.close()
@@ -323,7 +435,8 @@ class AlignmentModule(pl.LightningModule):
         if not params:
             raise UserError("the model has no trainable parameters; set --model.lora_rank > 0 "
                             "or train the full model with --model.lora_rank 0")
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.0)
+        fused = {"fused": True} if self.hparams.fused_optimizer else {}
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.0, **fused)
 
     def clip_and_step(self, optimizer) -> None:
         """Clip gradients and step (manual optimization)."""
@@ -408,3 +521,11 @@ class AlignmentModule(pl.LightningModule):
         np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32),
                              state["numpy_rng_pos"], 0, 0.0))
         self.reward_queries = int(state["reward_queries"])
+
+
+def _channels_last_inputs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of ``--model.channels_last``: image-shaped (4-D) inputs in channels-last format."""
+    def convert(x: Any) -> Any:
+        return x.contiguous(memory_format=torch.channels_last) if torch.is_tensor(x) and x.ndim == 4 else x
+
+    return tuple(convert(a) for a in args), {k: convert(v) for k, v in kwargs.items()}

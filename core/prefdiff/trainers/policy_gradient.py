@@ -6,12 +6,12 @@ from typing import Any
 
 import torch
 
-from prefdiff.data import condition_count, repeat_condition
+from prefdiff.data import concat, condition_count, repeat_condition
 from prefdiff.errors import UserError
 from prefdiff.losses import (gaussian_kl, group_advantages, per_condition_advantages,
                              policy_gradient_kl_loss, ppo_clip_loss)
 from prefdiff.models import reference_mode
-from prefdiff.sampling import step_log_prob
+from prefdiff.sampling import predict_velocity, step_log_prob
 from prefdiff.trainers.base import AlignmentModule
 
 VARIANTS = ("ddpo", "dpok", "grpo")
@@ -35,6 +35,9 @@ class PolicyGradientModule(AlignmentModule):
     :param timestep_fraction: fraction of the denoising steps trained per pass.
     :param kl_coef: weight of the per-step KL to the reference (dpok, grpo).
     :param shared_noise: a condition's samples start from the same initial noise (Flow-GRPO's option).
+    :param logprob_batch: recompute the log-probs of this many sampling steps in one batched forward
+        (and one backward): fewer, larger kernels at the cost of that many steps' activations; 1 takes
+        the steps one at a time. The update is the same up to float rounding.
 
     On a flow-matching model the steps are Flow-GRPO's SDE steps (``--model.eta`` its noise
     level; ``--model.sde_window`` limits them), so ``grpo`` is Flow-GRPO (Liu et al. 2025).
@@ -44,7 +47,7 @@ class PolicyGradientModule(AlignmentModule):
     def __init__(self, *args: Any, method: str = "ddpo", samples_per_condition: int = 4,
                  clip_range: float = 1e-4, adv_clip_max: float = 5.0, inner_epochs: int = 1,
                  timestep_fraction: float = 1.0, kl_coef: float = 0.0, shared_noise: bool = False,
-                 **kwargs: Any) -> None:  # pragma: no mutate block
+                 logprob_batch: int = 1, **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
         if method not in VARIANTS:
             raise UserError(f"--model.method must be one of {', '.join(VARIANTS)}, got '{method}'")
@@ -56,6 +59,8 @@ class PolicyGradientModule(AlignmentModule):
             raise UserError("policy gradient needs stochastic steps: set --model.eta > 0")
         if kl_coef > 0 and self.hparams.lora_rank <= 0:
             raise UserError("the KL term uses the adapter-disabled reference; set --model.lora_rank > 0")
+        if logprob_batch < 1:
+            raise UserError(f"--model.logprob_batch must be >= 1, got {logprob_batch}")
         self.automatic_optimization = False
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -70,27 +75,58 @@ class PolicyGradientModule(AlignmentModule):
         kw = self.log_prob_options(cond)
         for _ in range(hp.inner_epochs):
             chosen = self.trainable_steps(out, hp.timestep_fraction, generator)
-            for j in chosen:
-                t = out.timesteps[j]
-                lp, mean, std = step_log_prob(self.denoiser, self.noise_scheduler, out.latents[:, j], t,
-                                              out.latents[:, j + 1], cond, **kw)
-                kl = None
+            for first in range(0, len(chosen), hp.logprob_batch):
+                steps = chosen[first:first + hp.logprob_batch]
+                recomputed = self.step_log_probs(out, steps, cond, kw)
                 if hp.method == "dpok" or hp.kl_coef > 0:
                     with torch.no_grad(), reference_mode(self.denoiser):
-                        _, ref_mean, _ = step_log_prob(self.denoiser, self.noise_scheduler,
-                                                       out.latents[:, j], t, out.latents[:, j + 1], cond, **kw)
-                    kl = gaussian_kl(mean, ref_mean, std)
-                if hp.method == "dpok":
-                    loss, metrics = policy_gradient_kl_loss(lp, advantages, kl, hp.kl_coef)
-                else:
-                    loss, metrics = ppo_clip_loss(lp, out.log_probs[:, j], advantages, hp.clip_range)
-                    if kl is not None:
-                        loss = loss + hp.kl_coef * kl.mean()
-                        metrics["kl"] = kl.mean().detach()
+                        reference = self.step_log_probs(out, steps, cond, kw)
+                loss = 0.0
+                for i, (j, (lp, mean, std)) in enumerate(zip(steps, recomputed)):
+                    kl = gaussian_kl(mean, reference[i][1], std) if hp.method == "dpok" or hp.kl_coef > 0 else None
+                    if hp.method == "dpok":
+                        step_loss, metrics = policy_gradient_kl_loss(lp, advantages, kl, hp.kl_coef)
+                    else:
+                        step_loss, metrics = ppo_clip_loss(lp, out.log_probs[:, j], advantages, hp.clip_range)
+                        if kl is not None:
+                            step_loss = step_loss + hp.kl_coef * kl.mean()
+                            metrics["kl"] = kl.mean().detach()
+                    loss = loss + step_loss
                 self.manual_backward(loss / len(chosen))
             self.clip_and_step(optimizer)
         self.log_progress("train/reward", rewards.mean(), n)
         self.log_metrics({**metrics, "reward_queries": self.reward_queries})
+
+    def step_log_probs(self, out, steps: list[int], cond: Any, options: dict[str, Any]) -> list[tuple]:
+        """``(log_prob, mean, std)`` of each stored step ``j`` in ``steps`` (``latents[:, j] -> latents[:, j + 1]``)
+        under the current model, as :func:`~prefdiff.sampling.step_log_prob` gives it.
+
+        With several steps the network sees all of them in one batch; each step's log-prob is then
+        taken from its slice of the (guided) output, which is what the per-step call computes.
+        """
+        scheduler, latents = self.noise_scheduler, out.latents
+        if len(steps) == 1:
+            j = steps[0]
+            return [step_log_prob(self.denoiser, scheduler, latents[:, j], out.timesteps[j], latents[:, j + 1], cond,
+                                  **options)]
+        n = latents.shape[0]
+        x = torch.cat([latents[:, j] for j in steps])
+        # Each step's timestep (integer for DDIM, float for flow matching) for each of its n samples.
+        t = torch.cat([torch.as_tensor(out.timesteps[j], device=x.device).reshape(()).expand(n) for j in steps])
+        times = len(steps)
+        stacked, uncond = cond, options["uncond"]
+        for _ in range(times - 1):
+            stacked = concat(stacked, cond)
+            uncond = None if options["uncond"] is None else concat(uncond, options["uncond"])
+        output = predict_velocity(self.denoiser, x, t, stacked, options["guidance_scale"], uncond)
+        rest = {k: v for k, v in options.items() if k not in ("guidance_scale", "uncond")}
+        results = []
+        for i, j in enumerate(steps):
+            part = output[i * n:(i + 1) * n]
+            # The guided output is already computed: a "model" that returns it, unguided.
+            results.append(step_log_prob(lambda *_, part=part: part, scheduler, latents[:, j], out.timesteps[j],
+                                         latents[:, j + 1], None, **rest))
+        return results
 
     def advantages(self, rewards: torch.Tensor, k: int) -> torch.Tensor:
         """Normalised advantages over the rewards of every process."""

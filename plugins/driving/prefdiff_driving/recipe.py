@@ -74,9 +74,16 @@ def driving_recipe(quick: bool = False) -> Recipe:
         lora_rank=8, n_eval=12 if quick else 192, eval_samples=1 if quick else 4, num_steps=6 if quick else 10,
         mine_conditions=16 if quick else 192, mine_per_condition=4,
         prepare=partial(prepare, quick=quick),
+        metrics=_statistics,
         drift=_drift, drift_note="relative difference of agent density (share of cells holding a vehicle or "
                                  "pedestrian) from the real held-out scenes; 0 = as much traffic as real",
     )
+
+
+def _statistics(rows, cond) -> dict[str, dict[str, float]]:
+    from prefdiff_driving.statistics import traffic_statistics
+
+    return traffic_statistics(rows, cond)
 
 
 def _drift(samples, real) -> float:

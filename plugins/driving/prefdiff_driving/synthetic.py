@@ -276,6 +276,12 @@ def make_dataset(root: str | Path, version: str = "v1.0-mini", scenes: int | Non
     if duration < world.KEYFRAME_DT:
         raise UserError(f"--duration must be >= {world.KEYFRAME_DT} s, got {duration}")
     root = Path(root)
+    blocked = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"cannot write the dataroot {root}: {blocked} is a file, not a folder; pass a new folder")
+    if root.is_dir() and any(root.iterdir()) and not any((root / v).is_dir() for v in VERSIONS):
+        raise UserError(f"{root} holds files but no dataroot ({' or '.join(f'{v}/' for v in VERSIONS)}); not "
+                        f"replacing a folder prefdiff did not write; pass a new or empty folder")
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

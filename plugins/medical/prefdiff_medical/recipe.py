@@ -39,7 +39,7 @@ def _settings(quick: bool) -> dict[str, Any]:
     and a newcomer's first run aligns a real base in minutes. (Tests shrink these.)
     """
     return {"task": SyntheticTask(volumes=48, depth=24), "reward_steps": 800, "judge_steps": 600,
-            "model": (32, 64, 64), "pretrain_steps": 2000}
+            "model": (32, 64, 64), "pretrain_steps": 2000, "downstream_steps": 300}
 
 
 def medical_recipe(quick: bool = False) -> Recipe:
@@ -88,6 +88,8 @@ def medical_recipe(quick: bool = False) -> Recipe:
         mine_conditions=16 if quick else 192, mine_per_condition=4, shipped_bases=str(SHIPPED),
         prepare=partial(prepare, quick=quick, user_task=user_task),
         drift=_drift, render=_render,
+        # Downstream utility: a third segmenter trained on each model's images, tested on real scans.
+        metrics=partial(_downstream, num_classes=num_classes, steps=settings["downstream_steps"] // (2 if quick else 1)),
         drift_note="Wasserstein-1 distance of pixel intensities plus that of gradient magnitudes, "
                    "generated against real held-out slices (0: the same histograms)",
     )
@@ -104,6 +106,12 @@ def _drift(samples, real) -> float:
     from prefdiff_medical.rewards import intensity_drift
 
     return intensity_drift(samples, real)
+
+
+def _downstream(rows, cond, **options) -> dict[str, dict[str, Any]]:
+    from prefdiff_medical.downstream import downstream_metrics
+
+    return downstream_metrics(rows, cond, **options)
 
 
 def _render(rows, cond, png_path) -> None:

@@ -91,7 +91,7 @@ def soft_dice(logits: torch.Tensor, masks: torch.Tensor, num_classes: int, smoot
 # ------------------------------------------------------------- training ----
 
 
-def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     # Flips, a little contrast/brightness change and extra noise: a segmenter that
     # tolerates them scores generated images by their structure, not their exact texture.
     b = x.shape[0]
@@ -135,7 +135,7 @@ def train_segmenter(root: str | Path, out: str | Path, *, arch: str = "unet", st
     net.train()
     for step in range(steps):
         idx = torch.randint(len(x_all), (min(batch_size, len(x_all)),), generator=g)
-        x, y = _augment(x_all[idx], y_all[idx], g)
+        x, y = augment(x_all[idx], y_all[idx], g)
         loss = loss_fn(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -72,6 +72,9 @@ def make_task(directory: str | Path, task: SyntheticTask | None = None) -> Path:
     directory = Path(directory)
     if (directory / "dataset.json").exists():
         raise UserError(f"{directory / 'dataset.json'} already exists; pick an empty folder or delete it")
+    blocked = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"cannot write {directory}: {blocked} is a file, not a folder; pick a new folder")
     tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "imagesTr").mkdir(parents=True)

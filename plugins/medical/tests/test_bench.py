@@ -30,6 +30,12 @@ def test_quick_benchmark_end_to_end(prepared, bench_cache, tmp_path):
         lo, hi = entry["improvement_ci95"]
         assert lo <= entry["improvement"] <= hi
         assert 0 <= entry["reward_mean"] <= 1 and entry["drift"] >= 0
+    # The real-data reference and the downstream utility of each model's images.
+    assert 0 <= on_disk["real"]["reward_mean"] <= 1
+    assert set(on_disk["real"]["metrics"]) == {"downstream_dice", "downstream_n"}
+    for entry in (on_disk["base"], *on_disk["methods"].values()):
+        assert {"downstream_dice", "downstream_ratio_to_real", "downstream_ratio_to_real_ci95"} <= set(entry["metrics"])
+    assert "downstream_gain_over_base" in on_disk["methods"]["dpo"]["metrics"]
     edit = on_disk["edit"]
     assert {"reward_mean", "preservation", "psnr", "dice_before", "n"} <= set(edit) and edit["n"] > 0
     assert 0 < edit["preservation"] <= 1

@@ -42,9 +42,10 @@ def prefdiff_register_rewards(register):
 
 @hookimpl
 def prefdiff_register_benchmarks(register):
-    from prefdiff_robotics.recipe import robotics_recipe
+    from prefdiff_robotics.recipe import robotics_flow_recipe, robotics_recipe
 
     register("robotics", robotics_recipe)
+    register("robotics-flow", robotics_flow_recipe)
 
 
 @hookimpl

@@ -55,6 +55,12 @@ def write_robomimic(path: str | Path, demos, splits=(0.8, 0.1, 0.1)) -> Path:
     import h5py
 
     path = Path(path)
+    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"cannot write {path}: {blocked} is a file, not a folder; pass a path in a folder")
+    if path.is_file() and not h5py.is_hdf5(path):
+        raise UserError(f"{path} exists and is not an HDF5 file; not replacing a file prefdiff did not write; "
+                        f"pass a new file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     demos = list(demos)
@@ -179,30 +185,29 @@ def _split_demos(file: Path, names: list[str], masks: dict[str, set[str]], key: 
         n = len(names)
         bounds = {"train": (0, int(0.8 * n)), "valid": (int(0.8 * n), int(0.9 * n)), "test": (int(0.9 * n), n)}
         return set(names[slice(*bounds[key])])
+    unmasked = {n for n in names if not any(n in m for m in masks.values())}
+    train = masks["train"] if "train" in masks else unmasked
     if key == "train":
-        return masks.get("train", set())
-    train = masks.get("train", set())
-    other = "test" if key == "valid" else "valid"
-    unmasked = [n for n in names if not any(n in m for m in masks.values())]
-    if key in masks:
+        return train
+    other, split = ("valid", "test") if key == "test" else ("test", "validation")
+    if masks.get(key):
         chosen, source = masks[key], f"mask/{key}"
-    elif unmasked:
-        chosen, source = set(unmasked), "the demos in no mask"
+    elif unmasked and "train" in masks:
+        chosen, source = unmasked, "the demos in no mask"
     elif masks.get(other):
         chosen, source = masks[other], f"mask/{other}"
-        log.warning(f"{file} has no mask/{key}: the {'test' if key == 'test' else 'validation'} split is "
-                    f"mask/{other}, so validation and test coincide (a score on test was also seen while "
-                    f"choosing the model); add a mask/test of held-out demos for an unbiased test")
     else:
-        chosen, source = set(), ""
-    if not chosen - train:
         raise UserError(f"{file}: its masks ({', '.join(f'mask/{k}' for k in sorted(masks))}) leave no held-out "
-                        f"demo for the {'test' if key == 'test' else 'validation'} split: every demo is in "
-                        f"mask/train; add a mask/{key} of demos kept out of training")
+                        f"demo for the {split} split (no mask/{key}, no mask/{other}, every demo in mask/train); "
+                        f"add a mask/{key} of demos kept out of training")
     leaked = sorted(chosen & train)
     if leaked:
-        raise UserError(f"{file}: {source} shares {len(leaked)} demo(s) with mask/train (e.g. {leaked[0]}); "
-                        f"a held-out split must not hold training demos; fix the file's masks")
+        raise UserError(f"{file}: {source} shares {len(leaked)} demo(s) with mask/train (e.g. {leaked[0]}); a "
+                        f"held-out split must not hold training demos; fix the file's masks")
+    if source == f"mask/{other}":
+        log.warning(f"{file} has no mask/{key} and no demo outside its masks: the {split} split is "
+                    f"mask/{other}, so validation and test coincide (the test score was seen while choosing "
+                    f"the model); add a mask/test of held-out demos for an unbiased test")
     return chosen
 
 

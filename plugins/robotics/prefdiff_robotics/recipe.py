@@ -106,3 +106,29 @@ def robotics_recipe(quick: bool = False) -> Recipe:
         num_steps=8 if quick else NUM_STEPS, mine_conditions=32 if quick else 512, mine_per_condition=4,
         prepare=partial(prepare, demos=600 if quick else 3000, quick=quick), render=render,
         metrics=success_metrics)
+
+
+def flow_method_options(num_steps: int) -> dict[str, dict]:
+    """What the flow-matching run changes in each method: the sampler, not the budget.
+
+    The policy-gradient methods train Flow-GRPO's SDE (Liu et al. 2025, eq. 8) at its
+    default noise level ``eta`` 0.7 over a window of the first half of the steps
+    (Flow-GRPO-Fast; the rest are Euler ODE steps), a condition's group starting from one
+    noise (``shared_noise``), so the group's rewards differ only by the window's draws.
+    Reward backpropagation runs through the deterministic Euler ODE. The other options
+    (learning rates, steps) are the DDIM recipe's, not tuned for flow matching
+    (benchmarks/results/robotics-flow/NOTES.md).
+    """
+    sde = {"eta": 0.7, "sde": "sde", "sde_window": [0, max(1, num_steps // 2)], "shared_noise": True}
+    return {"ddpo": sde, "grpo": sde, "dpok": sde, "d3po": {k: v for k, v in sde.items() if k != "shared_noise"},
+            "draft": {"eta": 0.0}, "alignprop": {"eta": 0.0}, "refl": {"eta": 0.0}}
+
+
+def robotics_flow_recipe(quick: bool = False) -> Recipe:
+    """The robotics benchmark on a flow-matching model (velocity prediction, Euler ODE and
+    Flow-GRPO's SDE): the DDIM recipe's data, pretraining and budgets, another family."""
+    ddim = robotics_recipe(quick)
+    flow = flow_method_options(ddim.num_steps)
+    methods = {name: {**options, **flow.get(name, {})} for name, options in ddim.methods.items()}
+    return replace(ddim, domain="robotics-flow", model={**ddim.model, "prediction_type": "flow"},
+                   methods=methods, eta=0.0)

@@ -101,3 +101,63 @@ def test_demo_with_nan_is_skipped_with_a_warning(demo_file, tmp_path):
 def test_make_data_rejects_bad_arguments(tmp_path, capsys):
     assert main(["robotics", "make-data", str(tmp_path / "x.hdf5"), "--demos", "0"]) == 2
     assert "--demos must be >= 1" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("a user's file")
+    assert main(["robotics", "make-data", str(tmp_path / "afile" / "x.hdf5"), "--demos", "1"]) == 2
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    assert main(["robotics", "make-data", str(tmp_path / "afile"), "--demos", "1"]) == 2
+    assert f"{tmp_path / 'afile'} exists and is not an HDF5 file" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "a user's file"
+
+
+def _masks(f, **masks):
+    """Replace the file's split masks with ``masks`` (split -> demo numbers)."""
+    del f["mask"]
+    for key, numbers in masks.items():
+        f.create_dataset(f"mask/{key}", data=np.array([f"demo_{i}".encode() for i in numbers]))
+
+
+def _split(path, split):
+    """The demos of a split, as rows of the dataset's conditions."""
+    return {tuple(c.tolist()) for c in get_manager().dataset("robot_demos", split=split, path=str(path)).cond}
+
+
+def test_test_split_never_takes_training_demos(demo_file, tmp_path, caplog):
+    # robomimic's own files carry mask/train and mask/valid only; here the valid demos come first.
+    two = _copy(demo_file, tmp_path / "two.hdf5", lambda f: _masks(f, train=range(6, 60), valid=range(6)))
+    with caplog.at_level("WARNING", logger="prefdiff.robotics"):
+        test = _split(two, "test")
+    assert test == _split(two, "val") and not test & _split(two, "train")
+    assert "no mask/test" in caplog.text and "validation and test coincide" in caplog.text
+
+    spare = _copy(demo_file, tmp_path / "spare.hdf5", lambda f: _masks(f, train=range(6, 54), valid=range(6)))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prefdiff.robotics"):
+        test = _split(spare, "test")  # the demos in no mask
+    assert len(test) == 6 and not test & (_split(spare, "train") | _split(spare, "val")) and not caplog.text
+
+    all_train = _copy(demo_file, tmp_path / "all.hdf5", lambda f: _masks(f, train=range(60)))
+    with pytest.raises(UserError, match=r"all\.hdf5: its masks \(mask/train\) leave no held-out demo for the test "
+                                        r"split"):
+        get_manager().dataset("robot_demos", split="test", path=str(all_train))
+    assert len(get_manager().dataset("robot_demos", split="train", path=str(all_train))) == 60
+    shared = _copy(demo_file, tmp_path / "shared.hdf5", lambda f: _masks(f, train=range(50), test=range(45, 60)))
+    with pytest.raises(UserError, match=r"mask/test shares 5 demo\(s\) with mask/train"):
+        get_manager().dataset("robot_demos", split="test", path=str(shared))
+
+
+def test_a_file_with_its_own_key_names_is_read_through_the_keys_option(demo_file, tmp_path):
+    def rename(f):
+        for demo in (k for k in f["data"] if k.startswith("demo_")):
+            f.move(f"data/{demo}/obs/robot_pos", f"data/{demo}/obs/robot0_eef_pos")
+            f.move(f"data/{demo}/actions", f"data/{demo}/commands")
+
+    renamed = _copy(demo_file, tmp_path / "renamed.hdf5", rename)
+    with pytest.raises(UserError, match=r"data/demo_0/obs/robot_pos is missing.*dataset option keys, e\.g\. "
+                                        r"keys=\{\"robot_pos\": \"robot0_eef_pos\"\}"):
+        get_manager().dataset("robot_demos", path=str(renamed))
+    data = get_manager().dataset("robot_demos", path=str(renamed),
+                                 keys={"robot_pos": "robot0_eef_pos", "actions": "commands"})
+    original = get_manager().dataset("robot_demos", path=str(demo_file))
+    assert torch.equal(data.x0, original.x0) and torch.equal(data.cond, original.cond)
+    with pytest.raises(UserError, match="keys names 'speed', which robot_demos does not read"):
+        get_manager().dataset("robot_demos", path=str(renamed), keys={"speed": "v"})

@@ -1,0 +1,75 @@
+"""Figure 8: how much of a CPU-bound reward's cost hides behind sampling.
+
+A DDPO step as `prefdiff bench` builds it from a field's recipe, timed by the
+wall clock under the Lightning Trainer in two arms side by side (blocks
+interleaved): *serial* (the reward scored in this process after the whole
+batch is sampled) and *overlapped* (the batch sampled in ``CHUNKS`` chunks,
+each scored in one worker process while the next chunk samples:
+``--model.reward_workers 1 --model.sample_chunks 4``). The reward's own time
+on one step's samples is measured in this process beside them.
+
+The figure is the share of the reward's time that the overlap hides,
+``(serial - overlapped) / reward``, for the field whose share is lowest: 1
+means the step costs what sampling alone costs, 0 that nothing was gained.
+The fields are the ones with CPU-bound rewards (the MuJoCo execution and the
+lattice planner) unless ``--domain`` names others.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from prefdiff.data import condition_count, select
+from prefdiff.perf.common import Figure, check, interleaved, lightning_block, median, timed_block
+from prefdiff.perf.reward_cost import _recipe_inputs, _samples_per_step, _step_module
+
+TARGET = ">= 0.8"
+CHUNKS = 4
+DOMAINS = ("robotics", "driving")
+
+
+def _hidden_share(domain: str, quick: bool, log) -> dict[str, Any]:
+    bench, cond, samples = _recipe_inputs(domain, quick)
+    b = min(bench.recipe.align_batch, condition_count(cond))
+    batch = {"cond": select(cond, slice(0, b))}
+    steps, rounds = (1, 1) if quick else (3, 2)
+
+    def arm(workers: int):
+        def block() -> list[float]:
+            module = _step_module(bench, "ddpo", reward_workers=workers, sample_chunks=CHUNKS if workers else 1)
+            return lightning_block(module, batch, steps, clock=time.perf_counter)
+        return block
+
+    times = interleaved({"serial": arm(0), "overlapped": arm(1)}, rounds)
+    module = _step_module(bench, "ddpo")
+    m = _samples_per_step(module, b)
+    n = min(m, samples.shape[0])
+    step_samples = samples[:n].repeat(-(-m // n), *([1] * (samples.ndim - 1)))[:m]
+    step_cond = select(cond, torch.arange(m) % condition_count(cond))
+    reward = module.require_reward()
+    with torch.no_grad():
+        reward_s = median(timed_block(lambda i: reward(step_samples, step_cond), steps, warmup=1))
+    serial, overlapped = median(times["serial"]), median(times["overlapped"])
+    entry = {"method": "ddpo", "samples_per_step": m, "chunks": CHUNKS, "serial_step_s": round(serial, 4),
+             "overlapped_step_s": round(overlapped, 4), "reward_s": round(reward_s, 4),
+             "reward_share_of_serial": round(reward_s / serial, 4),
+             "hidden_share": round((serial - overlapped) / reward_s, 4) if reward_s > 0 else None}
+    log(f"  figure 8 {domain}: {entry}")
+    return entry
+
+
+def run(quick: bool = False, domains: list[str] | None = None, log=print) -> Figure:
+    from prefdiff.plugins import get_manager
+
+    registered = get_manager().names("benchmarks")
+    domains = domains if domains is not None else [d for d in DOMAINS if d in registered]
+    details = {domain: _hidden_share(domain, quick, log) for domain in domains}
+    shares = [e["hidden_share"] for e in details.values() if e["hidden_share"] is not None]
+    worst = min(shares) if shares else None
+    return Figure(8, "share of a CPU-bound reward's time hidden behind sampling (worst field)", worst, TARGET,
+                  check(worst, TARGET), unit="share", details=details,
+                  note=f"DDPO step, wall clock, serial against {CHUNKS} chunks scored in one worker process "
+                       "while the next samples, blocks interleaved; (serial - overlapped) / reward time")
