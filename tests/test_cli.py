@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from prefdiff import hookimpl
 from prefdiff.plugins import reset_manager
+from prefdiff.reliability.kills import FAMILIES, TINY_MODEL  # shared with the catalogue, which kills these runs
 from prefdiff.testing import registered_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,20 +90,6 @@ def _tiny_fit_args(root, *extra):
 
 def _adapter(root):
     return load_file(str(next(Path(root).rglob("lora/adapter_model.safetensors"))))
-
-
-TINY_MODEL = {"kind": "unet2d", "sample_size": 8, "conditioning": "class", "num_classes": 4,
-              "block_out_channels": [8, 16]}
-
-#: One trainer per family: its class in prefdiff.trainers and its options.
-FAMILIES = {
-    "sft": ("SFTModule", {}),
-    "dpo": ("PairModule", {"objective": "dpo", "beta": 500.0}),
-    "d3po": ("D3POModule", {"reward": "jpeg_compressibility"}),
-    "ddpo": ("PolicyGradientModule", {"method": "ddpo", "reward": "jpeg_compressibility",
-                                      "samples_per_condition": 2}),
-    "draft": ("RewardBackpropModule", {"method": "draft", "reward": "smoothness", "k": 1}),
-}
 
 
 def _pair_file(folder):

@@ -17,7 +17,7 @@ from prefdiff.reliability.common import changed, kill_when, leftovers, run, snap
 TINY_MODEL = {"kind": "unet2d", "sample_size": 8, "conditioning": "class", "num_classes": 4,
               "block_out_channels": [8, 16]}
 
-#: One trainer per family: its class in prefdiff.trainers and its options (as tests/test_cli.py has them).
+#: One trainer per family: its class in prefdiff.trainers and its options (tests/test_cli.py uses these too).
 FAMILIES = {
     "sft": ("SFTModule", {}),
     "dpo": ("PairModule", {"objective": "dpo", "beta": 500.0}),
