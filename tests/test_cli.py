@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from prefdiff import hookimpl
 from prefdiff.plugins import reset_manager
-from prefdiff.reliability.kills import FAMILIES, TINY_MODEL  # shared with the catalogue, which kills these runs
+from prefdiff.reliability.kills import FAMILIES, TINY_MODEL, pair_file  # shared with the catalogue, which kills these runs
 from prefdiff.testing import registered_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,23 +92,10 @@ def _adapter(root):
     return load_file(str(next(Path(root).rglob("lora/adapter_model.safetensors"))))
 
 
-def _pair_file(folder):
-    from prefdiff.data import append_pair, save_tensors
-
-    g = torch.Generator().manual_seed(0)
-    for i in range(8):
-        save_tensors(folder / f"c{i}.safetensors", {"cond": torch.tensor(i % 4)})
-        for side in "ab":
-            save_tensors(folder / f"{side}{i}.safetensors", {"sample": torch.rand(3, 8, 8, generator=g) * 2 - 1})
-        append_pair(folder / "pairs.jsonl", {"condition": f"c{i}.safetensors", "a": f"a{i}.safetensors",
-                                             "b": f"b{i}.safetensors", "winner": "a"})
-    return folder / "pairs.jsonl"
-
-
 def _family_config(family, folder, model=TINY_MODEL):
     """Write a config that trains ``family`` for 3 epochs of 2 steps of batch 4; returns its path."""
     cls, options = FAMILIES[family]
-    data = ({"pairs": str(_pair_file(folder))} if family == "dpo" else
+    data = ({"pairs": str(pair_file(folder))} if family == "dpo" else
             {"dataset": "synthetic_textures", "dataset_options": {"resolution": 8, "size": 8}})
     config = {"seed_everything": 0,
               "trainer": {"accelerator": "cpu", "max_epochs": 3, "logger": False, "enable_progress_bar": False,

@@ -196,9 +196,9 @@ def _truncate(path: Path) -> None:
 
 
 def _pairs(folder: Path) -> Path:
-    from prefdiff.reliability.kills import _pair_file
+    from prefdiff.reliability.kills import pair_file
 
-    return _pair_file(folder)
+    return pair_file(folder)
 
 
 def make_fixtures(w: Path, work: Path) -> None:

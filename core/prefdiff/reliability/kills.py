@@ -40,7 +40,8 @@ def _result(case: Case, passed: bool, detail: str, started: float, **extra: Any)
 # ------------------------------------------------------------------ fit ----
 
 
-def _pair_file(folder: Path) -> Path:
+def pair_file(folder: Path) -> Path:
+    """Eight tiny preference pairs (conditions and both samples as safetensors) in ``folder``."""
     import torch
 
     from prefdiff.data import append_pair, save_tensors
@@ -59,7 +60,7 @@ def family_config(family: str, folder: Path) -> Path:
     """A config training ``family`` for EPOCHS epochs of 2 steps of batch 4 (last.ckpt at each epoch end)."""
     cls, options = FAMILIES[family]
     folder.mkdir(parents=True, exist_ok=True)
-    data = ({"pairs": str(_pair_file(folder))} if family == "dpo" else
+    data = ({"pairs": str(pair_file(folder))} if family == "dpo" else
             {"dataset": "synthetic_textures", "dataset_options": {"resolution": 8, "size": 8}})
     config = {"seed_everything": 0,
               "trainer": {"accelerator": "cpu", "max_epochs": EPOCHS, "logger": False, "enable_progress_bar": False,
