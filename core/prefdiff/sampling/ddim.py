@@ -329,7 +329,7 @@ def sample_ddim(
             x, log_prob, mean, std = ddim_step(
                 scheduler, eps, t_batch, x, eta, generator=generator, clip_sample=clip_sample
             )
-            stochastic.append(bool((std > 0).all()))
+            stochastic.append((std > 0).all())  # a device flag: no host sync inside the loop
             if known is not None:
                 if i == len(timesteps) - 1:
                     known_now = known
@@ -342,7 +342,7 @@ def sample_ddim(
             log_probs.append(log_prob.detach())
             means.append(mean.detach())
 
-    noisy = torch.tensor(stochastic, dtype=torch.bool)
+    noisy = torch.stack(stochastic).cpu()  # the loop's one host synchronisation
     if not return_trajectory:
         return SampleOutput(samples=x, timesteps=timesteps, latents=None, log_probs=None, stochastic=noisy)
     return SampleOutput(

@@ -119,7 +119,9 @@ def flow_step(
         mean = (1 - s_prev) * x0 + s_prev * math.cos(angle) * eps
         std = s_prev * math.sin(angle)
     if prev_sample is None:
-        if bool((std > 0).any()):
+        # Decided on the host, as ddim_step does: a step with noise_level > 0 draws its noise even where
+        # std is 0 (CPS's last step), which adds exactly 0, so the loop never waits on the device.
+        if noise_level > 0:
             noise = randn_like(x, generator) if noise is None else noise
             prev_sample = mean + std * noise
         else:
@@ -219,8 +221,9 @@ def flow_step_log_prob(model, scheduler, x_t: Tensor, t: Tensor, x_prev: Tensor,
     """
     timesteps = scheduler.timesteps.to(x_t.device)
     t = torch.as_tensor(t, device=x_t.device, dtype=timesteps.dtype)
-    index = int(torch.argmin((timesteps - t.reshape(-1)[0]).abs()))
-    s, s_prev = scheduler.sigmas[index], scheduler.sigmas[index + 1]
+    index = torch.argmin((timesteps - t.reshape(-1)[0]).abs())  # stays on the device: no host sync
+    sigmas = scheduler.sigmas.to(x_t.device)
+    s, s_prev = sigmas[index], sigmas[index + 1]
     v = predict_velocity(model, x_t, t.expand(x_t.shape[0]) if t.ndim == 0 else t, cond, guidance_scale, uncond)
     _, log_prob, mean, std = flow_step(v, s, s_prev, x_t, eta, kind=sde, prev_sample=x_prev)
     return log_prob, mean, std
