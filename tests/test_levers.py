@@ -271,7 +271,7 @@ def test_lora_targets_choose_the_adapted_layers(sd):
 
 @pytest.mark.parametrize("option, value, flag", [
     ("lora_targets", "everything", "--model.lora_targets"), ("sdpa_backend", "fast", "--model.sdpa_backend"),
-    ("compile_mode", "turbo", "--model.compile_mode"),
+    ("compile_mode", "turbo", "--model.compile_mode"), ("lora_init", "pissa", "--model.lora_init"),
 ])
 def test_lever_options_are_checked(option, value, flag):
     with pytest.raises(UserError, match=flag):

@@ -69,6 +69,30 @@ def test_fresh_lora_equals_reference_and_reference_ignores_training():
     assert all(p.requires_grad for p in trainable)  # re-enabled afterwards
 
 
+@pytest.mark.parametrize("rank", [4, 8])
+def test_gaussian_lora_init_draws_a_with_std_one_over_rank(rank):
+    # TRL's DDPO and AlignProp start A as N(0, 1/r) (peft's "gaussian"); peft's default is
+    # Kaiming-uniform, bounded by sqrt(6 / ((1 + 5) fan_in)) = 1/sqrt(fan_in). B starts at zero in both.
+    x, c = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+
+    def a_and_b(init):
+        torch.manual_seed(0)
+        denoiser = add_lora(tiny_denoiser(), LoraOptions(r=rank, init=init))
+        named = dict(denoiser.net.named_parameters())
+        a = torch.cat([p.flatten() for n, p in named.items() if "lora_A" in n])
+        b = torch.cat([p.flatten() for n, p in named.items() if "lora_B" in n])
+        return denoiser, a, b
+
+    reference = tiny_denoiser()(x, T, c).detach()
+    gaussian, a, b = a_and_b("gaussian")
+    assert a.std().item() == pytest.approx(1 / rank, rel=0.05) and b.abs().max() == 0
+    torch.testing.assert_close(gaussian(x, T, c), reference)
+    _, a_default, b_default = a_and_b("default")
+    assert a_default.std().item() < 0.5 / rank and b_default.abs().max() == 0
+    with pytest.raises(UserError, match="--model.lora_init"):
+        LoraOptions(init="pissa")
+
+
 def _perturbed_lora(seed=0):
     denoiser = add_lora(tiny_denoiser(seed), LoraOptions(r=4))
     with torch.no_grad():

@@ -168,7 +168,7 @@ def main() -> int:
     parser.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("--only", action="append", choices=list(MODULES),
                         help="mutate only these modules (repeatable); docs/mutants.json keeps the others' last run")
-    parser.add_argument("--sample", type=int, default=50, help="mutants run per module; 0 runs every mutant")
+    parser.add_argument("--sample", type=int, default=30, help="mutants run per module; 0 runs every mutant")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed")
     args = parser.parse_args()
     modules = {m: MODULES[m] for m in (args.only or MODULES)}

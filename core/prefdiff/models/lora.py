@@ -31,10 +31,19 @@ class LoraOptions:
     """Dropout on the adapter input."""
     target_modules: list[str] = field(default_factory=list)
     """Module names to adapt; empty means every Linear/Conv inside the blocks."""
+    init: str = "default"
+    """How A starts (B always starts at zero, so a fresh adapter changes nothing): ``default``, peft's
+    Kaiming-uniform; ``gaussian``, normal with std 1/r, as TRL's DDPO and AlignProp trainers set it."""
 
     def __post_init__(self) -> None:
         if self.r <= 0:
             raise UserError(f"--lora.r must be > 0, got {self.r}")
+        if self.init not in LORA_INITS:
+            raise UserError(f"--model.lora_init must be one of {', '.join(LORA_INITS)}, got '{self.init}'")
+
+
+LORA_INITS = ("default", "gaussian")
+"""The LoRA initialisations :class:`LoraOptions` takes (peft's ``init_lora_weights`` True and "gaussian")."""
 
 
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -70,7 +79,7 @@ def add_lora(denoiser: Denoiser, options: LoraOptions | None = None) -> Denoiser
     targets = options.target_modules or default_lora_targets(
         denoiser.net, attention_only=denoiser.preset.conditioning == "text")
     config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                        target_modules=targets)
+                        target_modules=targets, init_lora_weights=options.init == "default" or options.init)
     inject_adapter_in_model(config, denoiser.net)
     denoiser.lora_config = config
     return denoiser

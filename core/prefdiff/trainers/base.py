@@ -13,7 +13,7 @@ import torch
 
 from prefdiff.data import condition_count
 from prefdiff.errors import UserError
-from prefdiff.models import LoraOptions, ModelPreset, add_lora, build_denoiser, default_lora_targets, load_model
+from prefdiff.models import LORA_INITS, LoraOptions, ModelPreset, add_lora, build_denoiser, default_lora_targets, load_model
 from prefdiff.plugins import get_manager
 from prefdiff.sampling import SDE_KINDS, is_flow, noised, sample, training_target
 from prefdiff.schedulers import build_scheduler, load_scheduler
@@ -75,6 +75,8 @@ class AlignmentModule(pl.LightningModule):
     :param lora_targets: which layers LoRA adapts: ``attention`` (the attention projections, the default
         for text-to-image pipelines) or ``blocks`` (every Linear/Conv inside the UNet blocks, the default
         for the fields' UNets); None keeps the model's default.
+    :param lora_init: how LoRA's A matrices start: ``default`` (peft's Kaiming-uniform) or ``gaussian``
+        (std 1/rank, as TRL's DDPO and AlignProp trainers start them); B starts at zero either way.
 
     Performance options (none changes the numbers beyond float tolerance; tests/test_levers.py;
     benchmarks/gpu.sh measures each one on and off):
@@ -102,7 +104,8 @@ class AlignmentModule(pl.LightningModule):
                  reward_backend: str = "process", lora_targets: str | None = None, channels_last: bool = False,
                  sdpa_backend: str | None = None, compile: bool = False, compile_mode: str = "default",
                  fused_optimizer: bool = False,
-                 gradient_checkpointing: bool = False) -> None:  # pragma: no mutate block
+                 gradient_checkpointing: bool = False,
+                 lora_init: str = "default") -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
         if (model is None) == (base is None):
@@ -142,7 +145,8 @@ class AlignmentModule(pl.LightningModule):
             denoiser = build_denoiser(ModelPreset(**hp.model), cond_module)
         if hp.lora_rank > 0:
             add_lora(denoiser, LoraOptions(r=hp.lora_rank, alpha=hp.lora_alpha or float(hp.lora_rank),
-                                           target_modules=self._lora_target_names(denoiser.net)))
+                                           target_modules=self._lora_target_names(denoiser.net),
+                                           init=hp.lora_init))
         return denoiser
 
     def frozen_keys(self, state: dict[str, Any]) -> list[str]:
@@ -169,6 +173,8 @@ class AlignmentModule(pl.LightningModule):
 
     def _check_performance_options(self) -> None:
         hp = self.hparams
+        if hp.lora_init not in LORA_INITS:
+            raise UserError(f"--model.lora_init must be one of {', '.join(LORA_INITS)}, got '{hp.lora_init}'")
         if hp.lora_targets is not None and hp.lora_targets not in LORA_TARGETS:
             raise UserError(f"--model.lora_targets must be one of {', '.join(LORA_TARGETS)}, got '{hp.lora_targets}'")
         if hp.sdpa_backend is not None and hp.sdpa_backend not in SDPA_BACKENDS:
