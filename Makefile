@@ -52,10 +52,13 @@ bench-seeds: $(STAMP)
 	$(PY) -m prefdiff.bench.seeds benchmarks/results
 	$(PY) -m prefdiff.benchdocs benchmarks/results docs/benchmarks.md README.md
 
-# Mutation testing of the maths layer (under an hour on 2 cores; not part of `make test`).
+# Mutation testing of the maths layer: a sample of mutmut's mutants per module, the review's eight
+# hand-made mutations, and docs/testing.md written from both (under an hour on 2 cores; not part of `make test`).
 mutate: $(STAMP)
 	$(PIP) install mutmut==3.8.1
 	$(PY) tools/mutate.py
+	$(PY) tools/review_mutants.py
+	$(PY) tools/testing_page.py
 
 # The fault and bad-input catalogue (kills, full disks, bad input to every command; about
 # 40 minutes on 2 shared cores; not part of `make test`): writes docs/reliability.json and .md.

@@ -1,6 +1,7 @@
 """FSDP2 through Lightning's ModelParallelStrategy (prefdiff.trainers.sharding): two CPU processes over gloo
-train what one process trains with the same global batch, and resume from their checkpoint."""
+train what one process trains with the same global batch, and resume exactly after both are SIGKILLed."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,15 +56,22 @@ def assert_same_training(two: dict[str, torch.Tensor], one: dict[str, torch.Tens
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=5e-4)
 
 
-def test_two_fsdp_processes_train_and_resume_as_one_process(tmp_path):
+def test_two_fsdp_processes_train_and_resume_as_one_process_after_a_kill(tmp_path):
     config = sft_config(tmp_path)
     fsdp = ["--trainer.devices", "2", "--trainer.strategy", yaml.safe_dump(FSDP, default_flow_style=True).strip(),
             "--data.batch_size", "2"]  # per process: the same global batch of 4
-    # Two ranks: the first epoch, ended there (its last.ckpt kept), then resumed for the second.
-    first = fit("--config", config, "--trainer.default_root_dir", tmp_path / "two", *fsdp, "--trainer.max_epochs", "1")
-    assert first.returncode == 0, first.stderr[-3000:]
+    kill = tmp_path / "kill.yaml"
+    kill.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
+        "class_path": "prefdiff.reliability.callbacks.KillInEpoch", "init_args": {"epoch": 1}}]}}))
+    # Two ranks, both SIGKILLed one step into the second epoch (the first epoch's last.ckpt written),
+    # then resumed from that checkpoint for the second.
+    first = fit("--config", config, "--config", kill, "--trainer.default_root_dir", tmp_path / "two", *fsdp)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    assert not list((tmp_path / "two").rglob("model/net/*.safetensors")), "the run finished before the kill"
     ckpt = next((tmp_path / "two").rglob("last.ckpt"))
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, 2)
+    state = checkpoint["state_dict"]
     assert all(type(v) is torch.Tensor for v in state.values())  # one whole checkpoint, not shards
     after_one = one_process(config, tmp_path / "one-epoch", 1)
     assert_same_training({k.removeprefix("denoiser.net."): v for k, v in state.items()

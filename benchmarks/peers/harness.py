@@ -34,6 +34,9 @@ class Settings:
     image_size: int = 64
     num_steps: int = 10
     lora_rank: int = 4
+    prefdiff_lora_init: str = "default"
+    """prefdiff's ``--model.lora_init``; the peers always start A gaussian (std 1/rank). ``default`` keeps
+    each library's own start (the published table); ``gaussian`` gives prefdiff the peers' start."""
     seed: int = 0
     eta: float = 1.0
     guidance_scale: float = 5.0

@@ -122,7 +122,7 @@ def prefdiff_config(settings: Settings, method: str, out: Path, snapshot_every: 
     import yaml
 
     common = dict(base=settings.base, lora_rank=settings.lora_rank, num_steps=settings.num_steps, eta=settings.eta,
-                  guidance_scale=settings.guidance_scale, seed=settings.seed)
+                  guidance_scale=settings.guidance_scale, seed=settings.seed, lora_init=settings.prefdiff_lora_init)
     if method == "ddpo":
         o = settings.ddpo
         model = {"class_path": "prefdiff.trainers.PolicyGradientModule", "init_args": dict(
@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="epochs (DDPO, AlignProp) or steps (DPO)")
     parser.add_argument("--snapshot-every", type=int, default=None,
                         help="epochs between LoRA snapshots (default: each method's snapshot_every in harness.Settings)")
+    parser.add_argument("--lora-init", choices=("default", "gaussian"), default="default",
+                        help="prefdiff's LoRA start: its own (default) or the peers' gaussian (std 1/rank)")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = parser.parse_args(argv)
     if args.table:
@@ -350,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     log(f"inputs under {work}")
     paths = make_data.make_all(work, image_size=64, seed=0, log=log)
-    settings = Settings(**paths)
+    settings = Settings(**paths, prefdiff_lora_init=args.lora_init)
     if args.quick or args.epochs:
         n = 2 if args.quick else args.epochs
         settings.ddpo["epochs"] = settings.alignprop["epochs"] = n

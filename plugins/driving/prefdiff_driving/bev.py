@@ -49,6 +49,15 @@ def cell_centres(resolution: int = RESOLUTION, extent: float = EXTENT) -> np.nda
     return np.stack([xx, yy], axis=-1)
 
 
+EGO_LENGTH, EGO_WIDTH = 4.5, 2.0
+"""The ego's box in metres: the planner's ``ego_length``, and twice its ``ego_radius``."""
+
+
+def ego_footprint(resolution: int = RESOLUTION, extent: float = EXTENT) -> np.ndarray:
+    """``[R, R]`` float: 1 on the cells of the ego's own box, at the grid's centre heading along +x."""
+    return box_cells((0.0, 0.0), 0.0, EGO_LENGTH, EGO_WIDTH, resolution, extent).astype(np.float32)
+
+
 def box_cells(centre, yaw: float, length: float, width: float, resolution: int = RESOLUTION,
               extent: float = EXTENT) -> np.ndarray:
     """Boolean ``[R, R]``: cells whose centre lies in the box grown by half a cell on every side."""

@@ -8,14 +8,14 @@ from torch import nn
 from prefdiff.api import UserError
 from prefdiff_driving import bev
 
-CHANNELS_OUT = bev.LAYOUT_CHANNELS + 4
+CHANNELS_OUT = bev.LAYOUT_CHANNELS + 5
 TRAFFIC_SCALE = 10.0
 """Densities are a few percent of the cells: scaled so the channel is of order 0.1 to 1."""
 CONDITION_KEYS = {"layout", "route", "speed", "traffic"}
 
 
 class LayoutRoute(nn.Module):
-    """``{"layout" [B, 4, R, R], "route" [B, P, 2], "speed" [B, 1], "traffic" [B, 2]}`` -> ``[B, 8, R, R]``.
+    """``{"layout" [B, 4, R, R], "route" [B, P, 2], "speed" [B, 1], "traffic" [B, 2]}`` -> ``[B, 9, R, R]``.
 
     The four layout channels (drivable area, dividers, walkways, given
     vehicles) pass through; the route is drawn as closeness to its polyline
@@ -23,8 +23,12 @@ class LayoutRoute(nn.Module):
     ``bev.SPEED_SCALE`` fills the next, so the model can place traffic that the
     ego will meet at that speed, and the asked vehicle and pedestrian densities
     (``bev.traffic``, times ``TRAFFIC_SCALE``) the last two, so how much
-    traffic the scene holds is the user's to ask, not the model's to drop. No
-    parameters: the core's ``concat`` conditioning feeds these channels to the UNet.
+    traffic the scene holds is the user's to ask, not the model's to drop. The
+    last channel is the ego's own footprint (``bev.ego_footprint``): every scene
+    is in the ego's frame, so it is the same in all of them, but a convolution
+    cannot otherwise tell where the ego stands except from the route's start,
+    and the base put phantom vehicles on it (benchmarks/results/driving/NOTES.md).
+    No parameters: the core's ``concat`` conditioning feeds these channels to the UNet.
     """
 
     def forward(self, cond: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -40,4 +44,6 @@ class LayoutRoute(nn.Module):
         route = bev.route_raster(cond["route"].to(layout), resolution=r)
         speed = (cond["speed"].to(layout).reshape(-1, 1, 1, 1) / bev.SPEED_SCALE).expand(-1, 1, r, r)
         traffic = cond["traffic"].to(layout).reshape(-1, 2, 1, 1) * TRAFFIC_SCALE
-        return torch.cat([layout, route[:, None], speed, traffic.expand(-1, 2, r, r)], dim=1)
+        ego = torch.as_tensor(bev.ego_footprint(r), dtype=layout.dtype, device=layout.device)
+        return torch.cat([layout, route[:, None], speed, traffic.expand(-1, 2, r, r),
+                          ego.expand(layout.shape[0], 1, r, r)], dim=1)

@@ -1,0 +1,82 @@
+"""A quick benchmark alone and beside a second one: ``python -m prefdiff.perf.contention``.
+
+Issue 19 measured ``prefdiff bench example --quick`` at 3 min 11 s alone and 17 min 7 s beside
+another benchmark on this 2-core machine, before :mod:`prefdiff.threads` chose the thread count
+from the free cores. This times, for each field named:
+
+- *alone*: one ``prefdiff bench FIELD --quick`` on an idle machine;
+- *beside*: the same run started ``--stagger`` seconds after a second quick run (of ``--other``,
+  by default the same field), so the load average has seen the first, as it would when a user
+  starts a second job; both are timed.
+
+Every run starts from an empty cache (``PREFDIFF_CACHE``), so pretraining is included, and
+writes its results to a scratch folder. ``--threads-env`` runs the arm with an environment of
+the old default instead (``OMP_NUM_THREADS=2``: torch's thread count, OpenMP's own wait policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def start(field: str, scratch: Path, name: str, env: dict) -> tuple[subprocess.Popen, float]:
+    out = scratch / name
+    shutil.rmtree(out, ignore_errors=True)
+    run_env = {**env, "PREFDIFF_CACHE": str(scratch / f"{name}-cache")}
+    command = [str(Path(sys.executable).with_name("prefdiff")), "bench", field, "--quick", "--out", str(out)]
+    log = open(scratch / f"{name}.log", "w")
+    return subprocess.Popen(command, env=run_env, stdout=log, stderr=subprocess.STDOUT), time.perf_counter()
+
+
+def finish(process: subprocess.Popen, started: float) -> float:
+    if process.wait() != 0:
+        raise RuntimeError(f"{process.args} failed with exit {process.returncode}")
+    return round(time.perf_counter() - started, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fields", nargs="+", default=["example"])
+    parser.add_argument("--other", default=None, help="the field of the second, concurrent run (default: the same)")
+    parser.add_argument("--stagger", type=float, default=60.0, help="seconds between the two starts")
+    parser.add_argument("--threads-env", action="store_true", help="the old default: OMP_NUM_THREADS=2")
+    parser.add_argument("--out", default="benchmarks/results/contention.json")
+    args = parser.parse_args(argv)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    if args.threads_env:
+        env["OMP_NUM_THREADS"] = "2"
+    out = Path(args.out)
+    record = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="contention-") as tmp:
+        scratch = Path(tmp)
+        for field in args.fields:
+            load = os.getloadavg()
+            alone = finish(*start(field, scratch, "alone", env))
+            other_field = args.other or field
+            other, other_started = start(other_field, scratch, "other", env)
+            time.sleep(args.stagger)
+            beside_load = os.getloadavg()
+            beside = finish(*start(field, scratch, "beside", env))
+            other_s = finish(other, other_started)
+            run = {"field": field, "other": other_field, "stagger_s": args.stagger,
+                   "arm": "OMP_NUM_THREADS=2 (old default)" if args.threads_env else "default (free cores)",
+                   "alone_s": alone, "beside_s": beside, "other_s": other_s,
+                   "slowdown": round(beside / alone, 2), "load_average_before": load,
+                   "load_average_at_second_start": beside_load, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": commit}
+            record["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            out.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
