@@ -95,3 +95,35 @@ def test_the_folders_pool_into_the_page(tmp_path):
     assert section[-2].endswith("| yes (2 of 3) |")
     page = render(results, tmp_path / "docs/benchmarks.md")
     assert "## Across seeds" in page and section[-2] in page
+
+
+def test_a_method_missing_from_one_run_leaves_the_others_in_the_table():
+    # An older run without one method's per-condition differences drops that method only.
+    older = _run(2, m=UP, n=UP)
+    del older["methods"]["m"]["improvement_per_condition"]
+    table = field_table([_run(0, m=UP, n=UP), older])
+    assert list(table["methods"]) == ["n"]
+
+
+def test_the_pooled_interval_is_seeded_by_the_first_run():
+    runs = [_run(3, m=UP), _run(2, m=FLAT)]
+    diffs = [torch.tensor(UP, dtype=torch.float64), torch.tensor(FLAT, dtype=torch.float64)]
+    assert field_table(runs)["methods"]["m"]["pooled_ci95"] == stratified_bootstrap_ci(diffs, seed=3)
+
+
+def test_the_seed_table_is_a_markdown_table():
+    section = render_seeds({"toy": field_table([_run(0, m=UP), _run(2, m=UP)])})
+    header = next(i for i, line in enumerate(section) if line.startswith("| field |"))
+    assert section[header + 1] == "|---|---|---|---|---|"
+    assert all(line.count("|") == 6 for line in section[header:] if line)
+
+
+def test_the_command_reads_benchmarks_results_by_default(tmp_path, monkeypatch):
+    results = tmp_path / "benchmarks" / "results"
+    for path, run in ((results / "toy/results.json", _run(0, m=UP)),
+                      (results / "seeds/toy/seed-2/results.json", _run(2, m=UP))):
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(run))
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    assert list(json.loads((results / "seeds.json").read_text())) == ["toy"]

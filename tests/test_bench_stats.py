@@ -89,3 +89,10 @@ def test_compare_prints_every_differing_number_and_ignores_timing(tmp_path, caps
     assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == ["field/results.json.methods.dpo.improvement_ci95[1]: 0.15 (A) vs 0.16 (B), difference +0.01"]
+
+
+def test_the_summary_is_the_mean_and_the_population_standard_deviation():
+    from prefdiff.bench.stats import summary
+
+    scores = torch.tensor([0.0, 1.0, 2.0, 5.0])
+    assert summary(scores) == pytest.approx({"reward_mean": 2.0, "reward_std": float(np.std([0.0, 1.0, 2.0, 5.0]))})

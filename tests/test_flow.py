@@ -239,3 +239,48 @@ def test_flow_only_options_on_a_ddim_model_are_one_clear_error(tmp_path):
         PolicyGradientModule(model=TINY_FLOW, conditioner="class_label", eta=2.0)
     with pytest.raises(UserError, match="--model.sde_window must be"):
         PolicyGradientModule(model=TINY_FLOW, conditioner="class_label", num_steps=4, sde_window=[3, 9])
+
+
+# ------------------------------------------------------- options and plumbing ----
+
+
+def velocity(x, t, c):
+    return 0.3 * x - 0.1
+
+
+def test_a_given_noise_is_the_one_the_step_adds():
+    x, v = torch.randn(2, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(2, 3)
+    noise = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
+    prev, _, mean, std = flow_step(v, torch.tensor(0.8), torch.tensor(0.6), x, 0.7, noise=noise,
+                                   generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(prev, mean + std * noise)
+
+
+def test_the_log_prob_model_sees_one_timestep_per_sample():
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    noise = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(0))
+    out = sampling.sample(velocity, scheduler, noise, None, num_steps=4, eta=0.7,
+                          generator=torch.Generator().manual_seed(1), return_trajectory=True)
+    seen = []
+
+    def model(x, t, c):
+        seen.append(tuple(t.shape))
+        return velocity(x, t, c)
+
+    lp, _, _ = sampling.step_log_prob(model, scheduler, out.latents[:, 1], out.timesteps[1], out.latents[:, 2],
+                                      None, eta=0.7)
+    assert seen == [(3,)]  # a 0-dim timestep is expanded to the batch
+    torch.testing.assert_close(lp, out.log_probs[:, 1])
+
+
+def test_inpainting_with_nothing_kept_is_plain_sampling():
+    # ODE sampling draws nothing, so the known region's noise draws cannot move it: with an empty
+    # mask the inpainting loop must give exactly the plain samples.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    plain = sampling.sample(velocity, scheduler, noise, None, num_steps=4, eta=0.0)
+    inpainted = sampling.sample(velocity, scheduler, noise, None, num_steps=4, eta=0.0,
+                                known=torch.ones_like(noise), keep_mask=torch.zeros_like(noise),
+                                generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(inpainted.samples, plain.samples)
+    assert plain.latents is None and plain.log_probs is None  # no trajectory unless asked for

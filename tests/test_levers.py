@@ -149,9 +149,14 @@ def test_math_attention_gives_what_the_default_kernel_gives(sd):
 # --------------------------------------------------------------------- compile ----
 
 
-def test_compile_option_compiles_the_network_in_place(sd):
+def test_compile_option_compiles_the_network_in_place(sd, monkeypatch):
     eager = PairModule(base=str(sd), **DPO)
+    calls = []
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kwargs: (calls.append(kwargs), compile_module(self, **kwargs))[1])
     module = PairModule(base=str(sd), lora_rank=4, compile=True, compile_mode="reduce-overhead")
+    assert calls == [{"mode": "reduce-overhead", "dynamic": False}]
     assert module.denoiser.net._compiled_call_impl is not None and eager.denoiser.net._compiled_call_impl is None
     assert module.state_dict().keys() == eager.state_dict().keys()  # checkpoints unchanged
 

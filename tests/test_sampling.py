@@ -468,3 +468,27 @@ def test_inpaint_noises_the_kept_region_to_the_next_timestep():
         assert abs(z.mean().item()) < 5 / n**0.5, (t_prev, z.mean())
         assert abs(z.var().item() - 1) < 5 * (2 / n) ** 0.5, (t_prev, z.var())
     assert torch.equal(out.samples[kept], known[kept])
+
+
+def test_joined_chunks_keep_every_part_of_the_trajectory():
+    from prefdiff.sampling.common import SampleOutput, concat_outputs
+
+    def part(value, b):
+        return SampleOutput(samples=torch.full((b, 2), value), timesteps=torch.tensor([9, 5]),
+                            latents=torch.full((b, 3, 2), value), log_probs=torch.full((b, 2), value),
+                            means=torch.full((b, 2, 2), value), stochastic=torch.tensor([True, False]))
+
+    joined = concat_outputs([part(1.0, 2), part(2.0, 1)])
+    for name in ("samples", "latents", "log_probs", "means"):
+        assert getattr(joined, name).shape[0] == 3 and float(getattr(joined, name)[2].flatten()[0]) == 2.0, name
+    assert torch.equal(joined.stochastic, torch.tensor([True, False]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_noise_is_drawn_in_the_samples_dtype(dtype):
+    from prefdiff.sampling.common import randn_like
+
+    like = torch.zeros(4, 3, dtype=dtype)
+    noise = randn_like(like, seeded(7))
+    assert noise.dtype == dtype
+    torch.testing.assert_close(noise, torch.randn(4, 3, generator=seeded(7), dtype=dtype))

@@ -193,6 +193,21 @@ def test_reward_backprop_raises_a_differentiable_reward(method, options):
         assert mean_reward() > before + 0.05
 
 
+@pytest.mark.parametrize("method, options, grad_calls", [
+    # DRaFT-2 samples 2 steps without gradients and 2 with (each recomputed in backward: checkpointing);
+    # ReFL samples all 4 steps without gradients, then predicts x_0 from one of them in a single call.
+    ("draft", {"k": 2}, [False, False, True, True, True, True]),
+    ("refl", {}, [False, False, False, False, True]),
+])
+def test_reward_backprop_takes_its_methods_gradient_path(method, options, grad_calls):
+    with registered_plugin(Brightness(), "brightness-plugin"):
+        module = build(method, reward="brightness", **options)
+        seen = []
+        module.denoiser.net.register_forward_pre_hook(lambda net, args: seen.append(torch.is_grad_enabled()))
+        fit(module, conditions(4), steps=1, batch=4)
+    assert seen == grad_calls
+
+
 # ------------------------------------------------------------------- RWR
 
 

@@ -200,3 +200,39 @@ def test_ranks_sample_differently_and_share_the_data_draws(base, monkeypatch):
         t, eps = data.draw_training_noise(x0, data.step_generator(per_rank=False))
         torch.testing.assert_close(t, t_all[2 * rank:2 * rank + 2])
         torch.testing.assert_close(eps, eps_all[2 * rank:2 * rank + 2])
+
+
+def test_initial_noise_comes_from_the_steps_generator_and_groups_share_it(base):
+    from prefdiff.trainers import PolicyGradientModule
+
+    module = PolicyGradientModule(base=base, reward="smoothness", **COMMON)
+    first = module.draw_noise(4, torch.Generator().manual_seed(5))
+    torch.manual_seed(999)  # the global generator must not matter: resume and ranks rely on it
+    assert torch.equal(module.draw_noise(4, torch.Generator().manual_seed(5)), first)
+    grouped = module.draw_noise(4, torch.Generator().manual_seed(5), group=2)
+    assert torch.equal(grouped[0], grouped[1]) and torch.equal(grouped[2], grouped[3])
+    assert not torch.equal(grouped[1], grouped[2])
+
+
+def test_trainable_steps_are_a_fraction_of_the_stochastic_ones_and_at_least_one(base):
+    from types import SimpleNamespace
+
+    from prefdiff.trainers import PolicyGradientModule
+
+    module = PolicyGradientModule(base=base, reward="smoothness", **COMMON)
+    out = SimpleNamespace(stochastic=torch.tensor([True] * 7 + [False]))  # DDIM's last step draws nothing
+    for fraction, count in ((1.0, 7), (0.5, 3), (0.01, 1)):
+        steps = module.trainable_steps(out, fraction, torch.Generator().manual_seed(0))
+        assert len(steps) == len(set(steps)) == count and 7 not in steps, (fraction, steps)
+
+
+def test_validation_logs_the_held_out_reward_and_keeps_the_first_batchs_samples(base):
+    from prefdiff.trainers import PolicyGradientModule
+
+    module = PolicyGradientModule(base=base, reward="smoothness", **COMMON)
+    batches = [{"cond": torch.tensor([0, 1, 2])}, {"cond": torch.tensor([3])}]
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the batches as they are
+    (metrics,) = trainer.validate(module, dataloaders=loader, verbose=False)
+    assert math.isfinite(metrics["val/reward"])
+    assert module._last_val_samples.shape[0] == 3  # the grid shows the first batch

@@ -56,7 +56,7 @@ MODULES = {
 MODULE_TESTS = {
     "prefdiff.losses": ["tests/test_losses.py", "tests/test_trainer_direction.py"],
     "prefdiff.sampling": ["tests/test_sampling.py", "tests/test_flow.py"],
-    "prefdiff.trainers": ["tests/test_trainers.py", "tests/test_trainer_direction.py"],
+    "prefdiff.trainers": ["tests/test_trainers.py", "tests/test_trainer_direction.py", "tests/test_levers.py"],
     "prefdiff.data.mining": ["tests/test_mining.py"],
     "prefdiff.bench.stats": ["tests/test_bench_stats.py"],
     "prefdiff.bench.seeds": ["tests/test_bench_seeds.py"],

@@ -32,9 +32,10 @@ def load(name: str) -> dict:
 
 
 def non_equivalent_rate(entry: dict, verdicts: dict) -> tuple[int, int, float | None]:
-    """Detected, non-equivalent sampled mutants, and their ratio. A survivor whose verdict is
-    ``test added`` counts as detected: the test that kills it is now in the suite."""
-    survivors = entry.get("survived_mutants", [])
+    """Detected, non-equivalent sampled mutants, and their ratio. A survivor (or a mutant no test
+    reached) whose verdict is ``test added`` counts as detected: the test that kills it is now in
+    the suite; one judged ``equivalent`` leaves the count."""
+    survivors = entry.get("survived_mutants", []) + entry.get("no_tests_mutants", [])
     equivalent = sum(verdicts.get(n, {}).get("verdict") == "equivalent" for n in survivors)
     fixed = sum(verdicts.get(n, {}).get("verdict") == "test added" for n in survivors)
     detected = entry.get("killed", 0) + entry.get("timeout", 0) + fixed
@@ -66,20 +67,14 @@ def render(mutants: dict, survivors: dict, review: dict) -> str:
                      f"| {detected}/{relevant} = {rate:.2f} | {met} |")
     lines += ["", "### Every survivor and its verdict", ""]
     for module, e in mutants.items():
-        names = e.get("survived_mutants", [])
+        names = e.get("survived_mutants", []) + e.get("no_tests_mutants", [])
         if not names:
             continue
         lines += [f"**`{module}`**", "", "| mutant | verdict | why |", "|---|---|---|"]
         for name in names:
             v = survivors.get(name, {"verdict": "open", "why": "not yet classified"})
-            lines.append(f"| `{name.removeprefix(module + '.')}` | {v['verdict']} | {v['why']} |")
-        lines.append("")
-    no_tests = {m: e.get("no_tests_mutants", []) for m, e in mutants.items() if e.get("no_tests_mutants")}
-    if no_tests:
-        lines += ["### Mutants no listed test reaches", ""]
-        for module, names in no_tests.items():
-            functions = sorted({n.removeprefix(module + ".").split("__mutmut_")[0] for n in names})
-            lines.append(f"- `{module}` ({len(names)}): " + ", ".join(f"`{f}`" for f in functions))
+            reached = " (no test reached it)" if name in e.get("no_tests_mutants", []) else ""
+            lines.append(f"| `{name.removeprefix(module + '.')}`{reached} | {v['verdict']} | {v['why']} |")
         lines.append("")
     if review:
         lines += ["## The review's eight mutations", "",
