@@ -226,13 +226,15 @@ def test_trainable_steps_are_a_fraction_of_the_stochastic_ones_and_at_least_one(
         assert len(steps) == len(set(steps)) == count and 7 not in steps, (fraction, steps)
 
 
-def test_validation_logs_the_held_out_reward_and_keeps_the_first_batchs_samples(base):
+def test_validation_logs_the_held_out_reward_and_keeps_the_first_batchs_samples(base, tmp_path):
     from prefdiff.trainers import PolicyGradientModule
 
     module = PolicyGradientModule(base=base, reward="smoothness", **COMMON)
     batches = [{"cond": torch.tensor([0, 1, 2])}, {"cond": torch.tensor([3])}]
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the batches as they are
     (metrics,) = trainer.validate(module, dataloaders=loader, verbose=False)
     assert math.isfinite(metrics["val/reward"])
     assert module._last_val_samples.shape[0] == 3  # the grid shows the first batch
+    assert (tmp_path / "samples" / "epoch000.png").is_file()

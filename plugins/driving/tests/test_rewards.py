@@ -7,8 +7,9 @@ import torch
 
 from prefdiff_driving import bev
 from prefdiff_driving.planner import JUDGE, TRAINING, score_scenes, soft_feasibility
-from prefdiff_driving.rewards import (TRAFFIC_FLOOR, consistency_terms, scenario_feasibility,
-                                      scenario_feasibility_surrogate, scenario_judge, traffic_match)
+from prefdiff_driving.rewards import (TRAFFIC_FLOOR, consistency_terms, planner_feasibility, planner_judge,
+                                      scenario_feasibility, scenario_feasibility_surrogate, scenario_judge,
+                                      traffic_match)
 
 CELLS = bev.RESOLUTION ** 2
 FLOOR = TRAFFIC_FLOOR * CELLS
@@ -94,6 +95,15 @@ def test_traffic_match_is_the_density_ratio_of_each_kind():
     assert traffic_match(scene(), torch.zeros(1, 2)).item() == 1.0
 
 
+def test_traffic_match_is_in_the_samples_dtype_whatever_dtype_the_asked_traffic_has():
+    # a user may set the traffic from numpy, in float64: it is read in the samples' dtype
+    scenes = torch.cat([scene(GIVEN), scene()])
+    asked = torch.tensor([[int(cells(*GIVEN).sum()), 0]], dtype=torch.float32).expand(2, -1) / CELLS
+    match = traffic_match(scenes, asked.double())
+    assert match.dtype == scenes.dtype == torch.float32
+    torch.testing.assert_close(match, traffic_match(scenes, asked))
+
+
 def test_given_vehicle_iou_counts_only_generated_cars_touching_the_given_ones():
     x, y = GIVEN
     scenes = torch.cat([scene(GIVEN), scene(), scene((x + bev.CELL, y)), scene((x + 2 * bev.CELL, y)),
@@ -107,6 +117,16 @@ def test_given_vehicle_iou_counts_only_generated_cars_touching_the_given_ones():
     torch.testing.assert_close(consistency_terms(scenes, layout)["iou"], expected)
     # nothing given: any scene is consistent
     torch.testing.assert_close(consistency_terms(scenes, road(len(scenes))["layout"])["iou"], torch.ones(len(scenes)))
+
+
+def test_a_layout_cell_given_at_exactly_one_half_is_not_a_given_vehicle():
+    # the same strict threshold (> 0.5) as the scene edits and the figures: a car drawn at half
+    # strength (as a resized layout leaves on a box's edge cells) is not given
+    layout = road(2, given=[GIVEN])["layout"]
+    layout[:, bev.GIVEN] *= 0.5
+    assert layout[:, bev.GIVEN].max() == 0.5
+    # nothing given: the empty road and the car where the layout half-draws one are both consistent
+    torch.testing.assert_close(consistency_terms(torch.cat([scene(), scene(GIVEN)]), layout)["iou"], torch.ones(2))
 
 
 def test_scenario_rewards_multiply_their_three_factors_on_a_hand_made_road():
@@ -132,6 +152,17 @@ def test_scenario_rewards_multiply_their_three_factors_on_a_hand_made_road():
     surrogate, _ = scenario_feasibility_surrogate()(scenes, cond)
     torch.testing.assert_close(surrogate, soft_feasibility(scenes, cond) * match, atol=0.0, rtol=SOFT_RTOL)
     assert surrogate[1] < 0.5 * surrogate[0]
+
+
+def test_planner_info_reports_the_share_of_scenes_with_a_feasible_plan():
+    scenes = torch.cat([scene(GIVEN), scene(), scene((1.0, 0.0))])
+    cond = road(len(scenes), given=[GIVEN])
+    for reward, cfg in ((planner_feasibility(), TRAINING), (planner_judge(), JUDGE)):
+        scores, info = reward(scenes, cond)
+        # a clean road scores 1, a car on the ego leaves no plan (as in the test above)
+        torch.testing.assert_close(scores, torch.tensor([1.0, 1.0, 0.0]))
+        torch.testing.assert_close(scores, score_scenes(scenes, cond, cfg)["score"])
+        assert info["feasible"] == pytest.approx(2 / 3)
 
 
 def test_the_empty_road_scores_low_on_the_reward_the_judge_and_the_surrogate(test_split):

@@ -10,7 +10,7 @@ from prefdiff.errors import UserError
 from prefdiff.plugins import get_manager
 from prefdiff.testing import check_reward
 from prefdiff_medical.data import DecathlonSlices
-from prefdiff_medical.rewards import intensity_drift
+from prefdiff_medical.rewards import _gradient_magnitude, intensity_drift
 from prefdiff_medical.segmenters import hard_dice, load_segmenter, one_hot_mask, soft_dice
 
 
@@ -87,6 +87,14 @@ def test_intensity_drift_is_zero_for_real_data_and_grows_with_damage(real):
     darker = intensity_drift(images * 0.5 - 0.3, images)
     noisy = intensity_drift(torch.rand_like(images) * 2 - 1, images)
     assert 0.1 < darker and 0.1 < noisy
+
+
+def test_gradient_magnitude_is_the_norm_of_the_forward_differences_at_each_pixel():
+    # On x = i * j the horizontal forward difference is the row index i and the vertical one the
+    # column index j, so pixel (i, j) has magnitude sqrt(i^2 + j^2); the last row and column have none.
+    i, j = torch.meshgrid(torch.arange(5.0), torch.arange(6.0), indexing="ij")
+    expected = (i[:-1, :-1] ** 2 + j[:-1, :-1] ** 2).sqrt()
+    torch.testing.assert_close(_gradient_magnitude((i * j)[None, None]), expected[None, None])
 
 
 # ------------------------------------------- Dice against MONAI, term by term ----
@@ -182,3 +190,58 @@ def test_reward_scores_the_image_of_its_mask_above_the_image_of_another(monkeypa
     expected = monai_dice(masks.roll(1, 0), masks, k)
     assert (expected < 0.6).all()
     torch.testing.assert_close(other, expected, atol=0.03 if name.endswith("_soft") else 1e-6, rtol=0.0)
+
+
+def use_fake_segmenter(monkeypatch, net: torch.nn.Module, num_classes: int) -> None:
+    """Make every segmentation reward load ``net`` (architecture "fake", trained at 32 px)."""
+    from prefdiff_medical import segmenters
+
+    monkeypatch.setattr(segmenters, "load_segmenter", lambda path: (
+        net, {"arch": "fake", "num_classes": num_classes, "resolution": 32}))
+
+
+class SeesStructureBelowTheRange(torch.nn.Module):
+    """A fixed fake segmenter: class 1 wherever a pixel is darker than -1.25, below the display
+    range [-1, 1] it was trained on; background elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), -1.25 - x], 1)
+
+
+@pytest.mark.parametrize("name", ["segmentation_consistency", "segmentation_judge"])
+def test_hard_reward_scores_samples_beyond_the_display_range_as_their_clamped_versions(monkeypatch, name):
+    use_fake_segmenter(monkeypatch, SeesStructureBelowTheRange(), 1)
+    masks = torch.zeros(3, 1, 32, 32)
+    images = torch.zeros(3, 1, 32, 32)
+    # a sampler's overshoot on the empty background: slightly (-1.5) and far (-3) below the range
+    images[0, 0, 4:8, 4:8] = -1.5
+    images[1, 0, 20:24, 10:14] = -3.0
+    scores, _ = get_manager().reward(name, checkpoint="fake")(images, masks)
+    # clamped to -1 the overshoot is background, so every image is its empty mask exactly
+    torch.testing.assert_close(scores, torch.ones(3))
+
+
+def test_soft_reward_scales_the_logits_by_its_sharpness(monkeypatch):
+    k = 2
+    net = IntensityToClass(k)
+    use_fake_segmenter(monkeypatch, net, k)
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[:, :, 8:20, 6:18] = 1.0
+    masks[1, :, 24:28, 24:28] = 2.0
+    # off the fake segmenter's levels its softmax is far from one-hot, so the sharpness shows
+    noise = 0.3 * torch.randn(masks.shape, generator=torch.Generator().manual_seed(0))
+    images = masks * (2 / k) - 1 + noise
+    scores = {}
+    for sharpness in (0.2, 3.0):
+        reward = get_manager().reward("segmentation_consistency_soft", checkpoint="fake", sharpness=sharpness)
+        scores[sharpness], _ = reward(images, masks)
+        torch.testing.assert_close(scores[sharpness], soft_dice(net(images), masks, k, sharpness=sharpness))
+    assert (scores[3.0] - scores[0.2]).abs().min() > 0.05
+
+
+@pytest.mark.parametrize("name", ["segmentation_consistency", "segmentation_consistency_soft", "segmentation_judge"])
+def test_reward_info_names_the_segmenter_architecture(monkeypatch, name):
+    use_fake_segmenter(monkeypatch, IntensityToClass(2), 2)
+    masks = torch.zeros(2, 1, 32, 32)
+    _, info = get_manager().reward(name, checkpoint="fake")(masks - 1, masks)
+    assert info == {"segmenter": "fake"}

@@ -95,6 +95,19 @@ def test_wrong_dimensions_are_a_clear_error(name, batch):
         reward(samples, cond[:, :6])
 
 
+@pytest.mark.parametrize("name", ["robot_feasibility", "robot_feasibility_surrogate", "robot_success"])
+def test_two_steps_is_the_shortest_trajectory_scored(name):
+    # the start and one step: the smoothness term differences consecutive commands, so one step is too few
+    positions = LAYOUT.start + np.array([[0.0, 0.0], [0.02, 0.0]])
+    trajectory = torch.from_numpy(encode_trajectory(positions, np.array([[0.1, 0.0], [0.0, 0.0]])))[None]
+    cond = torch.from_numpy(LAYOUT.to_vector())[None]
+    reward = get_manager().reward(name)
+    scores, _ = reward(trajectory, cond)
+    assert scores.shape == (1,) and torch.isfinite(scores).all()
+    with pytest.raises(UserError, match=r"shape \[B, 4, T\]"):
+        reward(trajectory[..., :1], cond)
+
+
 # ---------------------------------- the surrogate's terms against the simulator's ----
 
 
