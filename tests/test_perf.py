@@ -76,6 +76,9 @@ def test_quick_suite_writes_every_figure(tmp_path):
     assert figures[7][0]["value"] == pytest.approx(4.0)  # grpo 10 s against DDPO's 40 s
     overlap = figures[8][0]["details"]["tinyperf"]
     assert overlap["serial_step_s"] > 0 and overlap["overlapped_step_s"] > 0 and overlap["reward_s"] > 0
+    assert overlap["chunked_step_s"] > 0
+    assert overlap["hidden_share"] == pytest.approx(
+        (overlap["chunked_step_s"] - overlap["overlapped_step_s"]) / overlap["reward_s"], rel=0.05, abs=0.02)
     assert figures[8][0]["value"] == overlap["hidden_share"]
     assert {"cpu", "cores", "torch", "diffusers", "peft", "pytorch_lightning"} <= set(perf["environment"])
     assert perf["quick"] is True and "--quick" in perf["command"]

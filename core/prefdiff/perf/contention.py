@@ -4,7 +4,8 @@ Issue 19 measured ``prefdiff bench example --quick`` at 3 min 11 s alone and 17 
 another benchmark on this 2-core machine, before :mod:`prefdiff.threads` chose the thread count
 from the free cores. This times, for each field named:
 
-- *alone*: one ``prefdiff bench FIELD --quick`` on an idle machine;
+- *alone*: one ``prefdiff bench FIELD --quick`` on an idle machine (the run waits for the 1-minute
+  load average to fall below 0.3 first);
 - *beside*: the same run started ``--stagger`` seconds after a second quick run (of ``--other``,
   by default the same field), so the load average has seen the first, as it would when a user
   starts a second job; both are timed.
@@ -36,10 +37,23 @@ def start(field: str, scratch: Path, name: str, env: dict) -> tuple[subprocess.P
     return subprocess.Popen(command, env=run_env, stdout=log, stderr=subprocess.STDOUT), time.perf_counter()
 
 
-def finish(process: subprocess.Popen, started: float) -> float:
+def finish(process: subprocess.Popen, started: float) -> tuple[float, int | None]:
+    """The run's wall time, and the torch threads it chose (its results.json records them)."""
     if process.wait() != 0:
         raise RuntimeError(f"{process.args} failed with exit {process.returncode}")
-    return round(time.perf_counter() - started, 1)
+    wall = round(time.perf_counter() - started, 1)
+    results = Path(process.args[process.args.index("--out") + 1]) / "results.json"
+    threads = json.loads(results.read_text()).get("env", {}).get("threads") if results.is_file() else None
+    return wall, threads
+
+
+def wait_until_idle(limit: float = 0.3, timeout: float = 600.0) -> list[float]:
+    """Wait for the 1-minute load average to fall below ``limit``: the thread count a run chooses
+    follows it, so an "alone" run straight after another job would see that job's load."""
+    deadline = time.monotonic() + timeout
+    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
+        time.sleep(5)
+    return list(os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,19 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="contention-") as tmp:
         scratch = Path(tmp)
         for field in args.fields:
-            load = os.getloadavg()
-            alone = finish(*start(field, scratch, "alone", env))
+            load = wait_until_idle()
+            alone, alone_threads = finish(*start(field, scratch, "alone", env))
             other_field = args.other or field
+            other_load = wait_until_idle()
             other, other_started = start(other_field, scratch, "other", env)
             time.sleep(args.stagger)
-            beside_load = os.getloadavg()
-            beside = finish(*start(field, scratch, "beside", env))
-            other_s = finish(other, other_started)
+            beside_load = list(os.getloadavg())
+            beside, beside_threads = finish(*start(field, scratch, "beside", env))
+            other_s, other_threads = finish(other, other_started)
             run = {"field": field, "other": other_field, "stagger_s": args.stagger,
                    "arm": "OMP_NUM_THREADS=2 (old default)" if args.threads_env else "default (free cores)",
                    "alone_s": alone, "beside_s": beside, "other_s": other_s,
-                   "slowdown": round(beside / alone, 2), "load_average_before": load,
-                   "load_average_at_second_start": beside_load, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "commit": commit}
+                   "slowdown": round(beside / alone, 2), "threads": {"alone": alone_threads, "beside": beside_threads,
+                                                                     "other": other_threads},
+                   "load_average_before": load, "load_average_at_other_start": other_load,
+                   "load_average_at_second_start": beside_load, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                   "commit": commit}
             record["runs"].append(run)
             print(json.dumps(run), flush=True)
             out.write_text(json.dumps(record, indent=2) + "\n")
