@@ -166,8 +166,10 @@ def check(value: float | None, target: str) -> bool:
 
 
 def environment() -> dict[str, Any]:
-    """Machine and versions, as the page names them."""
+    """Machine, versions and the commit measured (and whether the tree was clean), as the page names them."""
     import diffusers
+
+    from prefdiff.bench.runner import source_commit
     import peft
     import pytorch_lightning
 
@@ -180,4 +182,4 @@ def environment() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "peft": peft.__version__,
-            "pytorch_lightning": pytorch_lightning.__version__}
+            "pytorch_lightning": pytorch_lightning.__version__, **source_commit()}

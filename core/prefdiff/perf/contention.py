@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         env["OMP_NUM_THREADS"] = "2"
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.is_file() else {"runs": []}
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    from prefdiff.bench.runner import source_commit
+
+    commit = source_commit()
     with tempfile.TemporaryDirectory(prefix="contention-") as tmp:
         scratch = Path(tmp)
         for field in args.fields:
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                      "other": other_threads},
                    "load_average_before": load, "load_average_at_other_start": other_load,
                    "load_average_at_second_start": beside_load, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                   "commit": commit}
+                   **commit}
             record["runs"].append(run)
             print(json.dumps(run), flush=True)
             out.write_text(json.dumps(record, indent=2) + "\n")

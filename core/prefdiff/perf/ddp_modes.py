@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                      "same_cpu_share": [r["same_cpu_share"] for r in rs],
                      "forced_switches_per_step": [r["forced_switches_per_step"] for r in rs]}
                for arm, rs in arms.items()}
-    record = {"command": "python -m prefdiff.perf.ddp_modes " + " ".join(argv or sys.argv[1:]),
+    from prefdiff.bench.runner import source_commit
+
+    record = {"command": "python -m prefdiff.perf.ddp_modes " + " ".join(argv or sys.argv[1:]), **source_commit(),
               "spec": spec, "cpu_count": os.cpu_count(), "load_average_start": load,
               "load_average_end": os.getloadavg(), "wall_s": round(time.time() - started),
               "summary": summary, "runs": arms}
