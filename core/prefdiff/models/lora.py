@@ -79,7 +79,7 @@ def add_lora(denoiser: Denoiser, options: LoraOptions | None = None) -> Denoiser
     targets = options.target_modules or default_lora_targets(
         denoiser.net, attention_only=denoiser.preset.conditioning == "text")
     config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                        target_modules=targets, init_lora_weights=options.init == "default" or options.init)
+                        target_modules=targets, init_lora_weights=True if options.init == "default" else options.init)
     inject_adapter_in_model(config, denoiser.net)
     denoiser.lora_config = config
     return denoiser
