@@ -13,7 +13,8 @@ import torch
 
 from prefdiff.data import condition_count
 from prefdiff.errors import UserError
-from prefdiff.models import LORA_INITS, LoraOptions, ModelPreset, add_lora, build_denoiser, default_lora_targets, load_model
+from prefdiff.models import (LORA_INITS, LoraOptions, ModelPreset, add_lora, build_denoiser, default_lora_targets,
+                             load_model)
 from prefdiff.plugins import get_manager
 from prefdiff.sampling import SDE_KINDS, is_flow, noised, sample, training_target
 from prefdiff.schedulers import build_scheduler, load_scheduler
