@@ -390,9 +390,17 @@ def test_inpaint_pins_trajectory_ends_and_log_probs_stay_consistent():
                           known=known, keep_mask=keep_mask, return_trajectory=True)
     assert torch.equal(out.samples[..., 0], known[..., 0])
     assert torch.equal(out.samples[..., -1], known[..., -1])
-    for i, t in enumerate(out.timesteps):
-        log_prob, _, _ = sampling.step_log_prob(model, scheduler, out.latents[:, i], t, out.latents[:, i + 1], None)
+    free = (1 - keep_mask).bool().expand(2, 2, 16)
+    for i, t in enumerate(out.timesteps[:-1]):  # the last step onto alpha 1 is deterministic
+        log_prob, mean, std = sampling.step_log_prob(model, scheduler, out.latents[:, i], t, out.latents[:, i + 1],
+                                                     None, keep_mask=keep_mask)
         assert_close(log_prob, out.log_probs[:, i])
+        # The model's own draws only: Normal's density averaged over the entries outside the mask.
+        normal = torch.distributions.Normal(mean, std.expand_as(mean)).log_prob(out.latents[:, i + 1])
+        assert_close(out.log_probs[:, i], torch.stack([normal[b][free[b]].mean() for b in range(2)]))
+        # The replaced ends were not drawn from the model: counting them gives another number.
+        everything, _, _ = sampling.step_log_prob(model, scheduler, out.latents[:, i], t, out.latents[:, i + 1], None)
+        assert not torch.allclose(everything, out.log_probs[:, i])
 
 
 def test_inpaint_with_strength_starts_from_known():

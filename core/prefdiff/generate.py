@@ -84,7 +84,7 @@ def sample_to_folder(args: argparse.Namespace) -> int:
     noise = torch.randn((n, *denoiser.sample_shape), generator=torch.Generator().manual_seed(args.seed))
     uncond = denoiser.null_condition(cond) if args.guidance_scale != 1 else None
     out = sample(denoiser, scheduler, noise, cond, num_steps=args.steps, eta=0.0,
-                 guidance_scale=args.guidance_scale, uncond=uncond)
+                 guidance_scale=args.guidance_scale, uncond=uncond, **denoiser.pinned(cond))
     _write(denoiser.decode(out.samples), Path(args.out), "samples")
     return 0
 

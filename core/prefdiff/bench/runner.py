@@ -201,7 +201,7 @@ class Benchmark:
         for start in range(0, len(noise), SCORE_CHUNK):
             part = select(cond, slice(start, start + SCORE_CHUNK))
             out = sample(denoiser, scheduler, noise[start:start + SCORE_CHUNK], part, generator=generator,
-                         num_steps=self.recipe.num_steps, eta=self.recipe.eta)
+                         num_steps=self.recipe.num_steps, eta=self.recipe.eta, **denoiser.pinned(part))
             chunks.append(denoiser.decode(out.samples))  # judges and figures see samples, not latents
         return torch.cat(chunks)
 

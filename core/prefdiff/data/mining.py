@@ -45,7 +45,7 @@ def mine(denoiser, scheduler, reward, conditions: list[Any], *, per_condition: i
         noise = torch.randn((len(flat[start:start + batch_size]), *shape), generator=generator)
         uncond = denoiser.null_condition(cond) if guidance_scale != 1.0 else None
         out = sample(denoiser, scheduler, noise, cond, num_steps=num_steps, eta=eta,
-                     generator=generator, guidance_scale=guidance_scale, uncond=uncond)
+                     generator=generator, guidance_scale=guidance_scale, uncond=uncond, **denoiser.pinned(cond))
         decoded = denoiser.decode(out.samples)  # pairs hold samples (images), as a labeler sees them
         scores, _ = reward(decoded, cond)
         all_samples.append(decoded)

@@ -200,6 +200,6 @@ class ModelSource:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + done)
             noise = torch.randn((len(conds) * k, *infer_sample_shape(self.denoiser)), generator=g)
             out = sample(self.denoiser, self.scheduler, noise, cond, num_steps=self.num_steps, eta=1.0,
-                         generator=g).samples
+                         generator=g, **self.denoiser.pinned(cond)).samples
             write_sample_folder(folder, out.reshape(len(conds), k, *out.shape[1:]), conds, prefix="d", start=done)
             return len(conds)

@@ -64,6 +64,22 @@ class Denoiser(nn.Module):
         """The model's space -> samples for the rewards; differentiable, optionally checkpointed."""
         return self.codec.decode(z, checkpoint=checkpoint)
 
+    def pinned(self, cond: Any) -> dict[str, torch.Tensor]:
+        """The sampler options that keep what the conditioner pins for ``cond``: ``{"known": values,
+        "keep_mask": mask}`` in the model's space, or ``{}`` when nothing is pinned.
+
+        A conditioner pins by defining ``pinned(cond) -> (values, mask) | None`` (a planner's
+        start and goal: ``layout_timeline`` with ``pin_endpoints``). Every sampler call that
+        stands for the model (training, evaluation, mining, ``prefdiff sample``) passes these
+        on, so the model is trained and scored as it is used.
+        """
+        pin = getattr(self.conditioner, "pinned", None)
+        found = None if pin is None or cond is None else pin(cond)
+        if found is None:
+            return {}
+        values, mask = found
+        return {"known": values, "keep_mask": mask}
+
     def frozen_parts(self) -> list[str]:
         """Sub-modules that never train and are loaded from the model folder, not checkpoints:
         the VAE and a text-to-image pipeline's text encoders."""

@@ -77,17 +77,19 @@ def sample(model: Model, scheduler, noise: Tensor, cond: Any, *, num_steps: int 
 
 def step_log_prob(model: Model, scheduler, x_t: Tensor, t: int | Tensor, x_prev: Tensor, cond: Any, *,
                   eta: float = 1.0, guidance_scale: float = 1.0, uncond: Any = None,
-                  clip_sample: float | None = None, sde: str = "sde") -> tuple[Tensor, Tensor, Tensor]:
+                  clip_sample: float | None = None, sde: str = "sde",
+                  keep_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Log-prob of a stored step ``x_t -> x_prev`` under the current model, with grad (DDPO's recomputation).
 
     Returns ``(log_prob [B], mean, std)``; the scheduler must still be set to the step
-    count the trajectory was sampled with, and the options must match the sampling call.
+    count the trajectory was sampled with, and the options must match the sampling call
+    (``keep_mask`` too: the sampler's kept region is no part of the log-prob).
     """
     if is_flow(scheduler):
         return flow_step_log_prob(model, scheduler, x_t, t, x_prev, cond, eta=eta, sde=sde,
-                                  guidance_scale=guidance_scale, uncond=uncond)
+                                  guidance_scale=guidance_scale, uncond=uncond, keep_mask=keep_mask)
     return ddim_step_log_prob(model, scheduler, x_t, t, x_prev, cond, eta=eta, guidance_scale=guidance_scale,
-                              uncond=uncond, clip_sample=clip_sample)
+                              uncond=uncond, clip_sample=clip_sample, keep_mask=keep_mask)
 
 
 def training_target(scheduler, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:

@@ -42,13 +42,21 @@ def concat_outputs(outputs: list[SampleOutput]) -> SampleOutput:
                         log_probs=join("log_probs"), means=join("means"), stochastic=first.stochastic)
 
 
-def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """log N(x; mean, std^2) averaged over the non-batch dims; 0 where std == 0."""
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, keep_mask: Tensor | None = None) -> Tensor:
+    """log N(x; mean, std^2) averaged over the non-batch dims; 0 where std == 0.
+
+    With ``keep_mask`` (1 where a sampler replaced the draw by known values: inpainting's kept
+    region, a planner's pinned start and goal), the average runs over the rest only: the kept
+    entries were not drawn from the model, so they are no part of its policy's log-prob.
+    """
     deterministic = std == 0
     safe_std = torch.where(deterministic, torch.ones_like(std), std)
     log_prob = -((x - mean) ** 2) / (2 * safe_std**2) - safe_std.log() - 0.5 * math.log(2 * math.pi)
     log_prob = torch.where(deterministic, torch.zeros_like(log_prob), log_prob)
-    return log_prob.reshape(x.shape[0], -1).mean(dim=1)
+    if keep_mask is None:
+        return log_prob.reshape(x.shape[0], -1).mean(dim=1)
+    drawn = (1 - keep_mask).to(log_prob.dtype).expand_as(log_prob).reshape(x.shape[0], -1)
+    return (log_prob.reshape(x.shape[0], -1) * drawn).sum(dim=1) / drawn.sum(dim=1).clamp(min=1)
 
 
 def randn_like(like: Tensor, generator: torch.Generator | None) -> Tensor:

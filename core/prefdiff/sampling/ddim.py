@@ -225,6 +225,7 @@ def ddim_step_log_prob(
     guidance_scale: float = 1.0,
     uncond: Any = None,
     clip_sample: float | None = None,
+    keep_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Log-prob of a stored transition x_t -> x_prev under the current model, with grad.
 
@@ -236,6 +237,8 @@ def ddim_step_log_prob(
     :param x_t: ``latents[:, i]``.
     :param t: ``timesteps[i]``, an int or a LongTensor ``[B]``.
     :param x_prev: ``latents[:, i + 1]``.
+    :param keep_mask: the region the sampler replaced by known values (its ``keep_mask``),
+        left out of the log-prob as the sampler leaves it out.
 
     Returns ``(log_prob [B], mean, std)`` as :func:`ddim_step`.
     """
@@ -243,6 +246,8 @@ def ddim_step_log_prob(
     t = _batch_timesteps(t, x_t)
     eps = predict_noise(model, scheduler, x_t, t, cond, guidance_scale, uncond)
     _, log_prob, mean, std = ddim_step(scheduler, eps, t, x_t, eta, prev_sample=x_prev, clip_sample=clip_sample)
+    if keep_mask is not None:
+        log_prob = gaussian_log_prob(x_prev.detach(), mean, std, keep_mask)
     return log_prob, mean, std
 
 
@@ -295,12 +300,14 @@ def sample_ddim(
     :param keep_mask: 1 where ``known`` is kept, broadcastable to x. After
         every step the kept region is replaced by ``known`` noised to the new
         timestep (RePaint, Lugmayr et al. 2022, without resampling), and by
-        ``known`` itself after the last step. Also pins trajectory start/goal.
+        ``known`` itself after the last step. Also pins a planner's start and goal
+        (:meth:`~prefdiff.models.Denoiser.pinned`).
     :param start_step: skip the first ``start_step`` timesteps (editing).
     :param clip_sample: clamp the predicted x_0, see :func:`ddim_step`.
 
-    With ``known``, the stored log-probs are those of the stored (replaced)
-    transitions, so :func:`step_log_prob` reproduces them.
+    With ``known``, the stored log-probs are those of the model's own draws, the region
+    outside ``keep_mask`` of each stored transition; :func:`step_log_prob` given the same
+    ``keep_mask`` reproduces them.
     """
     _check_scheduler(scheduler)
     check_guidance(guidance_scale, uncond)
@@ -336,7 +343,7 @@ def sample_ddim(
                 else:
                     known_now = add_noise(scheduler, known, t - step_ratio, randn_like(x, generator))
                 x = keep_mask * known_now + (1 - keep_mask) * x
-                log_prob = gaussian_log_prob(x.detach(), mean, std)
+                log_prob = gaussian_log_prob(x.detach(), mean, std, keep_mask)
         if return_trajectory:
             latents.append(x.detach())
             log_probs.append(log_prob.detach())

@@ -198,7 +198,7 @@ def sample_flow(
                 last = i == len(timesteps) - 1
                 known_now = known if last else add_flow_noise(known, randn_like(x, generator), sigmas[i + 1])
                 x = keep_mask * known_now + (1 - keep_mask) * x
-                log_prob = gaussian_log_prob(x.detach(), mean, std)
+                log_prob = gaussian_log_prob(x.detach(), mean, std, keep_mask)
         if return_trajectory:
             latents.append(x.detach())
             log_probs.append(log_prob.detach())
@@ -212,12 +212,13 @@ def sample_flow(
 
 
 def flow_step_log_prob(model, scheduler, x_t: Tensor, t: Tensor, x_prev: Tensor, cond: Any, *, eta: float,
-                       sde: str = "sde", guidance_scale: float = 1.0, uncond: Any = None
-                       ) -> tuple[Tensor, Tensor, Tensor]:
+                       sde: str = "sde", guidance_scale: float = 1.0, uncond: Any = None,
+                       keep_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Log-prob of a stored flow step ``x_t -> x_prev`` under the current model, with grad.
 
     The scheduler must still be set to the step count the trajectory was sampled with
-    (its ``sigmas`` give the step from ``t``'s noise level to the next).
+    (its ``sigmas`` give the step from ``t``'s noise level to the next). ``keep_mask``: the
+    region the sampler replaced by known values, left out as the sampler leaves it out.
     """
     timesteps = scheduler.timesteps.to(x_t.device)
     t = torch.as_tensor(t, device=x_t.device, dtype=timesteps.dtype)
@@ -226,4 +227,6 @@ def flow_step_log_prob(model, scheduler, x_t: Tensor, t: Tensor, x_prev: Tensor,
     s, s_prev = sigmas[index], sigmas[index + 1]
     v = predict_velocity(model, x_t, t.expand(x_t.shape[0]) if t.ndim == 0 else t, cond, guidance_scale, uncond)
     _, log_prob, mean, std = flow_step(v, s, s_prev, x_t, eta, kind=sde, prev_sample=x_prev)
+    if keep_mask is not None:
+        log_prob = gaussian_log_prob(x_prev.detach(), mean, std, keep_mask)
     return log_prob, mean, std

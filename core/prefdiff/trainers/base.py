@@ -384,13 +384,16 @@ class AlignmentModule(pl.LightningModule):
         kwargs.setdefault("eta", hp.eta)
         return sample(self.denoiser, self.noise_scheduler, self.draw_noise(batch, generator, group), cond,
                       num_steps=hp.num_steps, guidance_scale=hp.guidance_scale, uncond=uncond,
-                      generator=generator, **self.sampler_options(), **kwargs)
+                      generator=generator, **self.sampler_options(), **self.denoiser.pinned(cond), **kwargs)
 
     def log_prob_options(self, cond: Any) -> dict[str, Any]:
         """The options under which a stored step's log-prob reproduces the sampler's."""
         hp = self.hparams
         uncond = self.denoiser.null_condition(cond) if hp.guidance_scale != 1 else None
         options = {"eta": hp.eta, "guidance_scale": hp.guidance_scale, "uncond": uncond}
+        pinned = self.denoiser.pinned(cond)
+        if pinned:
+            options["keep_mask"] = pinned["keep_mask"]
         if self.flow:
             options["sde"] = hp.sde or "sde"
         return options

@@ -1,9 +1,9 @@
 """Planning with start and goal pinned, and the editing task: re-plan around a new obstacle.
 
-The runner evaluates with the plain sampler (no inpainting), so the held-out
-numbers are those of the model alone: start and goal reach it only through
-the concatenated condition, and the simulator always starts the robot at the
-true start. :func:`plan` pins start and goal by inpainting; editing uses it.
+The benchmark's recipe pins start and goal in every sample through its conditioner
+(``layout_timeline`` with ``pin_endpoints``), so training, mining and the held-out
+numbers all see pinned plans. :func:`plan` pins them by inpainting whatever the
+conditioner's option; editing uses it and also keeps the steps away from the new obstacle.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from prefdiff.api import inpaint
+from prefdiff_robotics.conditioner import LayoutTimeline
 from prefdiff_robotics.scene import CHANNELS, HORIZON, MAX_OBSTACLES, ROBOT_RADIUS, ROOM, Layout, decode_trajectory
 
 NUM_STEPS = 20
@@ -22,12 +23,7 @@ NUM_STEPS = 20
 
 def pin_start_goal(cond: torch.Tensor, horizon: int = HORIZON) -> tuple[torch.Tensor, torch.Tensor]:
     """``(known, keep_mask)`` pinning the first position to the start and the last to the goal."""
-    b = cond.shape[0]
-    known = torch.zeros(b, CHANNELS, horizon, dtype=cond.dtype)
-    mask = torch.zeros_like(known)
-    known[:, 0:2, 0], known[:, 0:2, -1] = cond[:, 0:2], cond[:, 2:4]
-    mask[:, 0:2, 0] = mask[:, 0:2, -1] = 1.0
-    return known, mask
+    return LayoutTimeline(horizon, pin_endpoints=True).pinned(cond)
 
 
 @torch.no_grad()

@@ -78,7 +78,8 @@ def robotics_recipe(quick: bool = False) -> Recipe:
         domain="robotics", dataset="robot_demos",
         model={"kind": "unet1d", "sample_size": HORIZON, "channels": CHANNELS, "conditioning": "concat",
                "cond_channels": CHANNELS_OUT, "block_out_channels": (64, 128)},
-        conditioner="layout_timeline", conditioner_options={"horizon": HORIZON},
+        # Start and goal pinned in every sample (training, mining, evaluation), as a planner is used.
+        conditioner="layout_timeline", conditioner_options={"horizon": HORIZON, "pin_endpoints": True},
         reward="robot_feasibility", judge="robot_feasibility",
         judge_note="executed in MuJoCo on held-out layouts; success rates under the field metrics",
         # Tuned on the full run's cached base (seed 0), scored on 256 held-out layouts x 4 draws.
