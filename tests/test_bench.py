@@ -212,3 +212,27 @@ def test_a_shipped_base_replaces_pretraining_only_for_its_own_recipe(tmp_path, c
     with caplog.at_level("INFO", logger="prefdiff"), registered_plugin(TinyBench(changed), "tiny-bench"):
         run_benchmark("tiny", quick=True, out=tmp_path / "c", cache=tmp_path / "c3")
     assert "is for another recipe" in caplog.text and "pretraining 7 SFT steps" in caplog.text
+
+
+def test_clean_means_the_source_not_the_published_outputs(tmp_path):
+    import subprocess
+
+    from prefdiff.bench.runner import source_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    for path in ("core/prefdiff/losses.py", "benchmarks/results/driving/results.json", "docs/benchmarks.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("0\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    assert source_commit(tmp_path)["clean"]
+    # a field's results written by the field run before it: still the commit's source
+    (tmp_path / "benchmarks/results/driving/results.json").write_text("1\n")
+    (tmp_path / "docs/benchmarks.md").write_text("1\n")
+    assert source_commit(tmp_path)["clean"]
+    (tmp_path / "core/prefdiff/losses.py").write_text("1\n")
+    assert not source_commit(tmp_path)["clean"]

@@ -408,18 +408,26 @@ def environment() -> dict[str, Any]:
             "machine": platform.machine(), "python": platform.python_version(), **source_commit()}
 
 
-def source_commit() -> dict[str, Any]:
+#: What a benchmark run writes into the checkout: a field's outputs, the page and the README table
+#: made from them. Changes there leave the source clean (the second field of a `make bench` finds
+#: the first one's results written).
+PUBLISHED = ("benchmarks/results", "docs/benchmarks.md", "docs/figures", "README.md")
+
+
+def source_commit(root: Path | None = None) -> dict[str, Any]:
     """``{"commit": sha, "clean": bool}`` of the git checkout prefdiff runs from (``unknown``
-    outside one); ``clean`` is False when tracked files differ from the commit."""
-    root = Path(__file__).resolve().parents[3]
+    outside one); ``clean`` is False when tracked files other than the :data:`PUBLISHED`
+    outputs differ from the commit."""
+    root = root or Path(__file__).resolve().parents[3]
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                               timeout=30, check=True).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "--short=12", "HEAD"),
-                "clean": git("status", "--porcelain", "--untracked-files=no") == ""}
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      *(f":(exclude){path}" for path in PUBLISHED))
+        return {"commit": git("rev-parse", "--short=12", "HEAD"), "clean": changed == ""}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "clean": False}
 
