@@ -164,6 +164,22 @@ def test_diffusion_dpo_gradient_lowers_winner_and_raises_loser_error():
     assert_all_detached(metrics)
 
 
+def test_diffusion_dpo_sft_weight_adds_the_winners_denoising_loss():
+    mw, ml = [0.10, 0.30, 0.25], [0.20, 0.10, 0.25]
+    rw, rl = [0.15, 0.20, 0.30], [0.15, 0.20, 0.30]
+    model_w = t(mw, requires_grad=True)
+    loss, _ = losses.diffusion_dpo_loss(model_w, t(ml), t(rw), t(rl), 5.0, sft_weight=2.0)
+    expected, _, _ = dpo_reference(mw, ml, rw, rl, 5.0)
+    assert_close(loss, t(expected + 2.0 * mean(mw)))
+    # Against plain DPO, each winner's error gets 2 / B more gradient, the loser's none.
+    loss.backward()
+    plain_w = t(mw, requires_grad=True)
+    losses.diffusion_dpo_loss(plain_w, t(ml), t(rw), t(rl), 5.0)[0].backward()
+    assert_close(model_w.grad - plain_w.grad, t([2.0 / 3] * 3))
+    with pytest.raises(ValueError, match=r"^sft_weight must be > 0"):
+        losses.diffusion_dpo_loss(model_w, t(ml), t(rw), t(rl), 5.0, sft_weight=-1.0)
+
+
 @pytest.mark.parametrize("beta", [0.0, -1.0])
 def test_diffusion_dpo_rejects_non_positive_beta(beta):
     x = t([0.1])

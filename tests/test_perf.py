@@ -110,3 +110,37 @@ def test_time_to_reach_and_speedup(tmp_path):
 def test_fit_exponent():
     assert fit_exponent([8, 16, 32], [1.0, 2.0, 4.0]) == pytest.approx(1.0)
     assert fit_exponent([32, 64, 128], [1.0, 4.0, 16.0]) == pytest.approx(2.0)
+
+
+class NeedsCheckpoint:
+    """A differentiable reward that, like the medical segmenter, cannot be built without its option."""
+
+    @hookimpl
+    def prefdiff_register_rewards(self, register):
+        def factory(checkpoint=None):
+            if checkpoint is None:
+                raise ValueError("needs_checkpoint: no checkpoint")
+
+            def reward(samples, cond):
+                return -samples.float().pow(2).mean(dim=tuple(range(1, samples.ndim))), {}
+            return reward
+        register("needs_checkpoint", factory, differentiable=True)
+
+
+def test_step_module_builds_the_methods_own_reward_with_its_options():
+    """Figure 4 times a step of the method that trains with the reward: the module gets that
+    reward's options from the prepared recipe (other_reward_options), as `prefdiff bench` does."""
+    from dataclasses import replace
+
+    from prefdiff.bench import Benchmark
+    from prefdiff.perf.reward_cost import _step_module
+
+    recipe = replace(TINY, methods={**TINY.methods, "draft": {"reward": "needs_checkpoint", "k": 1}},
+                     other_reward_options={"needs_checkpoint": {"checkpoint": "segmenter.safetensors"}})
+    with registered_plugin(NeedsCheckpoint(), "needs-checkpoint"):
+        bench = Benchmark(recipe, quick=True)
+        options, _ = bench.method_options("draft")
+        assert options["reward"] == "needs_checkpoint"
+        assert options["reward_options"] == {"checkpoint": "segmenter.safetensors"}
+        module = _step_module(bench, "draft")
+    assert module.hparams.reward_options == {"checkpoint": "segmenter.safetensors"}

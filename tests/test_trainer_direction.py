@@ -64,6 +64,13 @@ def conditions(n):
 # ------------------------------------------------------------------ pairs
 
 
+def test_dpo_sft_weight_reaches_the_loss(monkeypatch):
+    module = build("dpo", beta=100.0, sft_weight=0.5)
+    calls = record(monkeypatch, pairs, "diffusion_dpo_loss")
+    module.training_step({"x_w": images(4, seed=1), "x_l": images(4, seed=2), "cond": torch.arange(4)}, 0)
+    assert calls[0]["sft_weight"] == 0.5
+
+
 def test_dpo_passes_the_winners_error_first(monkeypatch):
     module = build("dpo", beta=100.0)
     calls = record(monkeypatch, pairs, "diffusion_dpo_loss")

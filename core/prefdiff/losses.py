@@ -103,6 +103,7 @@ def diffusion_dpo_loss(
     ref_err_w: Tensor,
     ref_err_l: Tensor,
     beta: float,
+    sft_weight: float = 0.0,
 ) -> tuple[Tensor, Metrics]:
     """Diffusion-DPO loss on per-sample noise-prediction errors.
 
@@ -111,6 +112,8 @@ def diffusion_dpo_loss(
     :param ref_err_w: reference MSE on the preferred sample, ``[B]``.
     :param ref_err_l: reference MSE on the rejected sample, ``[B]``.
     :param beta: KL strength (``beta_dpo``; thousands for SD-sized models).
+    :param sft_weight: weight of the winners' own denoising loss added to the DPO
+        term (0: plain Diffusion-DPO).
     :returns: ``(loss, metrics)`` with ``implicit_acc`` (ties count 0.5),
         ``reward_margin`` (mean logit), ``model_err_w`` and ``model_err_l``.
 
@@ -125,6 +128,12 @@ def diffusion_dpo_loss(
     _check_positive(beta, "beta")
     inside = -0.5 * beta * ((model_err_w - model_err_l) - (ref_err_w - ref_err_l))
     loss = -F.logsigmoid(inside).mean()
+    if sft_weight:
+        # The DPO term alone can lower the winners' likelihood as long as it lowers the losers'
+        # more; the winners' negative log-likelihood, here their denoising loss, keeps it up
+        # (RPO: Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1).
+        _check_positive(sft_weight, "sft_weight")
+        loss = loss + sft_weight * model_err_w.mean()
     return loss, _detached(
         implicit_acc=_win_rate(inside),
         reward_margin=inside.mean(),

@@ -346,6 +346,26 @@ class Benchmark:
             return WeightedSamples(mined)
         return self.dataset("train", self.recipe.train_size)
 
+    def method_options(self, method: str) -> tuple[dict[str, Any], int]:
+        """(module options, training steps) of ``method`` as the recipe sets them, with the reward
+        it trains with (:meth:`Recipe.reward_for`) and that reward's options."""
+        from prefdiff.trainers import METHODS
+
+        r = self.recipe
+        cls, fixed = METHODS[method]
+        options = {**self.module_options(), "seed": method_seed(self.seed, method), **fixed,
+                   **r.methods.get(method, {})}
+        steps = options.pop("steps", r.align_steps)
+        if cls.uses_reward(**fixed):
+            name, reward_options = r.reward_for(method)
+            options["reward"] = name
+            if reward_options:
+                options.setdefault("reward_options", reward_options)
+        else:
+            options.pop("reward", None)
+        options.setdefault("lora_rank", r.lora_rank)
+        return options, steps
+
     def align(self, method: str, base_dir: Path, mined, curve: tuple[Callable[[Any], float], float] | None = None):
         """Train one method; returns (module, wall seconds, peak RSS MB, curve callback or None).
 
@@ -359,16 +379,7 @@ class Benchmark:
         r = self.recipe
         cls, fixed = METHODS[method]
         seed = method_seed(self.seed, method)
-        options = {**self.module_options(), "seed": seed, **fixed, **r.methods.get(method, {})}
-        steps = options.pop("steps", r.align_steps)
-        if cls.uses_reward(**fixed):
-            name, reward_options = r.reward_for(method)
-            options["reward"] = name
-            if reward_options:
-                options.setdefault("reward_options", reward_options)
-        else:
-            options.pop("reward", None)
-        options.setdefault("lora_rank", r.lora_rank)
+        options, steps = self.method_options(method)
         # Seed from (seed, method) before the adapter is built: a method's result depends on
         # neither which methods ran before it nor their number.
         _seed(seed)

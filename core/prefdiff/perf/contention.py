@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from prefdiff.durable import atomic_write_text
+
 
 def start(field: str, scratch: Path, name: str, env: dict) -> tuple[subprocess.Popen, float]:
     out = scratch / name
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                    **commit}
             record["runs"].append(run)
             print(json.dumps(run), flush=True)
-            out.write_text(json.dumps(record, indent=2) + "\n")
+            atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     return 0
 
 

@@ -15,8 +15,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from statistics import median
+
+from prefdiff.durable import atomic_write_text
 
 
 def run(spec: dict) -> list[dict]:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
               "spec": spec, "cpu_count": os.cpu_count(), "load_average_start": load,
               "load_average_end": os.getloadavg(), "wall_s": round(time.time() - started),
               "summary": summary, "runs": arms}
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
     for arm, s in summary.items():
         print(f"{arm}: steps {s['step_s']}, speed-up {s['speedup']}, same CPU {s['same_cpu_share']}, "
               f"forced switches/step {s['forced_switches_per_step']}")

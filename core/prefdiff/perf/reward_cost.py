@@ -69,16 +69,10 @@ def _step_module(bench, method: str, **overrides: Any):
     """The method's module as `prefdiff bench` builds it, on a fresh model (``overrides``: module options)."""
     from prefdiff.trainers import METHODS
 
-    r = bench.recipe
-    cls, fixed = METHODS[method]
-    options = {**bench.module_options(), **fixed, **r.methods.get(method, {})}
-    options.pop("steps", None)
-    if options.setdefault("reward", r.reward) == r.reward and r.reward_options:
-        options.setdefault("reward_options", r.reward_options)
-    options.setdefault("lora_rank", r.lora_rank)
+    options, _ = bench.method_options(method)
     options.update(overrides)
     torch.manual_seed(0)
-    return cls(model=r.model, **options)
+    return METHODS[method][0](model=bench.recipe.model, **options)
 
 
 def _samples_per_step(module, conditions: int) -> int:

@@ -22,15 +22,20 @@ class PairModule(AlignmentModule):
     :param objective: ``dpo`` (Wallace et al. 2023) or ``kto`` (Li et al. 2024; the
         winner is a desirable sample, the loser an undesirable one).
     :param beta: the KL strength of the implicit reward.
+    :param sft_weight: ``dpo`` only: weight of the winners' denoising loss added to the
+        DPO loss (RPO, :func:`~prefdiff.losses.diffusion_dpo_loss`); 0 is plain Diffusion-DPO.
     """
 
-    def __init__(self, *args: Any, objective: str = "dpo", beta: float = 2000.0,
+    def __init__(self, *args: Any, objective: str = "dpo", beta: float = 2000.0, sft_weight: float = 0.0,
                  **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
         if objective not in OBJECTIVES:
             raise UserError(f"--model.objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
         if beta <= 0:
             raise UserError(f"--model.beta must be > 0, got {beta}")
+        if sft_weight < 0 or (sft_weight and objective != "dpo"):
+            raise UserError(f"--model.sft_weight must be >= 0 and is for --model.objective dpo only, "
+                            f"got {sft_weight} with objective '{objective}'")
         if self.hparams.lora_rank <= 0:
             raise UserError("pair objectives use the adapter-disabled model as reference; "
                             "set --model.lora_rank > 0")
@@ -58,7 +63,7 @@ class PairModule(AlignmentModule):
             ref_err = per_sample_mse(self.denoiser(x_t, t2, cond2), target)
         if self.hparams.objective == "dpo":
             loss, metrics = diffusion_dpo_loss(model_err[:n], model_err[n:], ref_err[:n], ref_err[n:],
-                                               self.hparams.beta)
+                                               self.hparams.beta, self.hparams.sft_weight)
         else:
             desirable = torch.cat([torch.ones(n), torch.zeros(n)]).bool().to(x_w.device)
             loss, metrics = kto_loss(model_err, ref_err, desirable, self.hparams.beta)
