@@ -144,3 +144,18 @@ def test_step_module_builds_the_methods_own_reward_with_its_options():
         assert options["reward_options"] == {"checkpoint": "segmenter.safetensors"}
         module = _step_module(bench, "draft")
     assert module.hparams.reward_options == {"checkpoint": "segmenter.safetensors"}
+
+
+def test_step_module_of_a_pipeline_recipe_starts_from_its_pipeline(tmp_path):
+    """A text-to-image recipe names a pipeline folder, not a preset: the step starts from it."""
+    from dataclasses import replace
+
+    from prefdiff.bench import Benchmark
+    from prefdiff.perf.reward_cost import _step_module
+    from prefdiff.testing import tiny_pipeline
+
+    folder = tiny_pipeline(tmp_path / "pipe")
+    recipe = replace(TINY, model={"pipeline": str(folder)}, conditioner=None, methods={"ddpo": {}})
+    module = _step_module(Benchmark(recipe, quick=True), "ddpo")
+    assert module.hparams.base == str(folder)
+    assert module.denoiser.frozen_parts()  # the pipeline's VAE and text encoder came with it

@@ -71,8 +71,12 @@ def _step_module(bench, method: str, **overrides: Any):
 
     options, _ = bench.method_options(method)
     options.update(overrides)
+    model = bench.recipe.model
+    # A pipeline recipe's fresh model is its initial pipeline (trained VAE, untrained UNet), as in
+    # the runner's "untrained" row; a preset recipe's is the preset with fresh weights.
+    where = {"base": model["pipeline"]} if "pipeline" in model else {"model": model}
     torch.manual_seed(0)
-    return METHODS[method][0](model=bench.recipe.model, **options)
+    return METHODS[method][0](**where, **options)
 
 
 def _samples_per_step(module, conditions: int) -> int:
