@@ -54,7 +54,9 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
             print(row, flush=True)
 
         record({"seed": seed, "base": float(base_scores.mean())})
-        mined = None
+        # Pair files append when written into a folder that holds some, so every mining and every
+        # gap filter of it gets its own folder, written once and reused.
+        mined, pair_files, minings = None, {}, 0
         for spec in specs:
             method, _, text = spec.partition(":")
             overrides = json.loads(text or "{}")
@@ -65,12 +67,16 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
                 continue
             min_gap = overrides.pop("min_gap", None)
             if mined is None:
-                mined = bench.mine(base, scheduler, out)
-            if min_gap is None:
-                bench.pair_file = out / "mined" / "pairs.jsonl"
-            else:
-                bench.pair_file = write_best_worst_pairs(mined, out / f"mined-gap{min_gap}", labeler="probe",
-                                                         min_gap=min_gap)
+                folder = out / f"mining-{minings}"
+                if folder.exists():
+                    sys.exit(f"{folder} exists: give the probe a new OUT folder")
+                minings += 1
+                mined = bench.mine(base, scheduler, folder)
+                pair_files = {None: bench.pair_file}
+            if min_gap not in pair_files:
+                pair_files[min_gap] = write_best_worst_pairs(mined, folder / f"mined-gap{min_gap}",
+                                                             labeler="probe", min_gap=min_gap)
+            bench.pair_file = pair_files[min_gap]
             bench.recipe = replace(recipe, methods={**recipe.methods,
                                                     method: {**recipe.methods.get(method, {}), **overrides}})
             module, wall, _, _ = bench.align(method, base_dir, mined)
