@@ -81,6 +81,7 @@ def test_quick_suite_writes_every_figure(tmp_path):
     # 4-digit time can be off by 10%)
     assert (overlap["hidden_share"] > 0) == (overlap["chunked_step_s"] > overlap["overlapped_step_s"])
     assert figures[8][0]["value"] == overlap["hidden_share"]
+    assert overlap["ceiling"] == 0.75  # 4 chunks: the last one's reward has nothing to hide behind
     assert {"cpu", "cores", "torch", "diffusers", "peft", "pytorch_lightning", "commit", "clean"} <= set(
         perf["environment"])
     assert perf["quick"] is True and "--quick" in perf["command"]

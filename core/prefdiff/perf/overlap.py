@@ -13,8 +13,13 @@ the figure isolates what the worker hides from what chunking costs: the share
 of the reward's time hidden, ``(chunked - overlapped) / reward``, for the
 field whose share is lowest: 1 means the reward costs nothing any more, 0
 that nothing was gained, below 0 that the worker costs more than it hides.
-The whole-batch serial step is reported beside it. The fields are the ones with CPU-bound rewards (the MuJoCo execution and the
-lattice planner) unless ``--domain`` names others.
+The whole-batch serial step is reported beside it. The fields are the ones
+with CPU-bound rewards (the MuJoCo execution and the lattice planner) unless
+``--domain`` names others.
+
+The share cannot exceed ``1 - 1/CHUNKS`` (0.75 at 4 chunks): the last chunk's
+reward has no sampling left to hide behind, since the DDPO loss needs every
+score of the batch before the training pass. The details report that ceiling.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ def _hidden_share(domain: str, quick: bool, log) -> dict[str, Any]:
              "reward_s": round(reward_s, 4), "reward_share_of_serial": round(reward_s / serial, 4),
              "overlapped_over_serial": round(overlapped / serial, 4),
              # against the same chunked sampling scored in this process: what the worker itself hides
-             "hidden_share": round((chunked - overlapped) / reward_s, 4) if reward_s > 0 else None}
+             "hidden_share": round((chunked - overlapped) / reward_s, 4) if reward_s > 0 else None,
+             "ceiling": round(1 - 1 / CHUNKS, 4)}
     log(f"  figure 8 {domain}: {entry}")
     return entry
 
