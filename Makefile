@@ -19,7 +19,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 .venv/bin/prefdiff bench medical --quick --threads 1 --out runs/demo-medical
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests $(foreach p,$(PLUGINS),$(dir $(p))tests)
+	$(PY) -m pytest -q --durations=15 tests $(foreach p,$(PLUGINS),$(dir $(p))tests)
 
 BENCHMARKS = $(shell $(PY) -c "from prefdiff.plugins import get_manager; print(' '.join(get_manager().names('benchmarks')))" 2>/dev/null)
 
