@@ -45,10 +45,8 @@ def driving_recipe(quick: bool = False) -> Recipe:
     methods: dict[str, dict] = {
         "sft": {"lr": 5e-4},
         "rwr": {"lr": 5e-4},
-        # Retuned on two tuning seeds, 1 and 4 (bases 0.117 and 0.211 at one thread; NOTES.md, 2026-12-01):
-        # on pairs of 4 draws, beta 250 gained +0.015 on seed 1 and lost 0.125 on seed 4 (it lost 0.067
-        # on the published seed 0); 1000 was the one setting that lost on neither. Pairs of 16 draws
-        # (mine_per_condition below) lift it above zero on both.
+        # Retuned on the tuning seeds 1 and 4 (NOTES.md, 2026-12-01): beta 250 collapsed on seed 4;
+        # 1000 held on both, and gains on both from pairs of 16 draws (mine_per_condition below).
         "dpo": {"beta": 1000.0, "lr": 1e-3, **({} if quick else {"steps": 20})},
         "kto": {"beta": 2000.0, "lr": 1e-3},
         "d3po": {"beta": 0.1, "lr": 3e-4},
