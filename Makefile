@@ -18,8 +18,10 @@ demo: $(STAMP)
 	.venv/bin/prefdiff plugins
 	OMP_NUM_THREADS=1 .venv/bin/prefdiff bench medical --quick --threads 1 --out runs/demo-medical
 
+# One worker per core (pytest-xdist; each test runs on one torch thread), a test file's tests on
+# one worker so that its module fixtures are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 tests $(foreach p,$(PLUGINS),$(dir $(p))tests)
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=15 tests $(foreach p,$(PLUGINS),$(dir $(p))tests)
 
 BENCHMARKS = $(shell $(PY) -c "from prefdiff.plugins import get_manager; print(' '.join(get_manager().names('benchmarks')))" 2>/dev/null)
 
@@ -35,10 +37,10 @@ bench-quick: $(STAMP)
 # The fields whose recipes ship their base (refreshed by every make bench).
 SHIPPED = example medical
 
-# The fields added with the model families (flow matching, text to image) run under their own
-# target: with them, make bench would take about two hours, past its 90 minutes. It reruns
+# Robotics (DDIM and flow matching) and text to image run under their own target: with robotics,
+# make bench took 2 h 6 min on 4a6d793 (robotics alone 22-25 min), past its 90 minutes. It reruns
 # figure 7 (which reads every field's reward curves) over all six.
-MORE = robotics-flow t2i
+MORE = robotics robotics-flow t2i
 
 bench: $(STAMP)
 	for b in $(filter-out $(MORE),$(BENCHMARKS)); do .venv/bin/prefdiff bench $$b --threads 2 --out benchmarks/results/$$b \

@@ -85,6 +85,7 @@ def test_quick_suite_writes_every_figure(tmp_path):
     assert {"cpu", "cores", "torch", "diffusers", "peft", "pytorch_lightning", "commit", "clean"} <= set(
         perf["environment"])
     assert perf["quick"] is True and "--quick" in perf["command"]
+    assert perf["figure_commits"] == {str(i): perf["environment"]["commit"] for i in range(1, 9)}
 
     from prefdiff.benchdocs import render
 
@@ -160,3 +161,47 @@ def test_step_module_of_a_pipeline_recipe_starts_from_its_pipeline(tmp_path):
     module = _step_module(Benchmark(recipe, quick=True), "ddpo")
     assert module.hparams.base == str(folder)
     assert module.denoiser.frozen_parts()  # the pipeline's VAE and text encoder came with it
+
+
+class _Recorded:
+    """Figure 3's reports as a finished measurement would give them, one per spec."""
+
+    def __init__(self, specs, peaks):
+        self.specs, self.peaks = specs, peaks
+
+    def report(self, spec):
+        peak = self.peaks[spec["mode"]][spec["repeat"]]
+        return {"parameters": 10, "trainable": 1, "baseline_mb": 100.0, "peak_mb": peak,
+                "above_baseline_mb": peak - 100.0}
+
+
+def test_figure_3_takes_the_median_process_of_each_arm(monkeypatch):
+    from prefdiff.perf import memory
+
+    specs = memory.lora_specs(quick=False)
+    assert [s["mode"] for s in specs[:4]] == ["lora", "two_copy", "lora", "two_copy"]
+    assert len(specs) == 2 * memory.LORA_REPEATS == len({json.dumps(s, sort_keys=True) for s in specs})
+    # One outlier per arm (a low two-copy peak, a high LoRA one) must not move the ratio.
+    peaks = {"lora": [600.0, 610.0, 900.0, 590.0, 605.0], "two_copy": [1000.0, 400.0, 1010.0, 990.0, 1005.0]}
+    monkeypatch.setattr(memory, "LORA_REPEATS", 5)
+    figure = memory.run_lora(quick=False, log=lambda _: None, measurement=_Recorded(specs, peaks))
+    assert figure.value == round(605.0 / 1000.0, 4)
+    assert figure.details["ratio_above_baseline"] == round(505.0 / 900.0, 4)
+    assert figure.details["peak_mb_per_process"] == peaks and figure.details["processes_per_arm"] == 5
+
+
+def test_update_keeps_the_other_figures_and_the_commit_each_ran_on():
+    from prefdiff.perf.__main__ import _merge
+
+    def run(commit, figures):
+        return {"command": f"perf {commit}", "environment": {"commit": commit}, "wall_s": 10.0,
+                "figure_wall_s": {str(i): 5.0 for i in figures},
+                "figures": [{"id": i, "value": f"{commit}-{i}"} for i in figures]}
+
+    first = run("aaa", [1, 3, 7])
+    second = {**run("bbb", [3]), "figure_commits": {"3": "bbb"}}
+    merged = _merge(first, second)
+    assert [f["value"] for f in merged["figures"]] == ["aaa-1", "bbb-3", "aaa-7"]
+    assert merged["figure_commits"] == {"1": "aaa", "3": "bbb", "7": "aaa"}
+    assert merged["environment"]["commit"] == "bbb" and merged["commands"] == ["perf aaa", "perf bbb"]
+    assert merged["wall_s"] == 20.0

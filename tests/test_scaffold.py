@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,17 @@ import pytest
 from prefdiff.errors import UserError
 from prefdiff.scaffold import new_plugin
 
-BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _overlay_env(root: Path) -> Path:
+    """A venv of its own that sees this one's packages through a .pth file, so that what the test
+    installs stays out of the venv that the other tests (run in parallel) import from. Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", root], check=True)
+    site = next(root.glob("lib/python*/site-packages"))
+    shared = sysconfig.get_path("purelib")
+    (site / "shared_venv.pth").write_text(f"import site; site.addsitedir({shared!r})\n")
+    return root / "bin" / "python"
 
 
 def test_bad_names_and_occupied_folders(tmp_path):
@@ -25,22 +35,24 @@ def test_bad_names_and_occupied_folders(tmp_path):
 
 def test_generated_plugin_installs_lists_and_passes_its_tests(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    python = _overlay_env(tmp_path / "venv")
+    prefdiff = [python, "-m", "prefdiff.cli"]
     target = tmp_path / "prefdiff-vessel"
-    made = subprocess.run([BIN / "prefdiff", "new-plugin", "vessel", "--dir", target], env=env,
+    made = subprocess.run([*prefdiff, "new-plugin", "vessel", "--dir", target], env=env,
                           capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
-    install = subprocess.run([BIN / "prefdiff", "plugins", "install", "-e", target], env=env,
+    install = subprocess.run([*prefdiff, "plugins", "install", "-e", target], env=env,
                              capture_output=True, text=True, timeout=300)
     try:
         assert install.returncode == 0, install.stderr[-2000:]
-        listed = subprocess.run([BIN / "prefdiff", "plugins"], env=env, capture_output=True, text=True)
+        listed = subprocess.run([*prefdiff, "plugins"], env=env, capture_output=True, text=True)
         assert "vessel 0.1.0" in listed.stdout and "vessel_contrast" in listed.stdout, listed.stdout
-        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", target / "tests"],
+        tests = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", target / "tests"],
                                env=env, capture_output=True, text=True, cwd=target, timeout=300)
         assert tests.returncode == 0, tests.stdout[-3000:]
         assert "3 passed" in tests.stdout
         # `prefdiff fit` trains with the new reward by its name alone.
-        fit = subprocess.run([BIN / "prefdiff", "fit", "--config", ROOT / "configs/example_ddpo.yaml",
+        fit = subprocess.run([*prefdiff, "fit", "--config", ROOT / "configs/example_ddpo.yaml",
                               "--trainer.default_root_dir", tmp_path / "run", "--trainer.logger", "false",
                               "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
                               "--trainer.enable_progress_bar", "false", "--model.init_args.base", "null",
@@ -54,7 +66,7 @@ def test_generated_plugin_installs_lists_and_passes_its_tests(tmp_path):
         assert fit.returncode == 0, fit.stderr[-3000:]
         assert list((tmp_path / "run").rglob("lora/adapter_model.safetensors"))
     finally:
-        subprocess.run([BIN / "prefdiff", "plugins", "uninstall", "prefdiff-vessel"], env=env,
+        subprocess.run([*prefdiff, "plugins", "uninstall", "prefdiff-vessel"], env=env,
                        capture_output=True, text=True)
-    listed = subprocess.run([BIN / "prefdiff", "plugins"], env=env, capture_output=True, text=True)
+    listed = subprocess.run([*prefdiff, "plugins"], env=env, capture_output=True, text=True)
     assert "vessel" not in listed.stdout

@@ -70,10 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         timings[key] = round(time.perf_counter() - t, 1)
         figures.extend(out if isinstance(out, list) else [out])
     command = "python -m prefdiff.perf " + " ".join(sys.argv[1:] if argv is None else argv)
+    env = environment()
     report = {"quick": args.quick, "seed": args.seed, "command": command.strip(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "environment": environment(), "wall_s": round(time.perf_counter() - start, 1),
-              "figure_wall_s": timings, "figures": [asdict(f) for f in figures]}
+              "environment": env, "wall_s": round(time.perf_counter() - start, 1),
+              "figure_wall_s": timings, "figure_commits": {key: env.get("commit") for key in timings},
+              "figures": [asdict(f) for f in figures]}
     out = Path(args.out)
     if args.update and out.is_file():
         report = _merge(json.loads(out.read_text()), report)
@@ -86,13 +88,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _merge(old: dict, new: dict) -> dict:
-    """``new``'s figures in place of ``old``'s with the same ids; every command that contributed."""
+    """``new``'s figures in place of ``old``'s with the same ids; every command that contributed, and
+    the commit each figure ran on (``environment`` is the latest run's)."""
     ids = {f["id"] for f in new["figures"]}
     figures = [f for f in old["figures"] if f["id"] not in ids] + new["figures"]
     commands = old.get("commands", [old["command"]]) + [new["command"]]
+    old_commits = old.get("figure_commits") or {key: old["environment"].get("commit")
+                                                for key in old.get("figure_wall_s", {})}
     return {**new, "command": " && ".join(commands), "commands": commands,
             "wall_s": round(old.get("wall_s", 0) + new["wall_s"], 1),
             "figure_wall_s": {**old.get("figure_wall_s", {}), **new["figure_wall_s"]},
+            "figure_commits": {**old_commits, **new["figure_commits"]},
             "figures": sorted(figures, key=lambda f: f["id"])}
 
 

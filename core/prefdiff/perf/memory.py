@@ -214,9 +214,16 @@ class Measurement:
 # -------------------------------------------------------------- figures ----
 
 
+#: Processes per arm of figure 3 (the full suite): one whole-process peak moved by 5% between two
+#: runs of the same code (1777 and 1685 MB), more than the margin to the target, so it takes the median.
+LORA_REPEATS = 5
+
+
 def lora_specs(quick: bool) -> list[dict]:
+    """The two arms of figure 3, alternating, each repeated in processes of their own."""
     spec = {"kind": "dpo", "preset": dpo_preset(quick), "batch": 4, "steps": 2 if quick else 3}
-    return [{**spec, "mode": "lora"}, {**spec, "mode": "two_copy"}]
+    return [{**spec, "mode": mode, "repeat": r} for r in range(1 if quick else LORA_REPEATS)
+            for mode in ("lora", "two_copy")]
 
 
 def backprop_specs(quick: bool) -> dict[str, dict]:
@@ -233,19 +240,27 @@ def backprop_specs(quick: bool) -> dict[str, dict]:
 def run_lora(quick: bool = False, log=print, measurement: Measurement | None = None) -> Figure:
     specs = lora_specs(quick)
     measurement = measurement or Measurement(specs)
-    lora, full = (measurement.report(s) for s in specs)
+    runs = {mode: [measurement.report(s) for s in specs if s["mode"] == mode] for mode in ("lora", "two_copy")}
+    lora, full = (_median_run(runs[mode]) for mode in ("lora", "two_copy"))
     ratio = round(lora["peak_mb"] / full["peak_mb"], 4)
     above = round(lora["above_baseline_mb"] / full["above_baseline_mb"], 4)
     details = {"lora_r8_adapter_reference": lora, "full_two_copy": full, "preset": specs[0]["preset"],
-               "pairs_per_step": specs[0]["batch"], "ratio_above_baseline": above}
-    log(f"  figure 3: {ratio} (above the import baseline: {above})")
+               "pairs_per_step": specs[0]["batch"], "ratio_above_baseline": above,
+               "processes_per_arm": len(runs["lora"]),
+               "peak_mb_per_process": {mode: [r["peak_mb"] for r in reports] for mode, reports in runs.items()}}
+    log(f"  figure 3: {ratio} (above the import baseline: {above}; median of {len(runs['lora'])} processes per arm)")
     return Figure(3, "peak RSS: LoRA Diffusion-DPO (adapter-disabled reference) / two-copy full fine-tune",
                   ratio, TARGET_LORA, check(ratio, TARGET_LORA), details=details,
-                  note="whole-process peak RSS, a process of its own each, on a "
+                  note="whole-process peak RSS, the median run of a process of its own each, on a "
                        f"{full['parameters'] / 1e6:.1f}M-parameter "
                        f"UNet at {specs[0]['preset']['sample_size']}x{specs[0]['preset']['sample_size']}: weights and "
                        "optimizer state are most of the two-copy run; `ratio_above_baseline` leaves out the "
                        "interpreter and libraries both runs share")
+
+
+def _median_run(reports: list[dict]) -> dict:
+    """The report whose peak is the median (the upper middle one of an even count)."""
+    return sorted(reports, key=lambda r: r["peak_mb"])[len(reports) // 2]
 
 
 def run_backprop(quick: bool = False, log=print, measurement: Measurement | None = None) -> Figure:

@@ -11,17 +11,20 @@ import pytest
 TINY_SETTINGS = {"reward_steps": 300, "judge_steps": 200, "model": (16, 32), "pretrain_steps": 300, "downstream_steps": 40}
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _tiny_recipe():
-    """Shrink the medical recipe for every test; the tests never read the shipped base."""
+def _shrink(patch: pytest.MonkeyPatch) -> None:
+    """A much smaller medical recipe, which never reads the shipped base."""
     from prefdiff_medical import recipe
     from prefdiff_medical.synthetic import SyntheticTask
 
-    patch = pytest.MonkeyPatch()
     patch.setattr(recipe, "_settings", lambda quick: {"task": SyntheticTask(volumes=8, depth=16), **TINY_SETTINGS})
     patch.setattr(recipe, "SHIPPED", Path("/nonexistent-shipped-bases"))
-    yield
-    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _tiny_recipe(monkeypatch):
+    """Every medical test sees the small recipe, undone after it: a test elsewhere that the same
+    (parallel) worker runs next reads the real recipe and its shipped base."""
+    _shrink(monkeypatch)
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +60,10 @@ def prepared(bench_cache):
 
     old = os.environ.pop("PREFDIFF_MEDICAL_TASK", None)
     try:
-        return prepare(medical_recipe(quick=True), bench_cache / "bench" / "medical-data", quick=True,
-                       user_task=None)
+        with pytest.MonkeyPatch.context() as patch:  # built before any test's own fixtures
+            _shrink(patch)
+            return prepare(medical_recipe(quick=True), bench_cache / "bench" / "medical-data", quick=True,
+                           user_task=None)
     finally:
         if old is not None:
             os.environ["PREFDIFF_MEDICAL_TASK"] = old
