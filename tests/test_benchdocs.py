@@ -35,3 +35,12 @@ def test_the_status_note_opens_the_page(tmp_path):
     page = render(RESULTS, tmp_path / "benchmarks.md")
     status = (RESULTS / "STATUS.md").read_text().strip()
     assert page.index(status) < page.index("| field |")
+
+
+def test_the_performance_section_names_each_figures_commit_after_a_rerun():
+    from prefdiff.benchdocs import _figure_commits
+
+    one = {"figure_commits": {"1": "aaaaaaa111", "2": "aaaaaaa111"}}
+    assert _figure_commits(one) == "" and _figure_commits({}) == ""
+    mixed = {"figure_commits": {"1": "aaaaaaa111", "3": "bbbbbbb222", "10": "aaaaaaa111", "2": "aaaaaaa111"}}
+    assert _figure_commits(mixed) == " Commits: figures 1, 2, 10 on aaaaaaa; figure 3 on bbbbbbb."

@@ -165,6 +165,18 @@ def _figure_details(f: dict[str, Any]) -> list[str]:
     return []
 
 
+def _figure_commits(perf: dict) -> str:
+    """" Figures 1, 2 ran on abc; figure 3 on def." where reruns (--update) left more than one commit."""
+    by_commit: dict[str, list[str]] = {}
+    for figure, commit in perf.get("figure_commits", {}).items():
+        by_commit.setdefault(str(commit)[:7], []).append(figure)
+    if len(by_commit) < 2:
+        return ""
+    parts = [f"{'figures' if len(ids) > 1 else 'figure'} {', '.join(sorted(ids, key=int))} on {commit}"
+             for commit, ids in sorted(by_commit.items(), key=lambda kv: -len(kv[1]))]
+    return " Commits: " + "; ".join(parts) + "."
+
+
 def render_perf(perf_path: Path) -> list[str]:
     """The performance section from perf.json (and PERF_NOTES.md beside it)."""
     p = json.loads(perf_path.read_text())
@@ -176,7 +188,7 @@ def render_perf(perf_path: Path) -> list[str]:
              f"Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('threads', '?')} thread per "
              f"measurement; Python {env.get('python', '?')}, torch {env.get('torch', '?')}, diffusers "
              f"{env.get('diffusers', '?')}, peft {env.get('peft', '?')}, pytorch_lightning "
-             f"{env.get('pytorch_lightning', '?')}.", "",
+             f"{env.get('pytorch_lightning', '?')}.{_figure_commits(p)}", "",
              "Every figure is a ratio of two things measured side by side in one run (medians of interleaved "
              "repeats, timed by the process's CPU time on one thread; DDP and the reward overlap by the wall clock) or, "
              "for memory, "
