@@ -20,11 +20,13 @@ from prefdiff.testing import registered_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFDIFF = str(Path(sys.executable).parent / "prefdiff")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+def child_env() -> dict:
+    """The environment as it is now: with the test's private PREFDIFF_CACHE, not the developer's."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def run(*args, cwd=ROOT, timeout=300, **kw):
-    return subprocess.run([PREFDIFF, *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True,
+    return subprocess.run([PREFDIFF, *map(str, args)], cwd=cwd, env=child_env(), capture_output=True, text=True,
                           timeout=timeout, **kw)
 
 
@@ -67,7 +69,8 @@ def test_unknown_names(tmp_path):
                       .replace("reward: jpeg_compressibility", "reward: jpeg_compresibility")
                       .replace("base: core/prefdiff/builtin/bases/example", "base: null")
                       + "\n")
-    result = run("fit", "--config", config, "--model.init_args.model", '{"kind": "unet2d", "sample_size": 16, '
+    result = run("fit", "--config", config, "--trainer.default_root_dir", tmp_path / "run",
+                 "--model.init_args.model", '{"kind": "unet2d", "sample_size": 16, '
                  '"conditioning": "class", "num_classes": 4, "block_out_channels": [16, 32]}')
     assert_user_error(result, "unknown reward 'jpeg_compresibility'", "jpeg_compressibility")
     assert_user_error(run("bench", "example", "--method", "ppo", "--cache", tmp_path), "unknown method 'ppo'", "ddpo")
@@ -151,7 +154,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, family):
         "class_path": "sigkill_callback.CheckpointThenKill", "init_args": {"epoch": 1, "path": str(last)}}]}}))
     # Killed one step into epoch 1, in its own process; the uninterrupted run goes meanwhile in this one.
     proc = subprocess.Popen([PREFDIFF, "fit", "--config", config, "--config", kill, "--trainer.default_root_dir",
-                             killed], cwd=ROOT, env={**ENV, "PYTHONPATH": str(tmp_path)},
+                             killed], cwd=ROOT, env={**child_env(), "PYTHONPATH": str(tmp_path)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert fit_here(config, tmp_path / "straight") == 0
     _, stderr = proc.communicate(timeout=300)

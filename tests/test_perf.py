@@ -40,7 +40,8 @@ def _curves(tmp_path):
     return results
 
 
-def test_quick_suite_writes_every_figure(tmp_path):
+def test_quick_suite_writes_every_figure(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # main sets it in this process; undone after the test
     _curves(tmp_path)
     out = tmp_path / "results" / "perf.json"
     with registered_plugin(TinyRecipe(), "tiny-perf"):
@@ -164,27 +165,31 @@ def test_step_module_of_a_pipeline_recipe_starts_from_its_pipeline(tmp_path):
 
 
 class _Recorded:
-    """Figure 3's reports as a finished measurement would give them, one per spec."""
+    """One figure-3 measurement process as it would report, its peaks drawn from ``peaks`` in turn."""
+
+    started = 0
 
     def __init__(self, specs, peaks):
-        self.specs, self.peaks = specs, peaks
+        self.specs, self.run = specs, _Recorded.started
+        self.peaks = peaks
+        _Recorded.started += 1
 
     def report(self, spec):
-        peak = self.peaks[spec["mode"]][spec["repeat"]]
+        peak = self.peaks[spec["mode"]][self.run]
         return {"parameters": 10, "trainable": 1, "baseline_mb": 100.0, "peak_mb": peak,
                 "above_baseline_mb": peak - 100.0}
 
 
-def test_figure_3_takes_the_median_process_of_each_arm(monkeypatch):
+def test_figure_3_takes_the_median_of_separate_processes(monkeypatch):
     from prefdiff.perf import memory
 
-    specs = memory.lora_specs(quick=False)
-    assert [s["mode"] for s in specs[:4]] == ["lora", "two_copy", "lora", "two_copy"]
-    assert len(specs) == 2 * memory.LORA_REPEATS == len({json.dumps(s, sort_keys=True) for s in specs})
+    assert [s["mode"] for s in memory.lora_specs(quick=False)] == ["lora", "two_copy"]
     # One outlier per arm (a low two-copy peak, a high LoRA one) must not move the ratio.
     peaks = {"lora": [600.0, 610.0, 900.0, 590.0, 605.0], "two_copy": [1000.0, 400.0, 1010.0, 990.0, 1005.0]}
     monkeypatch.setattr(memory, "LORA_REPEATS", 5)
-    figure = memory.run_lora(quick=False, log=lambda _: None, measurement=_Recorded(specs, peaks))
+    monkeypatch.setattr(_Recorded, "started", 0)
+    figure = memory.run_lora(quick=False, log=lambda _: None, measure=lambda specs: _Recorded(specs, peaks))
+    assert _Recorded.started == 5  # a process (a zygote of its own) per repeat
     assert figure.value == round(605.0 / 1000.0, 4)
     assert figure.details["ratio_above_baseline"] == round(505.0 / 900.0, 4)
     assert figure.details["peak_mb_per_process"] == peaks and figure.details["processes_per_arm"] == 5

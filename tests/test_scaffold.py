@@ -19,8 +19,8 @@ def _overlay_env(root: Path) -> Path:
     installs stays out of the venv that the other tests (run in parallel) import from. Returns its python."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", root], check=True)
     site = next(root.glob("lib/python*/site-packages"))
-    shared = sysconfig.get_path("purelib")
-    (site / "shared_venv.pth").write_text(f"import site; site.addsitedir({shared!r})\n")
+    shared = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
+    (site / "shared_venv.pth").write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in shared))
     return root / "bin" / "python"
 
 
@@ -37,6 +37,8 @@ def test_generated_plugin_installs_lists_and_passes_its_tests(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     python = _overlay_env(tmp_path / "venv")
     prefdiff = [python, "-m", "prefdiff.cli"]
+    # A vessel left in the shared venv (by an older version of this test) would show through the overlay.
+    assert "vessel" not in subprocess.run([*prefdiff, "plugins"], env=env, capture_output=True, text=True).stdout
     target = tmp_path / "prefdiff-vessel"
     made = subprocess.run([*prefdiff, "new-plugin", "vessel", "--dir", target], env=env,
                           capture_output=True, text=True)
