@@ -166,7 +166,7 @@ def _figure_details(f: dict[str, Any]) -> list[str]:
 
 
 def _figure_commits(perf: dict) -> str:
-    """" Figures 1, 2 ran on abc; figure 3 on def." where reruns (--update) left more than one commit."""
+    """' Commits: figures 1, 2 on abc; figure 3 on def.' where --update reruns left several commits, else ""."""
     by_commit: dict[str, list[str]] = {}
     for figure, commit in perf.get("figure_commits", {}).items():
         by_commit.setdefault(str(commit)[:7], []).append(figure)
