@@ -25,22 +25,31 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _start(folder, port):
+def _start(folder, tries=3):
+    """``prefdiff label`` on a free port, and its url. The port is free when chosen, but another
+    test worker may take it before the server binds; the server then exits, and a new port is tried."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "prefdiff.cli", "label", str(folder), "--port", str(port),
-                             "--labeler", "ann", "--labels-per-pair", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"prefdiff label exited: {proc.stdout.read().decode()}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/api/stats", timeout=1).raise_for_status()
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("prefdiff label did not start in 60 s")
+    for _ in range(tries):
+        port = _free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "prefdiff.cli", "label", str(folder), "--port", str(port),
+                                 "--labeler", "ann", "--labels-per-pair", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                output = proc.stdout.read().decode()
+                if "address already in use" in output.lower():
+                    break
+                raise AssertionError(f"prefdiff label exited: {output}")
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/api/stats", timeout=1).raise_for_status()
+                return proc, f"http://127.0.0.1:{port}"
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            proc.kill()
+            raise AssertionError("prefdiff label did not start in 60 s")
+    raise AssertionError(f"prefdiff label found its port taken {tries} times")
 
 
 @contextlib.contextmanager
@@ -64,9 +73,7 @@ def _answer(url, labeler, n):
 
 def test_sigkill_between_answers_loses_nothing_and_restart_resumes(tmp_path):
     write_sample_folder(tmp_path, torch.rand(4, 3, 3, 8, 8) * 2 - 1, [torch.tensor(i) for i in range(4)])
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = _start(tmp_path, port)
+    proc, url = _start(tmp_path)
     try:
         first = _answer(url, "ann", 4)
         with _client(url) as c:
@@ -80,7 +87,7 @@ def test_sigkill_between_answers_loses_nothing_and_restart_resumes(tmp_path):
     with open(tmp_path / "pairs.jsonl", "ab") as handle:
         handle.write(b'{"a": "samples/c000003_0.safetensors", "condition": "conds/c0000')
 
-    proc = _start(tmp_path, port)
+    proc, url = _start(tmp_path)
     try:
         with httpx.Client(base_url=url) as c:
             assert c.get("/api/next", params={"labeler": "ann"}).json()["progress"] == {"answered": 3, "remaining": 9}

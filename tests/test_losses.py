@@ -439,6 +439,22 @@ def test_group_advantages_match_formula_and_are_centred():
     assert_close(out.reshape(2, 3).mean(dim=1), t([0.0, 0.0]))
 
 
+def test_global_std_divides_by_the_batch_std():
+    # Flow-GRPO's global_std: centred per group, scaled by the std of the whole batch. A near-tie
+    # group (0.5, 0.51) keeps small advantages instead of being scaled up to +-1.
+    rewards = [1.0, 2.0, 4.0, 0.5, 0.51, 3.5]
+    batch = pop_std(rewards)
+    expected = []
+    for k in range(2):
+        group = rewards[3 * k : 3 * k + 3]
+        expected += [(r - mean(group)) / (batch + 1e-6) for r in group]
+    assert_close(losses.group_advantages(t(rewards), group_size=3, global_std=True), t(expected))
+    ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert_close(losses.per_condition_advantages(t(rewards), ids, global_std=True), t(expected))
+    tie = losses.group_advantages(t([0.5, 0.51, 3.0, 1.0]), group_size=2, global_std=True)
+    assert tie[:2].abs().max() < 0.01
+
+
 def test_group_advantages_of_constant_group_are_zero():
     out = losses.group_advantages(t([2.0, 2.0, 1.0, 3.0]), group_size=2)
     assert_close(out[:2], t([0.0, 0.0]))

@@ -214,6 +214,19 @@ def test_initial_noise_comes_from_the_steps_generator_and_groups_share_it(base):
     assert not torch.equal(grouped[1], grouped[2])
 
 
+@pytest.mark.parametrize("method", ["ddpo", "grpo"])
+def test_global_std_reaches_the_advantages(base, method):
+    from prefdiff.trainers import PolicyGradientModule
+
+    rewards = torch.tensor([0.5, 0.51, 1.0, 3.0])  # a near-tie group, then a wide one
+    per_group = PolicyGradientModule(base=base, reward="smoothness", method=method, **COMMON).advantages(rewards, 2)
+    torch.testing.assert_close(per_group[:2], torch.tensor([-1.0, 1.0]), atol=1e-3, rtol=0)
+    module = PolicyGradientModule(base=base, reward="smoothness", method=method, global_std=True, **COMMON)
+    spread = rewards.std(correction=0)
+    expected = torch.tensor([-0.005, 0.005, -1.0, 1.0]) / spread
+    torch.testing.assert_close(module.advantages(rewards, 2), expected)
+
+
 def test_trainable_steps_are_a_fraction_of_the_stochastic_ones_and_at_least_one(base):
     from types import SimpleNamespace
 

@@ -31,6 +31,7 @@ from prefdiff.data import condition_count, infer_sample_shape, repeat_condition,
 from prefdiff.models import load_model
 from prefdiff.plugins import get_manager
 from prefdiff.schedulers import load_scheduler
+from prefdiff.trainers import METHODS
 
 
 def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> None:
@@ -66,17 +67,18 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
                 record({"seed": seed, "recipe": overrides})
                 continue
             min_gap = overrides.pop("min_gap", None)
-            if mined is None:
+            cls, fixed = METHODS[method]
+            if mined is None and cls.training_data(**fixed).mined:  # only the pair methods mine, as in bench
                 folder = out / f"mining-{minings}"
                 if folder.exists():
                     sys.exit(f"{folder} exists: give the probe a new OUT folder")
                 minings += 1
                 mined = bench.mine(base, scheduler, folder)
                 pair_files = {None: bench.pair_file}
-            if min_gap not in pair_files:
+            if mined is not None and min_gap not in pair_files:
                 pair_files[min_gap] = write_best_worst_pairs(mined, folder / f"mined-gap{min_gap}",
                                                              labeler="probe", min_gap=min_gap)
-            bench.pair_file = pair_files[min_gap]
+            bench.pair_file = pair_files.get(min_gap)
             bench.recipe = replace(recipe, methods={**recipe.methods,
                                                     method: {**recipe.methods.get(method, {}), **overrides}})
             module, wall, _, _ = bench.align(method, base_dir, mined)

@@ -326,14 +326,18 @@ def reward_backprop_loss(
 # and the batch is the whole population being normalised, not a sample of one.
 
 
-def per_condition_advantages(rewards: Tensor, condition_ids: Tensor, eps: float = 1e-6) -> Tensor:
+def per_condition_advantages(rewards: Tensor, condition_ids: Tensor, eps: float = 1e-6,
+                             global_std: bool = False) -> Tensor:
     """Normalise rewards within each condition (prompt) of the batch.
 
     :param rewards: per-sample rewards ``[B]``.
     :param condition_ids: long ``[B]``; equal ids share a prompt.
     :param eps: added to the std to avoid dividing by zero.
-    :returns: advantages ``[B]``: ``(r - mean_c) / (std_c + eps)``. A
-        condition seen only once uses the whole batch's mean and std.
+    :param global_std: divide by the whole batch's std instead of the condition's (Flow-GRPO's
+        ``global_std``): a condition whose samples score almost alike then gets small advantages
+        instead of its reward noise scaled up to unit size.
+    :returns: advantages ``[B]``: ``(r - mean_c) / (std_c + eps)``, or ``(r - mean_c) / (std_B + eps)``
+        with ``global_std``. A condition seen only once uses the whole batch's mean and std.
     """
     # Black et al. 2023 (DDPO), per-prompt stat tracking, restricted to the
     # current batch instead of a running buffer of past rewards.
@@ -348,21 +352,24 @@ def per_condition_advantages(rewards: Tensor, condition_ids: Tensor, eps: float 
         members = condition_ids == cid
         group = rewards[members]
         if group.numel() > 1:
-            mean, std = group.mean(), group.std(correction=0)
+            mean, std = group.mean(), batch_std if global_std else group.std(correction=0)
         else:
             mean, std = batch_mean, batch_std
         advantages[members] = (group - mean) / (std + eps)
     return advantages
 
 
-def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6, global_std: bool = False) -> Tensor:
     """Group-relative advantages over consecutive blocks of the batch.
 
     :param rewards: per-sample rewards ``[B]``, ``B`` divisible by
         ``group_size``; samples ``[k*G, (k+1)*G)`` share a prompt.
     :param group_size: samples per prompt ``G``.
     :param eps: added to the std to avoid dividing by zero.
-    :returns: advantages ``[B]``: ``(r - mean_g) / (std_g + eps)``.
+    :param global_std: divide by the whole batch's std instead of each group's, as Flow-GRPO's
+        ``global_std`` option does (Liu et al. 2025).
+    :returns: advantages ``[B]``: ``(r - mean_g) / (std_g + eps)``, or ``(r - mean_g) / (std_B + eps)``
+        with ``global_std``.
     """
     # Shao et al. 2024 (GRPO, DeepSeekMath), as applied to diffusion and
     # flow models by Liu et al. 2025 (Flow-GRPO) and Xue et al. 2025
@@ -371,5 +378,5 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Ten
         raise ValueError(f"batch size {rewards.shape[0]} must be a positive multiple of group_size={group_size}")
     groups = rewards.reshape(-1, group_size)
     mean = groups.mean(dim=1, keepdim=True)
-    std = groups.std(dim=1, keepdim=True, correction=0)
+    std = rewards.std(correction=0) if global_std else groups.std(dim=1, keepdim=True, correction=0)
     return ((groups - mean) / (std + eps)).reshape(rewards.shape)

@@ -35,6 +35,8 @@ class PolicyGradientModule(AlignmentModule):
     :param timestep_fraction: fraction of the denoising steps trained per pass.
     :param kl_coef: weight of the per-step KL to the reference (dpok, grpo).
     :param shared_noise: a condition's samples start from the same initial noise (Flow-GRPO's option).
+    :param global_std: ddpo and grpo divide a condition's centred rewards by the whole batch's std
+        instead of the condition's own (Flow-GRPO's ``global_std``), so that near-ties stay small.
     :param logprob_batch: recompute the log-probs of this many sampling steps in one batched forward
         (and one backward): fewer, larger kernels at the cost of that many steps' activations; 1 takes
         the steps one at a time. The update is the same up to float rounding.
@@ -47,7 +49,7 @@ class PolicyGradientModule(AlignmentModule):
     def __init__(self, *args: Any, method: str = "ddpo", samples_per_condition: int = 4,
                  clip_range: float = 1e-4, adv_clip_max: float = 5.0, inner_epochs: int = 1,
                  timestep_fraction: float = 1.0, kl_coef: float = 0.0, shared_noise: bool = False,
-                 logprob_batch: int = 1, **kwargs: Any) -> None:  # pragma: no mutate block
+                 logprob_batch: int = 1, global_std: bool = False, **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
         if method not in VARIANTS:
             raise UserError(f"--model.method must be one of {', '.join(VARIANTS)}, got '{method}'")
@@ -134,10 +136,10 @@ class PolicyGradientModule(AlignmentModule):
         world, rank = self.trainer.world_size if self._trainer else 1, self.global_rank
         everything = self.all_gather(rewards).reshape(-1) if world > 1 else rewards
         if self.hparams.method == "grpo":
-            adv = group_advantages(everything, k)
+            adv = group_advantages(everything, k, global_std=self.hparams.global_std)
         elif self.hparams.method == "ddpo":
             ids = torch.arange(everything.shape[0], device=rewards.device) // k
-            adv = per_condition_advantages(everything, ids)
+            adv = per_condition_advantages(everything, ids, global_std=self.hparams.global_std)
         else:
             adv = (everything - everything.mean()) / (everything.std(correction=0) + 1e-6)
         return adv[rank * n:(rank + 1) * n] if world > 1 else adv
