@@ -4,6 +4,8 @@ none either, a restart asks none twice."""
 import contextlib
 import json
 import os
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -19,37 +21,43 @@ from prefdiff.feedback.app import TOKEN_HEADER
 from prefdiff.feedback.candidates import write_sample_folder
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(folder, tries=3):
-    """``prefdiff label`` on a free port, and its url. The port is free when chosen, but another
-    test worker may take it before the server binds; the server then exits, and a new port is tried."""
+def _start(folder):
+    """``prefdiff label`` on a port the system picks (``--port 0``), and the url it prints once bound:
+    no other test worker can take the port between choosing and binding it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for _ in range(tries):
-        port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "prefdiff.cli", "label", str(folder), "--port", str(port),
-                                 "--labeler", "ann", "--labels-per-pair", "1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                output = proc.stdout.read().decode()
-                if "address already in use" in output.lower():
-                    break
-                raise AssertionError(f"prefdiff label exited: {output}")
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/api/stats", timeout=1).raise_for_status()
-                return proc, f"http://127.0.0.1:{port}"
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            proc.kill()
-            raise AssertionError("prefdiff label did not start in 60 s")
-    raise AssertionError(f"prefdiff label found its port taken {tries} times")
+    proc = subprocess.Popen([sys.executable, "-m", "prefdiff.cli", "label", str(folder), "--port", "0",
+                             "--labeler", "ann", "--labels-per-pair", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, bufsize=0)
+    deadline, output = time.monotonic() + 60, b""
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.5)[0]:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:  # the server exited
+                proc.wait()
+                raise AssertionError(f"prefdiff label exited: {output.decode()}")
+            output += chunk
+            match = re.search(rb"open (http://127\.0\.0\.1:\d+)/", output)
+            if match:
+                url = match.group(1).decode()
+                httpx.get(f"{url}/api/stats", timeout=10).raise_for_status()
+                return proc, url
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"prefdiff label printed no address in 60 s: {output.decode()}")
+
+
+def test_a_taken_port_is_one_clear_error(tmp_path):
+    write_sample_folder(tmp_path, torch.rand(2, 3, 3, 8, 8) * 2 - 1, [torch.tensor(i) for i in range(2)])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "prefdiff.cli", "label", str(tmp_path), "--port", str(port)],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr
+    assert f"--port {port}: cannot listen there" in done.stderr and "--port 0" in done.stderr
+    assert not (tmp_path / "pairs.jsonl").exists() or not (tmp_path / "pairs.jsonl").read_text()
 
 
 @contextlib.contextmanager

@@ -166,6 +166,8 @@ def test_bad_options_are_user_errors(base):
         PolicyGradientModule(base=base, reward="nope", **COMMON)
     with pytest.raises(UserError, match="exactly one of"):
         PolicyGradientModule(**COMMON)
+    with pytest.raises(UserError, match="global_std applies to ddpo and grpo"):
+        PolicyGradientModule(base=base, method="dpok", global_std=True, **COMMON)
 
 
 def test_empty_dataset_is_a_user_error(base):

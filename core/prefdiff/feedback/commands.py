@@ -14,7 +14,8 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labeler", default=None,
                         help="default labeler name on the page (default: $USER); each page may set ?labeler=")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=8765,
+                        help="port to listen on (default 8765; 0: a free one, printed in the address)")
     parser.add_argument("--labels-per-pair", type=int, default=2,
                         help="labelers asked per pair, and the most answers a pair takes; 2 or more "
                              "measures agreement (default 2)")

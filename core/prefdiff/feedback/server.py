@@ -66,7 +66,24 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     app, pool, store = build(args)
+    sock = listening_socket(args.host, args.port)
     print(f"labeling {len(pool.pairs)} candidate pairs from {pool.folder}; answers go to {store.pair_file}")
-    print(f"open http://{args.host}:{args.port}/?labeler=NAME", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Printed once the socket is bound, so the address is the real one (also with --port 0).
+    print(f"open http://{args.host}:{sock.getsockname()[1]}/?labeler=NAME", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
+
+
+def listening_socket(host: str, port: int):
+    """A socket bound to ``host:port`` (port 0: a free one the system picks), or one clear error."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a kill rebinds
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pass another "
+                        f"--port, or --port 0 for a free one") from None
+    return sock

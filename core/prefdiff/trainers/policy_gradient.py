@@ -61,6 +61,9 @@ class PolicyGradientModule(AlignmentModule):
             raise UserError("policy gradient needs stochastic steps: set --model.eta > 0")
         if kl_coef > 0 and self.hparams.lora_rank <= 0:
             raise UserError("the KL term uses the adapter-disabled reference; set --model.lora_rank > 0")
+        if global_std and method == "dpok":
+            raise UserError("--model.global_std applies to ddpo and grpo, whose advantages are per condition; "
+                            "dpok normalises over the whole batch already")
         if logprob_batch < 1:
             raise UserError(f"--model.logprob_batch must be >= 1, got {logprob_batch}")
         self.automatic_optimization = False
