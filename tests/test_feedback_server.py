@@ -39,7 +39,7 @@ def _start(folder):
             match = re.search(rb"open (http://127\.0\.0\.1:\d+)/", output)
             if match:
                 url = match.group(1).decode()
-                httpx.get(f"{url}/api/stats", timeout=10).raise_for_status()
+                httpx.get(f"{url}/api/stats", timeout=60).raise_for_status()
                 return proc, url
     proc.kill()
     proc.wait()

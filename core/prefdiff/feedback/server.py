@@ -82,6 +82,7 @@ def listening_socket(host: str, port: int):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart right after a kill rebinds
     try:
         sock.bind((host.strip("[]"), port))
+        sock.listen(128)  # connections wait in the backlog until uvicorn takes over, never refused
     except OSError as exc:
         sock.close()
         raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pass another "
