@@ -39,7 +39,12 @@ def _start(folder):
             match = re.search(rb"open (http://127\.0\.0\.1:\d+)/", output)
             if match:
                 url = match.group(1).decode()
-                httpx.get(f"{url}/api/stats", timeout=60).raise_for_status()
+                try:
+                    httpx.get(f"{url}/api/stats", timeout=60).raise_for_status()
+                except httpx.HTTPError:
+                    proc.kill()  # a failed start leaves no server behind
+                    proc.wait()
+                    raise
                 return proc, url
     proc.kill()
     proc.wait()
