@@ -39,10 +39,10 @@ SHIPPED = example medical
 
 # Robotics (DDIM and flow matching) and text to image run under their own target: with robotics,
 # make bench took 2 h 6 min on 4a6d793 (robotics alone 22-25 min), past its 90 minutes. It reruns
-# figure 7 (which reads every field's reward curves) over all six, and figure 8, which times
-# robotics' and driving's rewards (5 min; its target is out of reach by design, PERF_NOTES.md).
+# figure 7 (which reads every field's reward curves) over all six, and figures 4 and 8, which time
+# every field's rewards (8 and 5 min; figure 8's target is out of reach by design, PERF_NOTES.md).
 MORE = robotics robotics-flow t2i
-BENCH_FIGURES = --only 1 --only 2 --only 3 --only 4 --only 5 --only 6 --only 7
+BENCH_FIGURES = --only 1 --only 2 --only 3 --only 5 --only 6 --only 7
 
 bench: $(STAMP)
 	for b in $(filter-out $(MORE),$(BENCHMARKS)); do .venv/bin/prefdiff bench $$b --threads 2 --out benchmarks/results/$$b \
@@ -53,7 +53,7 @@ bench: $(STAMP)
 bench-more: $(STAMP)
 	for b in $(filter $(MORE),$(BENCHMARKS)); do .venv/bin/prefdiff bench $$b --threads 2 \
 	  --out benchmarks/results/$$b || exit 1; done
-	OMP_NUM_THREADS=1 $(PY) -m prefdiff.perf --only 7 --only 8 --update --results benchmarks/results --out benchmarks/results/perf.json
+	OMP_NUM_THREADS=1 $(PY) -m prefdiff.perf --only 4 --only 7 --only 8 --update --results benchmarks/results --out benchmarks/results/perf.json
 	$(PY) -m prefdiff.benchdocs benchmarks/results docs/benchmarks.md README.md
 
 # The extra seeds of every field (each pretrains its own base; seed 1 is kept for tuning, so the

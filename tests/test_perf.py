@@ -210,3 +210,42 @@ def test_update_keeps_the_other_figures_and_the_commit_each_ran_on():
     assert merged["figure_commits"] == {"1": "aaa", "3": "bbb", "7": "aaa"}
     assert merged["environment"]["commit"] == "bbb" and merged["commands"] == ["perf aaa", "perf bbb"]
     assert merged["wall_s"] == 20.0
+
+
+def test_memory_figures_measure_while_the_timed_figures_run(tmp_path, monkeypatch):
+    """Figures 3 and 6 (which time nothing) run beside figures 1 and 2; figure 5 (DDP, both cores)
+    starts only after them; perf.json lists the figures by id with each one's own time."""
+    import threading
+    import time
+
+    from prefdiff.perf import growth, memory, overhead, sampler
+    from prefdiff.perf.common import Figure
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    events, lock = [], threading.Lock()
+
+    def figure(number, seconds):
+        def run(*args, **kwargs):
+            with lock:
+                events.append(("start", number, time.perf_counter()))
+            time.sleep(seconds)
+            with lock:
+                events.append(("end", number, time.perf_counter()))
+            return Figure(number, f"figure {number}", 1.0, "<= 2", True)
+        return run
+
+    monkeypatch.setattr(overhead, "run", figure(1, 0.4))
+    monkeypatch.setattr(sampler, "run", figure(2, 0.4))
+    monkeypatch.setattr(memory, "run_lora", figure(3, 0.5))
+    monkeypatch.setattr(memory, "run_backprop", figure(6, 0.6))  # still running when 2 ends
+    monkeypatch.setattr(growth, "run", figure(5, 0.1))
+    out = tmp_path / "perf.json"
+    only = [arg for n in (1, 2, 3, 5, 6) for arg in ("--only", str(n))]
+    assert main([*only, "--out", str(out)]) == 0
+    at = {(kind, n): t for kind, n, t in events}
+    assert at[("start", 3)] < at[("end", 1)]  # measured beside figure 1, not after it
+    assert at[("end", 6)] < at[("start", 5)]  # DDP does not share the cores with a memory process
+    assert at[("start", 6)] >= at[("end", 3)]  # the memory figures one after another
+    perf = json.loads(out.read_text())
+    assert [f["id"] for f in perf["figures"]] == [1, 2, 3, 5, 6]
+    assert 0.45 <= perf["figure_wall_s"]["3"] < 1.5  # its own 0.5 s, not the main thread's wait for it (~0)

@@ -188,8 +188,8 @@ def zygote(specs: list[dict]) -> list[dict]:
 class Measurement:
     """A :func:`zygote` process measuring ``specs``, started now, read by :meth:`reports`.
 
-    Memory figures do not time anything, so the quick suite starts this first and
-    runs the timed figures meanwhile.
+    Memory figures do not time anything, so the suite measures them on a background thread while
+    the timed figures run (``prefdiff.perf.__main__``).
     """
 
     def __init__(self, specs: list[dict]) -> None:
@@ -236,14 +236,13 @@ def backprop_specs(quick: bool) -> dict[str, dict]:
     return specs
 
 
-def run_lora(quick: bool = False, log=print, measurement: Measurement | None = None,
-             measure=Measurement) -> Figure:
+def run_lora(quick: bool = False, log=print, measure=Measurement) -> Figure:
     """Figure 3: the median peaks over ``LORA_REPEATS`` measurement processes, one after another (quick:
-    one, ``measurement`` when the suite started it in the background)."""
+    one)."""
     specs = lora_specs(quick)
     runs: dict[str, list[dict]] = {"lora": [], "two_copy": []}
-    for r in range(1 if quick else LORA_REPEATS):
-        current = measurement if measurement is not None and r == 0 else measure(specs)
+    for _ in range(1 if quick else LORA_REPEATS):
+        current = measure(specs)
         for spec in specs:
             runs[spec["mode"]].append(current.report(spec))
     lora, full = (_median_run(runs[mode]) for mode in ("lora", "two_copy"))
@@ -268,9 +267,9 @@ def _median_run(reports: list[dict]) -> dict:
     return sorted(reports, key=lambda r: r["peak_mb"])[len(reports) // 2]
 
 
-def run_backprop(quick: bool = False, log=print, measurement: Measurement | None = None) -> Figure:
+def run_backprop(quick: bool = False, log=print) -> Figure:
     specs = backprop_specs(quick)
-    measurement = measurement or Measurement(list(specs.values()))
+    measurement = Measurement(list(specs.values()))
     table: dict[str, Any] = {name: measurement.report(spec) for name, spec in specs.items()}
     for name, r in table.items():
         log(f"  figure 6 {name}: {r['above_baseline_mb']} MB above baseline")
