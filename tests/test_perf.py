@@ -249,3 +249,23 @@ def test_memory_figures_measure_while_the_timed_figures_run(tmp_path, monkeypatc
     perf = json.loads(out.read_text())
     assert [f["id"] for f in perf["figures"]] == [1, 2, 3, 5, 6]
     assert 0.45 <= perf["figure_wall_s"]["3"] < 1.5  # its own 0.5 s, not the main thread's wait for it (~0)
+
+
+def test_ddp_figure_alternates_its_arms_and_takes_each_arms_median(monkeypatch):
+    from prefdiff.perf import growth
+
+    # One process then two, five rounds; one slow outlier per arm must not move the speed-up.
+    steps = iter([0.40, 0.50, 0.90, 0.52, 0.41, 0.10, 0.39, 0.51, 0.42, 0.49])
+    order = []
+
+    def child(spec):
+        order.append(spec["devices"])
+        return {"devices": spec["devices"], "step_s": next(steps)}
+
+    monkeypatch.setattr(growth, "DDP_ROUNDS", 5)
+    monkeypatch.setattr(growth, "_ddp_child", child)
+    figure = growth.run_ddp(quick=False, log=lambda _: None)
+    assert order == [1, 2] * 5
+    assert figure.details["step_s"] == {"1": 0.41, "2": 0.50}
+    assert figure.value == round(2 * 0.41 / 0.50, 3)
+    assert figure.met  # 1.64 >= 1.6; the means (0.504 and 0.424 s) would give 2.377
