@@ -254,7 +254,7 @@ def test_memory_figures_measure_while_the_timed_figures_run(tmp_path, monkeypatc
 def test_ddp_figure_alternates_its_arms_and_takes_each_arms_median(monkeypatch):
     from prefdiff.perf import growth
 
-    # One process then two, five rounds; one slow outlier per arm must not move the speed-up.
+    # One process then two, five rounds; one outlier per arm (a slow one, a fast one) must not move it.
     steps = iter([0.40, 0.50, 0.90, 0.52, 0.41, 0.10, 0.39, 0.51, 0.42, 0.49])
     order = []
 
