@@ -25,16 +25,48 @@ def test_the_table_names_each_fields_best_method_and_its_interval(tmp_path):
         (tmp_path / domain).mkdir()
         (tmp_path / domain / "results.json").write_text(json.dumps(results))
     table = summary_table(sorted(tmp_path.glob("*/results.json")))
-    assert table[2] == "| a | `j` | 0.9000 | 0.5000 | dpo | 0.7000 | +0.2000 [+0.1000, +0.3000] | dpo (1 of 2) |"
-    assert table[3] == "| b | `j` | 0.9000 | 0.5000 | ddpo | 0.6250 | +0.1250 [+0.0500, +0.2000] | ddpo (1 of 2) |"
+    assert table[2] == "| a | `j` | 0.9000 | 0.5000 | dpo | 0.7000 | +0.2000 [+0.1000, +0.3000] | 50% | - | dpo (1 of 2) |"
+    assert table[3] == "| b | `j` | 0.9000 | 0.5000 | ddpo | 0.6250 | +0.1250 [+0.0500, +0.2000] | 31% | - | ddpo (1 of 2) |"
     readme = f"intro\n{README_BEGIN}\nold table\n{README_END}\nrest\n"
     assert readme_with_table(readme, tmp_path) == f"intro\n{README_BEGIN}\n" + "\n".join(table) + f"{README_END}\nrest\n"
 
 
-def test_the_status_note_opens_the_page(tmp_path):
+def test_the_summary_table_opens_the_page_and_the_status_note_follows(tmp_path):
     page = render(RESULTS, tmp_path / "benchmarks.md")
     status = (RESULTS / "STATUS.md").read_text().strip()
-    assert page.index(status) < page.index("| field |")
+    assert page.index("| field | judge |") < page.index(status) < page.index("## driving")
+    medical = page[page.index("## medical"):page.index("## robotics")]
+    assert "| base | 0.5049 |" in medical and "downstream_ratio_to_real_ci95" in medical, \
+        "a field's section gives its downstream figures with their intervals"
+
+
+def test_the_table_gives_each_fields_downstream_figure_for_real_data_base_and_the_judges_best(tmp_path):
+    import json
+
+    def model(judge, **metrics):
+        return {"reward_mean": judge, "improvement": judge - 0.5, "improvement_ci95": [judge - 0.6, judge - 0.4],
+                "metrics": metrics}
+
+    fields = {
+        "med": {"real": {"reward_mean": 0.9, "metrics": {"downstream_dice": 0.43}},
+                "base": {"reward_mean": 0.5, "metrics": {"downstream_dice": 0.5}},
+                "methods": {"dpo": model(0.7, downstream_dice=0.42, downstream_ratio_to_real=0.98,
+                                         downstream_ratio_to_real_ci95=[0.94, 1.02]),
+                            "ddpo": model(0.6, downstream_dice=0.55, downstream_ratio_to_real=1.29,
+                                          downstream_ratio_to_real_ci95=[1.15, 1.54])}},
+        "rob": {"real": {"reward_mean": 0.9, "metrics": {"success_rate": 0.92}},
+                "base": {"reward_mean": 0.5, "metrics": {"success_rate": 0.19}},
+                "methods": {"ddpo": model(0.6, success_rate=0.05, success_improvement=-0.136,
+                                          success_improvement_ci95=[-0.162, -0.108])}},
+    }
+    for domain, results in fields.items():
+        (tmp_path / domain).mkdir()
+        (tmp_path / domain / "results.json").write_text(
+            json.dumps({"domain": domain, "reward": "r", "judge": "j", "seed": 0, "n_eval": 8, **results}))
+    table = summary_table(sorted(tmp_path.glob("*/results.json")))
+    assert "| 50% | downstream Dice: real 0.430, base 0.500, dpo 0.420 (0.98x real's [0.94, 1.02]) |" in table[2]
+    assert "| 25% | success rate: real 0.920, base 0.190, ddpo 0.050 (-0.136 [-0.162, -0.108] over base) |" \
+        in table[3]
 
 
 def test_the_performance_section_names_each_figures_commit_after_a_rerun():

@@ -27,7 +27,7 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _metrics_table(results: dict[str, Any]) -> list[str]:
+def metrics_table(results: dict[str, Any]) -> list[str]:
     rows = {**({"real held-out data": results["real"]["metrics"]} if "metrics" in results.get("real", {}) else {}),
             "base": results["base"].get("metrics", {}),
             **{name: m.get("metrics", {}) for name, m in results["methods"].items()}}
@@ -65,7 +65,7 @@ def report_markdown(results: dict[str, Any], recipe: Recipe) -> str:
         lines.append(f"| {name} | {m['reward_mean']:.4f} | {m['reward_std']:.4f} | {m['improvement']:+.4f} | "
                      f"[{lo:+.4f}, {hi:+.4f}] | {m.get('drift', float('nan')):.4f} | {m['reward_queries']} | "
                      f"{m['train_wall_s']:.1f} | {m['peak_rss_mb']:.0f} |")
-    lines += _metrics_table(results)
+    lines += metrics_table(results)
     if "edit" in results:
         lines += ["", "Editing: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                            for k, v in results["edit"].items()) + "."]
