@@ -76,3 +76,19 @@ def test_the_performance_section_names_each_figures_commit_after_a_rerun():
     assert _figure_commits(one) == "" and _figure_commits({}) == ""
     mixed = {"figure_commits": {"1": "aaaaaaa111", "3": "bbbbbbb222", "10": "aaaaaaa111", "2": "aaaaaaa111"}}
     assert _figure_commits(mixed) == " Commits: figures 1, 2, 10 on aaaaaaa; figure 3 on bbbbbbb."
+
+
+def test_a_fields_section_gives_its_newest_note_and_links_the_dated_rest(tmp_path):
+    import json
+
+    field = tmp_path / "results" / "f"
+    field.mkdir(parents=True)
+    (field / "results.json").write_text(json.dumps(
+        {"domain": "f", "reward": "r", "seed": 0, "n_eval": 8, "base": {"reward_mean": 0.5}, "methods": {}}))
+    (field / "NOTES.md").write_text("### Run two (2026-12-02)\n\nNew finding.\n\n### Run one (2026-12-01)\n\nOld finding.\n")
+    page = tmp_path / "docs" / "benchmarks.md"
+    page.parent.mkdir()
+    text = render(tmp_path / "results", page)
+    assert "New finding." in text and "Old finding." not in text
+    link = text.split("[f/NOTES.md](")[1].split(")")[0]
+    assert (page.parent / link).resolve() == (field / "NOTES.md").resolve()

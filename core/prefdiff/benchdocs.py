@@ -10,6 +10,7 @@ are drawn there, so it renders on its own.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -77,6 +78,23 @@ def _efficiency_lines(results: dict[str, Any]) -> list[str]:
     return ["", line]
 
 
+def latest_note(notes: str) -> str:
+    """A NOTES.md's newest entry: the text before its second ``###`` heading (entries are newest first)."""
+    headings = [i for i, line in enumerate(notes.splitlines()) if line.startswith("### ")]
+    lines = notes.splitlines()
+    return "\n".join(lines[:headings[1]] if len(headings) > 1 else lines).strip()
+
+
+def _notes(notes: Path, page: Path | None) -> list[str]:
+    """What the people who ran it observed: a NOTES.md's newest entry on the page, and a link to the
+    rest (earlier runs and what was tried, dated), so the page stays short."""
+    if not notes.is_file():
+        return []
+    target = os.path.relpath(notes, page.parent) if page is not None else str(notes)
+    return ["", latest_note(notes.read_text()), "",
+            f"Earlier runs and what was tried, dated: [{notes.parent.name}/{notes.name}]({target})."]
+
+
 def _field(path: Path, page: Path) -> list[str]:
     r = json.loads(path.read_text())
     env = r.get("env", {})
@@ -97,9 +115,7 @@ def _field(path: Path, page: Path) -> list[str]:
     if "edit" in r:
         lines += ["", "Editing: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                            for k, v in r["edit"].items())]
-    notes = path.parent / "NOTES.md"
-    if notes.is_file():  # what the person who ran it observed, kept beside the numbers
-        lines += ["", notes.read_text().strip()]
+    lines += _notes(path.parent / "NOTES.md", page)
     curves = page.parent / "figures" / f"{r['domain']}-curves.png"
     if plot_curves(r, curves):
         lines += ["", f"![{r['domain']}: held-out reward against training wall-clock](figures/{curves.name})"]
@@ -216,7 +232,7 @@ def _figure_commits(perf: dict) -> str:
     return " Commits: " + "; ".join(parts) + "."
 
 
-def render_perf(perf_path: Path) -> list[str]:
+def render_perf(perf_path: Path, page: Path | None = None) -> list[str]:
     """The performance section from perf.json (and PERF_NOTES.md beside it)."""
     p = json.loads(perf_path.read_text())
     env = p.get("environment", {})
@@ -244,14 +260,12 @@ def render_perf(perf_path: Path) -> list[str]:
             lines += ["", f"**Figure {f['id']}, {f['name']}.** {f.get('note', '')}".rstrip()]
             if details:
                 lines += ["", *details]
-    notes = perf_path.parent / PERF_NOTES
-    if notes.is_file():
-        lines += ["", notes.read_text().strip()]
+    lines += _notes(perf_path.parent / PERF_NOTES, page)
     lines.append("")
     return lines
 
 
-def render_gpu(gpu_dir: Path) -> list[str]:
+def render_gpu(gpu_dir: Path, page: Path | None = None) -> list[str]:
     """The GPU section: one row per run of every JSON benchmarks/gpu.sh wrote there, the runs that
     failed or were left out, then NOTES.md."""
     lines = ["## GPU", "",
@@ -287,9 +301,7 @@ def render_gpu(gpu_dir: Path) -> list[str]:
                 notes.append(f"- {path.name}, {key}: {kind}: {why}")
     if notes:
         lines += [""] + notes
-    notes_file = gpu_dir / "NOTES.md"
-    if notes_file.is_file():
-        lines += ["", notes_file.read_text().strip()]
+    lines += _notes(gpu_dir / "NOTES.md", page)
     return lines + [""]
 
 
@@ -312,9 +324,9 @@ def render(results_dir: Path, page: Path) -> str:
     lines += render_seeds(seeds_summary(results_dir))
     perf = results_dir / "perf.json"
     if perf.is_file():
-        lines += render_perf(perf)
+        lines += render_perf(perf, page)
     if any((results_dir / "gpu").glob("*.json")):
-        lines += render_gpu(results_dir / "gpu")
+        lines += render_gpu(results_dir / "gpu", page)
     return "\n".join(lines)
 
 
