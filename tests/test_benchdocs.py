@@ -90,5 +90,24 @@ def test_a_fields_section_gives_its_newest_note_and_links_the_dated_rest(tmp_pat
     page.parent.mkdir()
     text = render(tmp_path / "results", page)
     assert "New finding." in text and "Old finding." not in text
-    link = text.split("[f/NOTES.md](")[1].split(")")[0]
-    assert (page.parent / link).resolve() == (field / "NOTES.md").resolve()
+    assert "[f/NOTES.md](../results/f/NOTES.md)" in text, "the link is relative to the page"
+
+
+def test_the_gap_to_real_is_left_out_where_real_data_does_not_score_above_the_base():
+    from prefdiff.benchdocs import _gap_closed
+
+    best = {"reward_mean": 0.7}
+    assert _gap_closed({"base": {"reward_mean": 0.5}, "real": {"reward_mean": 0.9}}, best) == "50%"
+    assert _gap_closed({"base": {"reward_mean": 0.5}, "real": {"reward_mean": 0.6}}, best) == "200%"
+    for real in ({}, {"real": {"reward_mean": 0.5}}, {"real": {"reward_mean": 0.4}}):
+        assert _gap_closed({"base": {"reward_mean": 0.5}, **real}, best) == "-"
+
+
+def test_every_committed_notes_file_is_newest_first():
+    """The page shows a notes file's first entry as its newest: the dated headings must run newest first."""
+    import re
+
+    for notes in [*RESULTS.glob("*/NOTES.md"), RESULTS / "PERF_NOTES.md"]:
+        dates = [m.group(0) for line in notes.read_text().splitlines() if line.startswith("### ")
+                 for m in [re.search(r"\d{4}-\d{2}-\d{2}", line)] if m]
+        assert dates == sorted(dates, reverse=True), f"{notes.relative_to(ROOT)}: put its newest entry first"

@@ -84,7 +84,7 @@ def test_render_gpu_reads_new_and_old_json(tiny_run, tmp_path):
     for path in old:
         shutil.copy(path, tmp_path / path.name)
     (tmp_path / "NOTES.md").write_text("Read the table as a CPU smoke test.")
-    page = "\n".join(render_gpu(tmp_path))
+    page = "\n".join(render_gpu(tmp_path, tmp_path / "benchmarks.md"))
     assert page.startswith("## GPU") and page.count("| gpu.json |") == len(result["results"])
     assert "| sd3/grpo/lora |" in page and "CPU smoke test" in page
     assert "gpu.json, sd15/ddpo/lora+compile: skipped" in page

@@ -80,19 +80,18 @@ def _efficiency_lines(results: dict[str, Any]) -> list[str]:
 
 def latest_note(notes: str) -> str:
     """A NOTES.md's newest entry: the text before its second ``###`` heading (entries are newest first)."""
-    headings = [i for i, line in enumerate(notes.splitlines()) if line.startswith("### ")]
     lines = notes.splitlines()
+    headings = [i for i, line in enumerate(lines) if line.startswith("### ")]
     return "\n".join(lines[:headings[1]] if len(headings) > 1 else lines).strip()
 
 
-def _notes(notes: Path, page: Path | None) -> list[str]:
+def _notes(notes: Path, page: Path) -> list[str]:
     """What the people who ran it observed: a NOTES.md's newest entry on the page, and a link to the
     rest (earlier runs and what was tried, dated), so the page stays short."""
     if not notes.is_file():
         return []
-    target = os.path.relpath(notes, page.parent) if page is not None else str(notes)
-    return ["", latest_note(notes.read_text()), "",
-            f"Earlier runs and what was tried, dated: [{notes.parent.name}/{notes.name}]({target})."]
+    return ["", latest_note(notes.read_text()), "", f"The whole notes, earlier runs and what was tried, dated: "
+            f"[{notes.parent.name}/{notes.name}]({os.path.relpath(notes, page.parent)})."]
 
 
 def _field(path: Path, page: Path) -> list[str]:
@@ -133,10 +132,18 @@ def _field(path: Path, page: Path) -> list[str]:
 DOWNSTREAM = {
     "downstream_dice": ("downstream Dice", "downstream_ratio_to_real", "{v:.2f}x real's [{lo:.2f}, {hi:.2f}]"),
     "success_rate": ("success rate", "success_improvement", "{v:+.3f} [{lo:+.3f}, {hi:+.3f}] over base"),
-    "gap_mean": ("traffic statistics' gap to real (real: 0)", None, ""),
+    "gap_mean": ("traffic statistics' gap to real (lower is better; real: 0)", None, ""),
 }
 """The field metrics that say what samples are worth against real data; the first a field has fills
 its against-real-data cell: (label, the metric with a CI95 beside it, how that interval reads)."""
+
+
+LEGEND = ("Judge means on held-out conditions; improvement over the base with its 95% bootstrap interval, and a "
+          "method is above zero when the interval's low end is. Gap to real closed: (best - base) / (real - base) on "
+          "the judge, past 100% when the best method outscores real data. Against real data: the field's own measure "
+          "of what its samples are worth, for real data, the base and the best method on the judge (medical: the "
+          "real-scan Dice of a third segmenter trained on each model's synthetic pairs; robotics: the planner's "
+          "success rate, real being the demonstrations; driving: the traffic statistics' distance to real scenes).")
 
 
 def _downstream(r: dict[str, Any], best: str) -> str:
@@ -148,26 +155,28 @@ def _downstream(r: dict[str, Any], best: str) -> str:
         return "-"
     label, interval, reads = DOWNSTREAM[key]
     real = r.get("real", {}).get("metrics", {}).get(key)
-    cell = f"{label}: " + (f"real {real:.3f}, " if real is not None else "") + f"base {base[key]:.3f}, {best} {method[key]:.3f}"
-    if interval in method:
+    cell = (f"{label}: " + (f"real {real:.3f}, " if real is not None else "")
+            + f"base {base[key]:.3f}, {best} {method[key]:.3f}")
+    if interval in method and f"{interval}_ci95" in method:
         lo, hi = method[f"{interval}_ci95"]
         cell += " (" + reads.format(v=method[interval], lo=lo, hi=hi) + ")"
     return cell
 
 
 def _gap_closed(r: dict[str, Any], best: dict[str, Any]) -> str:
-    """The share of the judge's gap from the base to real held-out data that ``best`` closes."""
-    if "real" not in r or r["real"]["reward_mean"] == r["base"]["reward_mean"]:
+    """The share of the judge's gap from the base up to real held-out data that ``best`` closes:
+    (best - base) / (real - base); none where real data does not score above the base."""
+    if "real" not in r or r["real"]["reward_mean"] - r["base"]["reward_mean"] < 1e-9:
         return "-"
-    share = (best["reward_mean"] - r["base"]["reward_mean"]) / (r["real"]["reward_mean"] - r["base"]["reward_mean"])
-    return f"{100 * share:.0f}%"
+    base = r["base"]["reward_mean"]
+    return f"{100 * (best['reward_mean'] - base) / (r['real']['reward_mean'] - base):.0f}%"
 
 
 def summary_table(paths: list[Path]) -> list[str]:
     """The page's opening table: per field, the real-data reference, the base, the best method on the
     judge, how much of the gap to real data it closes, and the field's downstream figure."""
     lines = ["| field | judge | real held-out data | base | best method | its judge mean | improvement [CI95] | "
-             "gap to real closed | against real data | methods above zero |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "gap to real closed | against real data | methods above zero |", "|---" * 10 + "|"]
     for path in paths:
         r = json.loads(path.read_text())
         methods = r["methods"]
@@ -183,7 +192,7 @@ def summary_table(paths: list[Path]) -> list[str]:
         lines.append(row + f"{best} | {b['reward_mean']:.4f} | {b['improvement']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
                      f"{_gap_closed(r, b)} | {_downstream(r, best)} | "
                      f"{', '.join(above) or 'none'} ({len(above)} of {len(methods)}) |")
-    return lines + [""]
+    return lines + ["", LEGEND, ""]
 
 
 def _value(value: Any) -> str:
@@ -232,7 +241,7 @@ def _figure_commits(perf: dict) -> str:
     return " Commits: " + "; ".join(parts) + "."
 
 
-def render_perf(perf_path: Path, page: Path | None = None) -> list[str]:
+def render_perf(perf_path: Path, page: Path) -> list[str]:
     """The performance section from perf.json (and PERF_NOTES.md beside it)."""
     p = json.loads(perf_path.read_text())
     env = p.get("environment", {})
@@ -265,7 +274,7 @@ def render_perf(perf_path: Path, page: Path | None = None) -> list[str]:
     return lines
 
 
-def render_gpu(gpu_dir: Path, page: Path | None = None) -> list[str]:
+def render_gpu(gpu_dir: Path, page: Path) -> list[str]:
     """The GPU section: one row per run of every JSON benchmarks/gpu.sh wrote there, the runs that
     failed or were left out, then NOTES.md."""
     lines = ["## GPU", "",
