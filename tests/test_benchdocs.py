@@ -69,11 +69,13 @@ def test_the_table_gives_each_fields_downstream_figure_for_real_data_base_and_th
         in table[3]
 
 
-def test_the_performance_section_names_each_figures_commit_after_a_rerun():
+def test_the_performance_section_names_the_commit_each_figure_ran_on():
     from prefdiff.benchdocs import _figure_commits
 
-    one = {"figure_commits": {"1": "aaaaaaa111", "2": "aaaaaaa111"}}
-    assert _figure_commits(one) == "" and _figure_commits({}) == ""
+    one = {"figure_commits": {"1": "aaaaaaa111", "2": "aaaaaaa111"}, "environment": {"clean": True}}
+    assert _figure_commits(one) == " Commit: aaaaaaa (tree clean)."
+    assert _figure_commits({**one, "environment": {"clean": False}}) == " Commit: aaaaaaa (tree not clean)."
+    assert _figure_commits({}) == ""
     mixed = {"figure_commits": {"1": "aaaaaaa111", "3": "bbbbbbb222", "10": "aaaaaaa111", "2": "aaaaaaa111"}}
     assert _figure_commits(mixed) == " Commits: figures 1, 2, 10 on aaaaaaa; figure 3 on bbbbbbb."
 

@@ -230,11 +230,16 @@ def _figure_details(f: dict[str, Any]) -> list[str]:
 
 
 def _figure_commits(perf: dict) -> str:
-    """' Commits: figures 1, 2 on abc; figure 3 on def.' where --update reruns left several commits, else ""."""
+    """' Commits: figures 1, 2 on abc; figure 3 on def.' where --update reruns left several commits,
+    ' Commit: abc (tree clean).' where every figure ran on one, else ""."""
     by_commit: dict[str, list[str]] = {}
     for figure, commit in perf.get("figure_commits", {}).items():
         by_commit.setdefault(str(commit)[:7], []).append(figure)
-    if len(by_commit) < 2:
+    if len(by_commit) == 1:
+        env = perf.get("environment", {})
+        tree = {True: " (tree clean)", False: " (tree not clean)"}.get(env.get("clean"), "")
+        return f" Commit: {next(iter(by_commit))}{tree}."
+    if not by_commit:
         return ""
     parts = [f"{'figures' if len(ids) > 1 else 'figure'} {', '.join(sorted(ids, key=int))} on {commit}"
              for commit, ids in sorted(by_commit.items(), key=lambda kv: -len(kv[1]))]
