@@ -95,6 +95,22 @@ def test_a_fields_section_gives_its_newest_note_and_links_the_dated_rest(tmp_pat
     assert "[f/NOTES.md](../results/f/NOTES.md)" in text, "the link is relative to the page"
 
 
+def test_a_fields_section_names_the_commit_its_results_ran_on(tmp_path):
+    import json
+
+    from prefdiff.benchdocs import _field
+
+    path = tmp_path / "f" / "results.json"
+    path.parent.mkdir()
+    results = {"domain": "f", "reward": "r", "seed": 0, "n_eval": 8, "base": {"reward_mean": 0.5}, "methods": {}}
+    for env, said in (({"commit": "abcdef123456", "clean": True}, "Commit: abcdef1 (tree clean)."),
+                      ({"commit": "abcdef123456", "clean": False}, "Commit: abcdef1 (tree not clean)."),
+                      ({}, None)):
+        path.write_text(json.dumps({**results, "env": env}))
+        line = _field(path, tmp_path / "benchmarks.md")[2]
+        assert (said in line) if said else ("Commit" not in line), line
+
+
 def test_the_gap_to_real_is_left_out_where_real_data_does_not_score_above_the_base():
     from prefdiff.benchdocs import _gap_closed
 

@@ -94,13 +94,23 @@ def _notes(notes: Path, page: Path) -> list[str]:
             f"[{notes.parent.name}/{notes.name}]({os.path.relpath(notes, page.parent)})."]
 
 
+def _provenance(env: dict, commit: str | None = None) -> str:
+    """' Commit: abc1234 (tree clean).' from a results.json's or perf.json's environment, else ""."""
+    commit = commit or env.get("commit")
+    if not commit:
+        return ""
+    tree = {True: " (tree clean)", False: " (tree not clean)"}.get(env.get("clean"), "")
+    return f" Commit: {str(commit)[:7]}{tree}."
+
+
 def _field(path: Path, page: Path) -> list[str]:
     r = json.loads(path.read_text())
     env = r.get("env", {})
     lines = [f"## {r['domain']}", "",
              f"Command: `prefdiff bench {r['domain']}{' --quick' if r.get('quick') else ''} --seed {r['seed']} "
              f"--out {path.parent}`. Machine: {env.get('device', '?')}, {env.get('threads', '?')} threads, "
-             f"{env.get('machine', '')}, torch {env.get('torch', '?')}. Training reward `{r['reward']}`, "
+             f"{env.get('machine', '')}, torch {env.get('torch', '?')}.{_provenance(env)} "
+             f"Training reward `{r['reward']}`, "
              f"held-out judge `{r.get('judge', r['reward'])}`, {r['n_eval']} held-out conditions.", "",
              "| model | judge mean | improvement | CI95 | drift | reward queries | train s | peak MB |",
              "|---|---|---|---|---|---|---|---|"]
@@ -235,12 +245,8 @@ def _figure_commits(perf: dict) -> str:
     by_commit: dict[str, list[str]] = {}
     for figure, commit in perf.get("figure_commits", {}).items():
         by_commit.setdefault(str(commit)[:7], []).append(figure)
-    if len(by_commit) == 1:
-        env = perf.get("environment", {})
-        tree = {True: " (tree clean)", False: " (tree not clean)"}.get(env.get("clean"), "")
-        return f" Commit: {next(iter(by_commit))}{tree}."
-    if not by_commit:
-        return ""
+    if len(by_commit) < 2:
+        return _provenance(perf.get("environment", {}), next(iter(by_commit), None))
     parts = [f"{'figures' if len(ids) > 1 else 'figure'} {', '.join(sorted(ids, key=int))} on {commit}"
              for commit, ids in sorted(by_commit.items(), key=lambda kv: -len(kv[1]))]
     return " Commits: " + "; ".join(parts) + "."
