@@ -6,10 +6,11 @@ torch.distributions, never from the module under test.
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from torch.testing import assert_close
 
 from prefdiff import sampling
+from prefdiff.sampling.common import grad_steps
 
 
 def make_scheduler(set_alpha_to_one=False, **kwargs):
@@ -283,15 +284,79 @@ def test_input_to_first_grad_step_is_detached(k):
     assert model.late.grad is not None
 
 
-def test_truncate_random_draws_k_from_1_to_grad_last_k():
+def test_random_k_truncation_draws_k_from_1_to_grad_last_k():
     drawn = set()
     for seed in range(20):
         model = PhaseModel(switch=0)
         sampling.sample(model, make_scheduler(), randn(1, 2, 3), None, num_steps=6, generator=seeded(seed),
-                        grad_last_k=4, truncate_random=True)
+                        grad_last_k=4, truncation="random_k")
         drawn.add(model.grad_calls)
     assert drawn <= {1, 2, 3, 4}
     assert len(drawn) > 1
+
+
+def test_per_step_truncation_keeps_each_step_with_random_k_chance():
+    # TRL's AlignProp draws r_i uniform on n-k..n-1 for each step i and keeps step i when r_i <= i:
+    # step i's chance is (i - n + k + 1) / k, the chance that AlignProp's contiguous last K covers it.
+    n, k, draws = 6, 4, 4000
+    generator = seeded(0)
+    masks = torch.tensor([grad_steps(n, k, "per_step", generator) for _ in range(draws)], dtype=torch.float64)
+    chance = torch.tensor([max(0, i - n + k + 1) / k for i in range(n)], dtype=torch.float64)
+    contiguous = torch.tensor([grad_steps(n, k, "random_k", generator) for _ in range(draws)], dtype=torch.float64)
+    standard_error = (chance * (1 - chance) / draws).sqrt()
+    assert ((masks.mean(0) - chance).abs() <= 4 * standard_error + 1e-12).all()
+    assert ((contiguous.mean(0) - chance).abs() <= 4 * standard_error + 1e-12).all()
+    gaps = (masks[:, :-1] > masks[:, 1:]).any(1)  # a kept step followed by a dropped one
+    assert gaps.float().mean() > 0.2
+    assert not (contiguous[:, :-1] > contiguous[:, 1:]).any()
+
+
+class StepModel(torch.nn.Module):
+    """eps = w[i] * x at the i-th call: each step's share of the gradient lands in its own w[i]."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(0.05, 0.3, steps))
+        self.calls = 0
+
+    def forward(self, x, t, c):
+        self.calls += 1
+        return self.w[self.calls - 1] * x
+
+
+@pytest.mark.parametrize("family", ["ddim", "flow"])
+def test_per_step_truncation_detaches_only_the_model_calls_it_drops(family):
+    n = 6
+    # set_alpha_to_one: else DDIM's last step, from t = 0 onto the same alpha, cancels eps exactly
+    if family == "ddim":
+        new_scheduler = lambda: make_scheduler(set_alpha_to_one=True)  # noqa: E731
+    else:
+        new_scheduler = FlowMatchEulerDiscreteScheduler
+    step_options = {"eta": 0.0} if family == "ddim" else {}
+
+    def has_gap(mask):
+        return any(a and not b for a, b in zip(mask, mask[1:]))
+
+    seed = next(s for s in range(100) if has_gap(grad_steps(n, n, "per_step", seeded(s))))
+    mask = grad_steps(n, n, "per_step", seeded(seed))
+    noise = randn(2, 3, 4)
+    model = StepModel(n)
+    out = sampling.sample(model, new_scheduler(), noise, None, num_steps=n, eta=0.0, generator=seeded(seed),
+                          grad_last_k=n, truncation="per_step")
+    out.samples.sum().backward()
+
+    # diffusers' own loop: a dropped step's output is a constant, but x still flows through its update
+    reference, scheduler = StepModel(n), new_scheduler()
+    scheduler.set_timesteps(n)
+    x = noise
+    for i, t in enumerate(scheduler.timesteps):
+        if i == mask.index(True):
+            x = x.detach()
+        eps = reference(x, t, None)
+        x = scheduler.step(eps if mask[i] else eps.detach(), t, x, **step_options).prev_sample
+    x.sum().backward()
+    assert (model.w.grad != 0).tolist() == mask
+    assert_close(model.w.grad, reference.w.grad)
 
 
 def test_checkpoint_gives_same_gradients(unet, unet_model, monkeypatch):

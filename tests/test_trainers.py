@@ -155,8 +155,29 @@ def test_reward_backprop_needs_a_differentiable_reward(base):
         _fit(module, Conditions())
 
 
+@pytest.mark.parametrize("method, truncation, sampled", [
+    ("draft", None, "last_k"), ("alignprop", None, "random_k"), ("alignprop", "per_step", "per_step"),
+    ("draft", "random_k", "random_k"),
+])
+def test_reward_backprop_samples_with_its_truncation(base, method, truncation, sampled):
+    from prefdiff.trainers import RewardBackpropModule
+
+    module = RewardBackpropModule(base=base, method=method, k=3, truncation=truncation, reward="smoothness",
+                                  **COMMON)
+    seen = []
+    run_sampler = module.run_sampler
+
+    def watched(*args, **kwargs):
+        seen.append(kwargs.get("truncation"))
+        return run_sampler(*args, **kwargs)
+
+    module.run_sampler = watched
+    _fit(module, Conditions(), steps=1)
+    assert seen == [sampled]
+
+
 def test_bad_options_are_user_errors(base):
-    from prefdiff.trainers import PairModule, PolicyGradientModule
+    from prefdiff.trainers import PairModule, PolicyGradientModule, RewardBackpropModule
 
     with pytest.raises(UserError, match="--model.beta must be > 0"):
         PairModule(base=base, beta=-1.0, **COMMON)
@@ -168,6 +189,10 @@ def test_bad_options_are_user_errors(base):
         PolicyGradientModule(**COMMON)
     with pytest.raises(UserError, match="global_std applies to ddpo and grpo"):
         PolicyGradientModule(base=base, method="dpok", global_std=True, **COMMON)
+    with pytest.raises(UserError, match="--model.truncation must be one of last_k, random_k, per_step"):
+        RewardBackpropModule(base=base, method="alignprop", truncation="trl", **COMMON)
+    with pytest.raises(UserError, match="--model.truncation applies to draft and alignprop"):
+        RewardBackpropModule(base=base, method="refl", truncation="per_step", **COMMON)
 
 
 def test_empty_dataset_is_a_user_error(base):

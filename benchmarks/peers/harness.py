@@ -37,6 +37,10 @@ class Settings:
     prefdiff_lora_init: str = "default"
     """prefdiff's ``--model.lora_init``; the peers always start A gaussian (std 1/rank). ``default`` keeps
     each library's own start (the published table); ``gaussian`` gives prefdiff the peers' start."""
+    prefdiff_truncation: str | None = None
+    """prefdiff's AlignProp ``--model.truncation``: None keeps its own (the paper's contiguous last K,
+    K uniform in 1..k); ``per_step`` detaches each step's UNet output on its own draw, as TRL's
+    ``AlignPropTrainer`` does with ``truncated_rand_backprop_minmax`` (0, num_steps - 1)."""
     seed: int = 0
     eta: float = 1.0
     guidance_scale: float = 5.0

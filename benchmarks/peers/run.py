@@ -134,7 +134,8 @@ def prefdiff_config(settings: Settings, method: str, out: Path, snapshot_every: 
     elif method == "alignprop":
         o = settings.alignprop
         model = {"class_path": "prefdiff.trainers.RewardBackpropModule", "init_args": dict(
-            common, method="alignprop", reward="smoothness", lr=o["lr"], k=settings.num_steps, checkpoint=True)}
+            common, method="alignprop", reward="smoothness", lr=o["lr"], k=settings.num_steps, checkpoint=True,
+            truncation=settings.prefdiff_truncation)}
         data = {"dataset": "prompts", "dataset_options": {"root": settings.prompts}, "batch_size": o["batch"],
                 "val_size": 0}
         steps = o["epochs"]
@@ -328,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs between LoRA snapshots (default: each method's snapshot_every in harness.Settings)")
     parser.add_argument("--lora-init", choices=("default", "gaussian"), default="default",
                         help="prefdiff's LoRA start: its own (default) or the peers' gaussian (std 1/rank)")
+    parser.add_argument("--truncation", choices=("per_step",), default=None,
+                        help="prefdiff's AlignProp truncation: its own contiguous last K (default) or TRL's per_step")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = parser.parse_args(argv)
     if args.table:
@@ -352,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     log(f"inputs under {work}")
     paths = make_data.make_all(work, image_size=64, seed=0, log=log)
-    settings = Settings(**paths, prefdiff_lora_init=args.lora_init)
+    settings = Settings(**paths, prefdiff_lora_init=args.lora_init, prefdiff_truncation=args.truncation)
     if args.quick or args.epochs:
         n = 2 if args.quick else args.epochs
         settings.ddpo["epochs"] = settings.alignprop["epochs"] = n

@@ -60,7 +60,7 @@ def sample(model: Model, scheduler, noise: Tensor, cond: Any, *, num_steps: int 
     """Run the denoising loop of ``scheduler``'s family from ``noise`` to x_0.
 
     The options are :func:`prefdiff.sampling.ddim.sample_ddim`'s (``guidance_scale``, ``uncond``,
-    ``generator``, ``return_trajectory``, ``grad_last_k``, ``truncate_random``, ``checkpoint``,
+    ``generator``, ``return_trajectory``, ``grad_last_k``, ``truncation``, ``checkpoint``,
     ``known``, ``keep_mask``, ``start_step``). DDIM also takes ``clip_sample``; flow matching
     takes ``sde`` (``sde`` or ``cps``) and ``sde_window`` (the stochastic steps), with ``eta``
     the SDE noise level. An option of the other family is an error.

@@ -94,13 +94,35 @@ def check_guidance(guidance_scale: float, uncond: Any) -> None:
         raise ValueError(f"guidance_scale={guidance_scale} needs uncond (the unconditional cond)")
 
 
-def num_grad_steps(num_steps: int, grad_last_k: int, truncate_random: bool, generator) -> int:
+TRUNCATIONS = ("last_k", "random_k", "per_step")
+"""How :func:`grad_steps` picks the steps whose model calls keep gradients."""
+
+
+def grad_steps(num_steps: int, grad_last_k: int, truncation: str, generator) -> list[bool]:
+    """Which of ``num_steps`` steps backpropagate into the model: one flag a step.
+
+    * ``last_k``: the last K = ``grad_last_k`` steps (DRaFT-K, Clark et al. 2023); -1 all, 0 none.
+    * ``random_k``: the last K, K drawn uniformly from 1..``grad_last_k`` on each call
+      (AlignProp's randomized truncated backpropagation, Prabhudesai et al. 2023).
+    * ``per_step``: step ``i`` keeps its gradient when a fresh draw ``r_i``, uniform on
+      ``num_steps - K .. num_steps - 1``, is at most ``i``: TRL's ``AlignPropTrainer``
+      (``truncated_rand_backprop_minmax``). Each step has the chance it has under ``random_k``,
+      ``(i - num_steps + K + 1) / K``, but the steps are drawn independently, so the kept
+      steps need not be contiguous.
+
+    Every draw comes from ``generator``, before the loop's first noise draw.
+    """
     if grad_last_k < -1:
         raise ValueError(f"grad_last_k must be -1 (all steps), 0 (none) or a step count, got {grad_last_k}")
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got '{truncation}'")
     k = num_steps if grad_last_k == -1 else min(grad_last_k, num_steps)
-    if truncate_random:
-        if k == 0:
-            raise ValueError("truncate_random=True needs grad_last_k != 0")
-        device = generator.device if generator is not None else "cpu"
+    if truncation != "last_k" and k == 0:
+        raise ValueError(f"truncation='{truncation}' needs grad_last_k != 0")
+    device = generator.device if generator is not None else "cpu"
+    if truncation == "per_step":
+        r = torch.randint(num_steps - k, num_steps, (num_steps,), generator=generator, device=device).tolist()
+        return [i >= r_i for i, r_i in enumerate(r)]
+    if truncation == "random_k":
         k = int(torch.randint(1, k + 1, (1,), generator=generator, device=device))
-    return k
+    return [i >= num_steps - k for i in range(num_steps)]

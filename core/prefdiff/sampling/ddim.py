@@ -36,7 +36,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-from prefdiff.sampling.common import (Model, SampleOutput, check_guidance, gaussian_log_prob, num_grad_steps,
+from prefdiff.sampling.common import (Model, SampleOutput, check_guidance, gaussian_log_prob, grad_steps,
                                       predict_velocity, randn_like)
 
 
@@ -267,7 +267,7 @@ def sample_ddim(
     generator: torch.Generator | None = None,
     return_trajectory: bool = False,
     grad_last_k: int = 0,
-    truncate_random: bool = False,
+    truncation: str = "last_k",
     checkpoint: bool = False,
     known: Tensor | None = None,
     keep_mask: Tensor | None = None,
@@ -291,9 +291,12 @@ def sample_ddim(
         last K steps only (DRaFT-K, Clark et al. 2023; ReFL, Xu et al. 2023,
         backpropagates one step); -1 keeps grad in all of them (full
         backprop, as in DRaFT). The input to the first grad step is detached.
-    :param truncate_random: draw K uniformly from 1..grad_last_k with
-        ``generator`` on each call (AlignProp's randomized truncation,
-        Prabhudesai et al. 2023).
+    :param truncation: which steps keep grad, see :func:`~prefdiff.sampling.common.grad_steps`:
+        ``last_k`` (the last ``grad_last_k``), ``random_k`` (the last K, K drawn
+        from 1..``grad_last_k``: AlignProp) or ``per_step`` (each step drawn with
+        ``random_k``'s chance: TRL's AlignProp). A step without grad between two
+        with grad still passes gradients through its update of x; only its model
+        call is detached.
     :param checkpoint: recompute each grad step's model call in backward
         (``torch.utils.checkpoint``) to save memory.
     :param known: values to keep, broadcastable to x; with ``keep_mask``.
@@ -317,7 +320,8 @@ def sample_ddim(
         raise ValueError(f"start_step must be in [0, {num_steps}), got {start_step}")
     timesteps = ddim_timesteps(scheduler, num_steps)[start_step:].to(noise.device)
     step_ratio = _step_ratio(scheduler)
-    first_grad_step = len(timesteps) - num_grad_steps(len(timesteps), grad_last_k, truncate_random, generator)
+    model_grad = grad_steps(len(timesteps), grad_last_k, truncation, generator)
+    first_grad_step = model_grad.index(True) if any(model_grad) else len(timesteps)
 
     x = noise
     latents, log_probs, means, stochastic = [x.detach()], [], [], []
@@ -327,12 +331,13 @@ def sample_ddim(
         if i == first_grad_step:
             x = x.detach()
         with torch.set_grad_enabled(with_grad):
-            if with_grad and checkpoint:
+            if model_grad[i] and checkpoint:
                 eps = torch.utils.checkpoint.checkpoint(
                     predict_noise, model, scheduler, x, t_batch, cond, guidance_scale, uncond, use_reentrant=False
                 )
             else:
-                eps = predict_noise(model, scheduler, x, t_batch, cond, guidance_scale, uncond)
+                with torch.set_grad_enabled(model_grad[i]):
+                    eps = predict_noise(model, scheduler, x, t_batch, cond, guidance_scale, uncond)
             x, log_prob, mean, std = ddim_step(
                 scheduler, eps, t_batch, x, eta, generator=generator, clip_sample=clip_sample
             )

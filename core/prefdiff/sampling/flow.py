@@ -35,7 +35,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-from prefdiff.sampling.common import (SampleOutput, check_guidance, gaussian_log_prob, num_grad_steps,
+from prefdiff.sampling.common import (SampleOutput, check_guidance, gaussian_log_prob, grad_steps,
                                       predict_velocity, randn_like)
 
 SDE_KINDS = ("sde", "cps")
@@ -156,7 +156,7 @@ def sample_flow(
     generator: torch.Generator | None = None,
     return_trajectory: bool = False,
     grad_last_k: int = 0,
-    truncate_random: bool = False,
+    truncation: str = "last_k",
     checkpoint: bool = False,
     known: Tensor | None = None,
     keep_mask: Tensor | None = None,
@@ -177,7 +177,8 @@ def sample_flow(
     timesteps, sigmas = flow_timesteps(scheduler, num_steps)
     timesteps, sigmas = timesteps[start_step:].to(noise.device), sigmas[start_step:].to(noise.device)
     noisy = stochastic_steps(num_steps, eta, sde_window)[start_step:]
-    first_grad_step = len(timesteps) - num_grad_steps(len(timesteps), grad_last_k, truncate_random, generator)
+    model_grad = grad_steps(len(timesteps), grad_last_k, truncation, generator)
+    first_grad_step = model_grad.index(True) if any(model_grad) else len(timesteps)
 
     x = noise
     latents, log_probs, means = [x.detach()], [], []
@@ -187,11 +188,12 @@ def sample_flow(
         if i == first_grad_step:
             x = x.detach()
         with torch.set_grad_enabled(with_grad):
-            if with_grad and checkpoint:
+            if model_grad[i] and checkpoint:
                 v = torch.utils.checkpoint.checkpoint(predict_velocity, model, x, t_batch, cond, guidance_scale,
                                                       uncond, use_reentrant=False)
             else:
-                v = predict_velocity(model, x, t_batch, cond, guidance_scale, uncond)
+                with torch.set_grad_enabled(model_grad[i]):
+                    v = predict_velocity(model, x, t_batch, cond, guidance_scale, uncond)
             x, log_prob, mean, std = flow_step(v, sigmas[i], sigmas[i + 1], x, eta if noisy[i] else 0.0, kind=sde,
                                                generator=generator)
             if known is not None:

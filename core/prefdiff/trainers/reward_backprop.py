@@ -11,9 +11,12 @@ from prefdiff.errors import UserError
 from prefdiff.losses import per_sample_mse, reward_backprop_loss
 from prefdiff.models import reference_mode
 from prefdiff.sampling import predict_noise, predict_sample, predict_velocity
+from prefdiff.sampling.common import TRUNCATIONS
 from prefdiff.trainers.base import AlignmentModule
 
 VARIANTS = ("draft", "alignprop", "refl")
+OWN_TRUNCATION = {"draft": "last_k", "alignprop": "random_k"}
+"""The steps each variant backpropagates unless ``truncation`` says otherwise."""
 
 
 class RewardBackpropModule(AlignmentModule):
@@ -31,10 +34,15 @@ class RewardBackpropModule(AlignmentModule):
     :param drift_coef: weight of the drift penalty ||eps_theta - eps_ref||^2 at
         the last step's input, a KL between the step Gaussians (as DPOK's).
     :param refl_window: ReFL draws its step from the last fraction of the schedule.
+    :param truncation: which of the last k steps keep gradients, overriding the variant's own
+        (draft: ``last_k``; alignprop: ``random_k``, the paper's last K with K uniform in 1..k).
+        ``per_step`` is TRL's ``AlignPropTrainer``: each step keeps its gradient with
+        ``random_k``'s chance, drawn independently (:func:`~prefdiff.sampling.common.grad_steps`).
     """
 
     def __init__(self, *args: Any, method: str = "draft", k: int = 1, checkpoint: bool = True,
-                 drift_coef: float = 0.0, refl_window: float = 0.25, **kwargs: Any) -> None:  # pragma: no mutate block
+                 drift_coef: float = 0.0, refl_window: float = 0.25, truncation: str | None = None,
+                 **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
         if method not in VARIANTS:
             raise UserError(f"--model.method must be one of {', '.join(VARIANTS)}, got '{method}'")
@@ -44,6 +52,10 @@ class RewardBackpropModule(AlignmentModule):
             raise UserError(f"--model.drift_coef must be >= 0, got {drift_coef}")
         if drift_coef > 0 and self.hparams.lora_rank <= 0:
             raise UserError("the drift penalty uses the adapter-disabled reference; set --model.lora_rank > 0")
+        if truncation is not None and truncation not in TRUNCATIONS:
+            raise UserError(f"--model.truncation must be one of {', '.join(TRUNCATIONS)}, got '{truncation}'")
+        if truncation is not None and method == "refl":
+            raise UserError("--model.truncation applies to draft and alignprop; refl backpropagates one step")
         self.automatic_optimization = False
 
     def on_fit_start(self) -> None:
@@ -66,7 +78,7 @@ class RewardBackpropModule(AlignmentModule):
             x0 = self._predict_sample(x_t, t, cond)
         else:
             out = self.run_sampler(cond, n, generator, grad_last_k=hp.k,
-                                   truncate_random=hp.method == "alignprop",
+                                   truncation=hp.truncation or OWN_TRUNCATION[hp.method],
                                    checkpoint=hp.checkpoint, return_trajectory=want_drift)
             x0 = out.samples
             j = len(out.timesteps) - 1
