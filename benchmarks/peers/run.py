@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs between LoRA snapshots (default: each method's snapshot_every in harness.Settings)")
     parser.add_argument("--lora-init", choices=("default", "gaussian"), default="default",
                         help="prefdiff's LoRA start: its own (default) or the peers' gaussian (std 1/rank)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="every side's training seed and the evaluator's; the base pipeline and data stay seed 0")
     parser.add_argument("--truncation", choices=("per_step",), default=None,
                         help="prefdiff's AlignProp truncation: its own contiguous last K (default) or TRL's per_step")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
@@ -355,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     log(f"inputs under {work}")
     paths = make_data.make_all(work, image_size=64, seed=0, log=log)
-    settings = Settings(**paths, prefdiff_lora_init=args.lora_init, prefdiff_truncation=args.truncation)
+    settings = Settings(**paths, prefdiff_lora_init=args.lora_init, prefdiff_truncation=args.truncation,
+                        seed=args.seed)
     if args.quick or args.epochs:
         n = 2 if args.quick else args.epochs
         settings.ddpo["epochs"] = settings.alignprop["epochs"] = n
