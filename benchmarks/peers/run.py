@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-init", choices=("default", "gaussian"), default="default",
                         help="prefdiff's LoRA start: its own (default) or the peers' gaussian (std 1/rank)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="every side's training seed and the evaluator's; the base pipeline and data stay seed 0")
+                        help="every side's training seed; the base pipeline, the data and the held-out noise stay seed 0")
     parser.add_argument("--truncation", choices=("per_step",), default=None,
                         help="prefdiff's AlignProp truncation: its own contiguous last K (default) or TRL's per_step")
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")
