@@ -4,7 +4,9 @@ Runs in prefdiff's venv. A Stable Diffusion pipeline with random weights (``pref
 samples noise of nearly equal JPEG size, so no method moves its reward (shared/FACTS.md). So the base is
 the tiny pipeline at 64x64 whose VAE and UNet are first trained, briefly, on synthetic images: a smooth
 colour gradient plus blocky noise of a random amplitude. Its samples then differ in texture, which the
-JPEG-size reward sees, and which alignment can move.
+JPEG-size reward sees, and which alignment can move. Its VAE is trained until its posterior is tight, as
+Stable Diffusion's is, so that a side that encodes with a posterior sample and one that encodes with the
+mode train on the same latents.
 
 The pairs are the same kind of image in twos, in the Pick-a-Pic v2 parquet layout (caption, jpg_0, jpg_1,
 label_0): the image with the smaller JPEG wins, so Diffusion-DPO learns what DDPO's reward asks for.
@@ -47,10 +49,25 @@ def _batch(rng: np.random.Generator, n: int, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([synthetic_image(rng, rng.uniform(0.0, 0.6), size) for _ in range(n)]))
 
 
-def train_base(folder: Path, *, image_size: int, seed: int, prompts: list[str], vae_steps: int = 200,
-               unet_steps: int = 400, batch: int = 16, log=print) -> Path:
+# The posterior noise a base may keep, as a fraction of its latents' spread. The Diffusion-DPO example encodes
+# with ``latent_dist.sample()``, prefdiff and the evaluator with the mode; on Stable Diffusion's VAE the two
+# agree to a fraction of a percent, and the comparison is only fair on a base where they nearly do too.
+MAX_POSTERIOR_STD = 0.05
+
+
+def vae_loss(reconstruction: torch.Tensor, x: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+    """Latent diffusion's autoencoder objective without its perceptual and adversarial terms: the squared
+    error summed over each image's pixels plus 1e-6 times the KL summed over its latents (Rombach et al.
+    2022, the ``kl_weight`` of their KL-f8 configs). Per pixel the KL weighs 1e-6 / (3 * 64 * 64), so the
+    posterior narrows until it is noise-free next to its means, as Stable Diffusion's is."""
+    return ((reconstruction - x) ** 2).flatten(1).sum(1).mean() + 1e-6 * kl.mean()
+
+
+def train_base(folder: Path, *, image_size: int, seed: int, prompts: list[str], vae_steps: int,
+               unet_steps: int, batch: int = 16, log=print) -> dict[str, float]:
     """Write the tiny pipeline, train its VAE (reconstruction) and then its UNet (denoising) on synthetic
-    images, and save it again in place. A hand-written loop: this is data preparation, not a side."""
+    images, and save it again in place. Hand-written loops: this is data preparation, not a side.
+    Returns what the stamp records: the recipe and the VAE posterior's std against its latents' spread."""
     from diffusers import StableDiffusionPipeline
     from prefdiff.testing import tiny_pipeline
 
@@ -58,24 +75,43 @@ def train_base(folder: Path, *, image_size: int, seed: int, prompts: list[str], 
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    vae, unet = pipe.vae, pipe.unet
+    posterior = train_vae(pipe.vae, rng, steps=vae_steps, batch=batch, image_size=image_size, log=log)
+    train_unet(pipe, rng, prompts, steps=unet_steps, batch=batch, image_size=image_size, log=log)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return {"image_size": image_size, "seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, **posterior}
+
+
+def train_vae(vae, rng: np.random.Generator, *, steps: int, batch: int, image_size: int, log=print) -> dict[str, float]:
+    """Fit the VAE to the synthetic images, check that its posterior is tight, and set its scaling factor
+    so the latents have unit variance, as Stable Diffusion's does. Returns the posterior's std and spread."""
     optimizer = torch.optim.Adam(vae.parameters(), lr=2e-3)
-    for step in range(vae_steps):
+    for step in range(steps):
         x = _batch(rng, batch, image_size)
         posterior = vae.encode(x).latent_dist
-        loss = torch.nn.functional.mse_loss(vae.decode(posterior.sample()).sample, x) + 1e-6 * posterior.kl().mean()
+        loss = vae_loss(vae.decode(posterior.sample()).sample, x, posterior.kl())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 100 == 0 or step == vae_steps - 1:
-            log(f"  vae step {step}: reconstruction loss {loss.item():.4f}")
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  vae step {step}: loss {loss.item():.1f}")
     vae.requires_grad_(False).eval()
-    with torch.no_grad():  # unit-variance latents, as Stable Diffusion's scaling factor gives
-        std = vae.encode(_batch(rng, 64, image_size)).latent_dist.mode().std().item()
-    vae.register_to_config(scaling_factor=1.0 / std)
-    text_encoder, tokenizer, scheduler = pipe.text_encoder, pipe.tokenizer, pipe.scheduler
+    with torch.no_grad():
+        posterior = vae.encode(_batch(rng, 64, image_size)).latent_dist
+    spread, std = posterior.mode().std().item(), posterior.std.mean().item()
+    log(f"  vae posterior: std {std:.4f} against a spread of {spread:.4f} in its means")
+    if std > MAX_POSTERIOR_STD * spread:
+        raise RuntimeError(f"the base's VAE posterior is loose (std {std:.3f}, {std / spread:.2f} of the latents' "
+                           f"spread {spread:.3f}); train it longer (vae_steps, now {steps})")
+    vae.register_to_config(scaling_factor=1.0 / spread)
+    return {"vae_posterior_std": std, "vae_latent_spread": spread}
+
+
+def train_unet(pipe, rng: np.random.Generator, prompts: list[str], *, steps: int, batch: int, image_size: int,
+               log=print) -> None:
+    """Fit the UNet to denoise the VAE's (mode) latents of the synthetic images under random prompts."""
+    vae, unet, text_encoder, tokenizer, scheduler = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
-    for step in range(unet_steps):
+    for step in range(steps):
         x = _batch(rng, batch, image_size)
         captions = [prompts[i] for i in rng.integers(0, len(prompts), batch)]
         with torch.no_grad():
@@ -90,10 +126,8 @@ def train_base(folder: Path, *, image_size: int, seed: int, prompts: list[str], 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 200 == 0 or step == unet_steps - 1:
+        if step % 200 == 0 or step == steps - 1:
             log(f"  unet step {step}: denoising loss {loss.item():.4f}")
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 def add_text_model_prefix(folder: Path) -> None:
@@ -161,10 +195,12 @@ def make_all(work: Path, *, image_size: int, seed: int, log=print) -> dict[str, 
     (prompts / "val.txt").write_text("\n".join(held_out) + "\n")
     base = work / "base"
     stamp = base / "TRAINED.json"
-    if not stamp.is_file():
-        log(f"training the base pipeline in {base} (once)")
-        train_base(base, image_size=image_size, seed=seed, prompts=train, log=log)
-        stamp.write_text(json.dumps({"image_size": image_size, "seed": seed}))
+    recipe = {"image_size": image_size, "seed": seed, "vae_steps": 600, "unet_steps": 400}
+    made = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if {k: made.get(k) for k in recipe} != recipe:
+        log(f"training the base pipeline in {base} (once; {'it was made by another recipe' if made else 'none yet'})")
+        stamp.unlink(missing_ok=True)
+        stamp.write_text(json.dumps(train_base(base, prompts=train, log=log, **recipe)))
     add_slow_tokenizer_files(base)  # both idempotent: one folder that transformers 4 and 5 read alike
     add_text_model_prefix(base)
     pairs = work / "pickapic"

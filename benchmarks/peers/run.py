@@ -378,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(out_path.read_text()) if out_path.is_file() and not args.fresh else {}
     results = {"methods": {m: v for m, v in old.get("methods", {}).items() if m not in methods}}
     environment = describe_environment(versions, script_origin)
+    environment["base_recipe"] = json.loads(Path(paths["base"], "TRAINED.json").read_text())
     for method in methods:
         log(f"{method}: prefdiff and {METHODS[method][0]} side by side ... (load average {load()})")
         load_before, date = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M:%S %z")
