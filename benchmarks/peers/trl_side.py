@@ -47,6 +47,20 @@ def main(settings_path: str, method: str, out: str) -> None:
     settings = Settings.load(settings_path)
     torch.set_num_threads(settings.threads)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    out = Path(out)
+    trainer, epochs = build_trainer(settings, method, out)
+    unet = trainer.sd_pipeline.unet
+    recorder = Recorder(out, "trl", method, snapshot_every=int(os.environ.get("PEERS_SNAPSHOT_EVERY", "2")))
+    recorder.start(unet)
+    global_step = 0
+    for epoch in range(trainer.first_epoch, epochs):
+        global_step = trainer.step(epoch, global_step)
+        recorder.epoch_done(unet)
+    recorder.finish(unet, lora_tensors=sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n))
+
+
+def build_trainer(settings: Settings, method: str, out: Path):
+    """TRL's trainer for ``method`` on the shared settings, checkpointing under ``out``: ``(trainer, epochs)``."""
     from trl import (
         AlignPropConfig,
         AlignPropTrainer,
@@ -55,7 +69,6 @@ def main(settings_path: str, method: str, out: str) -> None:
         DefaultDDPOStableDiffusionPipeline,
     )
 
-    out = Path(out)
     prompts = Path(settings.prompts, "train.txt").read_text().split("\n")
     prompts = [p for p in prompts if p.strip()]
     # As TRL's example scripts: checkpoints under the run's folder, five kept.
@@ -116,14 +129,7 @@ def main(settings_path: str, method: str, out: str) -> None:
     PartialState()  # the pipeline warns through accelerate's logger (no LoRA file in the base) before any Accelerator
     pipeline = DefaultDDPOStableDiffusionPipeline(settings.base, use_lora=True)
     trainer = trainer_class(config, reward_function, prompt_function(prompts, per_prompt, settings.seed), pipeline)
-    unet = trainer.sd_pipeline.unet
-    recorder = Recorder(out, "trl", method, snapshot_every=int(os.environ.get("PEERS_SNAPSHOT_EVERY", "2")))
-    recorder.start(unet)
-    global_step = 0
-    for epoch in range(trainer.first_epoch, epochs):
-        global_step = trainer.step(epoch, global_step)
-        recorder.epoch_done(unet)
-    recorder.finish(unet, lora_tensors=sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n))
+    return trainer, epochs
 
 
 if __name__ == "__main__":
