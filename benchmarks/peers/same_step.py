@@ -10,8 +10,9 @@ it from TRL's LoRA, and trains it N steps with `prefdiff fit`'s trainer, its sam
 batches, one a step. Everything downstream of sampling is prefdiff's own: its log-probs of the stored
 steps, its per-prompt advantages, its PPO-clip loss, gradient clipping and AdamW. After every step its LoRA
 is compared with TRL's. Each TRL batch was sampled by a model that prefdiff's equals (if the updates
-agree), so when they agree the two libraries train the same way, and whatever separates their curves in
-results.json is the random draws (prompts, noise, LoRA start), not the update rule.
+agree), so when they agree the two libraries make the same update from the same batch, and whatever
+separates their curves in results.json lies upstream of it: in the sampling or in the random draws
+(prompts, noise, LoRA start).
 """
 
 from __future__ import annotations
