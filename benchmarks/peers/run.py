@@ -147,6 +147,10 @@ def prefdiff_config(settings: Settings, method: str, out: Path, snapshot_every: 
                                                            "cache_dir": str(out / "hf-cache")},
                 "batch_size": o["batch"], "val_size": 0}
         steps = o["steps"]
+    # `prefdiff fit` seeds its data shuffle with --data.seed, not seed_everything: without it every seed
+    # of the comparison would train on seed 0's prompt (or pair) order, while the peers' order follows
+    # their seed.
+    data["seed"] = settings.seed
     config = {"seed_everything": settings.seed, "model": model, "data": data, "trainer": {
         "max_steps": steps, "accelerator": "cpu", "devices": 1, "default_root_dir": str(out / "run"),
         "enable_progress_bar": False, "enable_model_summary": False,

@@ -1,17 +1,22 @@
-"""Same batches, same start, same updates? prefdiff's DDPO training against TRL's, on batches TRL sampled.
+"""Same batches, same start, same updates? prefdiff's DDPO training against TRL's, each on the other's batches.
 
-    .venv/bin/python benchmarks/peers/same_step.py [--epochs N] [--work DIR] [--out FILE]
+    .venv/bin/python benchmarks/peers/same_step.py [--sampler {trl,prefdiff}] [--epochs N] [--work DIR] [--out FILE]
 
-Runs in prefdiff's venv, after run.py has made the shared inputs (work/settings.json). TRL's half
-(same_step_trl.py, in the peers' venv) trains its DDPOTrainer for N epochs and saves each epoch's sampled
-batch (prompts, latents, timesteps, log-probs, rewards), its starting LoRA, and its LoRA after each epoch's
-optimizer step. This half builds prefdiff's DDPO module from the config run.py gives `prefdiff fit`, starts
-it from TRL's LoRA, and trains it N steps with `prefdiff fit`'s trainer, its sampler replaced by TRL's
-batches, one a step. Everything downstream of sampling is prefdiff's own: its log-probs of the stored
-steps, its per-prompt advantages, its PPO-clip loss, gradient clipping and AdamW. After every step its LoRA
-is compared with TRL's. Each TRL batch was sampled by a model that prefdiff's equals (if the updates
-agree), so when they agree the two libraries make the same update from the same batch, and whatever
-separates their curves in results.json lies upstream of it: in the sampling or in the random draws
+Runs in prefdiff's venv, after run.py has made the shared inputs (work/settings.json); TRL's half is
+same_step_trl.py, in the peers' venv. One side samples and trains N epochs, saving each epoch's batch
+(prompts, latents, timesteps, log-probs, rewards), its starting LoRA and its LoRA after each epoch's one
+optimizer step. The other side starts from that LoRA and trains N steps on those batches, one a step, with
+its sampling and scoring replaced by them and everything downstream its own: log-probs of the stored steps,
+per-prompt advantages, PPO-clip loss, gradient clipping, AdamW. After every step the two LoRAs are compared.
+
+- ``--sampler trl`` (same_step.json): TRL's DDPOTrainer samples; prefdiff's module, built from the config
+  run.py gives `prefdiff fit`, replays with `prefdiff fit`'s trainer.
+- ``--sampler prefdiff`` (same_step_prefdiff.json): prefdiff's module samples and trains with its own
+  prompts data module, as `prefdiff fit` runs it; TRL's ``DDPOTrainer.step`` replays.
+
+Every replayed batch was sampled by a model the replaying side's equals (while the updates agree). So when
+both directions agree, each library trains on the other's batches as the other does, and whatever separates
+their curves in results.json lies upstream: in the distribution of the batches or in the random draws
 (prompts, noise, LoRA start).
 """
 
@@ -30,7 +35,6 @@ sys.path.insert(0, str(HERE))
 
 def replay(settings, saved: dict, scratch: Path) -> list[dict]:
     """prefdiff's LoRA after each `prefdiff fit` training step on TRL's batches, from TRL's starting LoRA."""
-    import pytorch_lightning as pl
     import torch
     import yaml
     from prefdiff.sampling.common import SampleOutput
@@ -64,20 +68,64 @@ def replay(settings, saved: dict, scratch: Path) -> list[dict]:
                            log_probs=batch["log_probs"], stochastic=torch.ones(len(batch["timesteps"]), dtype=torch.bool))
         return out, batch["rewards"]
 
+    module.sample_and_score = trl_batch
+    after = after_each_step(lora)
+    trainer(len(batches), scratch, after).fit(module, train_dataloaders=torch.utils.data.DataLoader(conditions, batch_size=None))
+    return after.states
+
+
+def sample_and_train(settings, epochs: int, scratch: Path) -> dict:
+    """prefdiff's DDPO as `prefdiff fit` runs it (its own prompts, sampler and rewards) for ``epochs`` steps:
+    its starting LoRA, each step's batch, and its LoRA after each step, in same_step_trl.py's layout."""
+    import pytorch_lightning as pl
+    import torch
+    import yaml
+    from prefdiff.datamodule import PrefDataModule
+    from prefdiff.trainers import PolicyGradientModule
+    from run import prefdiff_config
+
+    config = yaml.safe_load(prefdiff_config(settings, "ddpo", scratch, snapshot_every=1).read_text())
+    pl.seed_everything(config["seed_everything"])
+    module = PolicyGradientModule(**config["model"]["init_args"])
+    lora = {n: p for n, p in module.denoiser.net.named_parameters() if "lora_" in n}
+    saved = {"lora_start": {n: p.detach().clone() for n, p in lora.items()}, "batches": []}
+    own = module.sample_and_score
+
+    def keep(cond, n, generator, group=1, **kwargs):
+        out, rewards = own(cond, n, generator, group, **kwargs)
+        saved["batches"].append({"prompts": list(cond), "rewards": rewards.detach().float().clone(),
+                                 "timesteps": out.timesteps.detach().cpu().clone(),
+                                 "log_probs": out.log_probs.detach().clone(), "latents": out.latents.detach().clone()})
+        return out, rewards
+
+    module.sample_and_score = keep
+    after = after_each_step(lora)
+    trainer(epochs, scratch, after).fit(module, datamodule=PrefDataModule(**config["data"]))
+    saved["lora_after"] = after.states
+    return saved
+
+
+def trainer(steps: int, scratch: Path, callback):
+    import pytorch_lightning as pl
+
+    return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(scratch),
+                      callbacks=[callback])
+
+
+def after_each_step(lora):
+    import pytorch_lightning as pl
+
     class AfterEachStep(pl.Callback):
+        """Copies the LoRA after every training step."""
+
         def __init__(self):
             self.states = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.states.append({n: p.detach().clone() for n, p in lora.items()})
 
-    module.sample_and_score = trl_batch
-    after = AfterEachStep()
-    trainer = pl.Trainer(max_steps=len(batches), accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(scratch),
-                         callbacks=[after])
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(conditions, batch_size=None))
-    return after.states
+    return AfterEachStep()
 
 
 def compare(ours: dict, theirs: dict, start: dict) -> dict:
@@ -98,10 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=20, help="epochs TRL trains and prefdiff replays")
     parser.add_argument("--work", default=str(HERE / "work"), help="run.py's scratch folder (its settings.json)")
-    parser.add_argument("--out", default=str(HERE / "same_step.json"))
+    parser.add_argument("--sampler", choices=("trl", "prefdiff"), default="trl",
+                        help="whose sampled batches both sides train on: TRL's, replayed by prefdiff (same_step.json), "
+                             "or prefdiff's own, replayed by TRL (same_step_prefdiff.json)")
+    parser.add_argument("--out", help="the result file (default: by --sampler, above)")
     parser.add_argument("--tolerance", type=float, default=1e-3,
                         help="largest difference of the LoRAs, relative to how far TRL's moved, that counts as the same")
     args = parser.parse_args(argv)
+    args.out = args.out or str(HERE / ("same_step.json" if args.sampler == "trl" else "same_step_prefdiff.json"))
     import torch
     from harness import Settings
     from run import PEERS_PYTHON, describe_environment
@@ -112,17 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.load(settings_path)
     torch.set_num_threads(settings.threads)
     environment = describe_environment({}, None)  # before the run, as the code and tree it starts from
+    trl_half = [str(PEERS_PYTHON), str(HERE / "same_step_trl.py"), str(settings_path), str(args.epochs)]
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch, "trl_steps.pt")
-        subprocess.run([str(PEERS_PYTHON), str(HERE / "same_step_trl.py"), str(settings_path), str(args.epochs),
-                        str(path)], check=True, cwd=HERE)
-        saved = torch.load(path)
-        states = replay(settings, saved, Path(scratch))
-    steps = [{"epoch": i + 1, **compare(ours, theirs, saved["lora_start"]),
+        if args.sampler == "trl":
+            subprocess.run([*trl_half, str(path)], check=True, cwd=HERE)
+            saved = torch.load(path)
+            ours, theirs = replay(settings, saved, Path(scratch)), saved["lora_after"]
+        else:
+            saved = sample_and_train(settings, args.epochs, Path(scratch))
+            torch.save(saved, Path(scratch, "prefdiff_steps.pt"))
+            subprocess.run([*trl_half, str(path), str(Path(scratch, "prefdiff_steps.pt"))], check=True, cwd=HERE)
+            ours, theirs = saved["lora_after"], torch.load(path)["lora_after"]
+    steps = [{"epoch": i + 1, **compare(mine, their, saved["lora_start"]),
               "prompts": sorted(set(batch["prompts"])), "mean_reward": batch["rewards"].mean().item()}
-             for i, (ours, theirs, batch) in enumerate(zip(states, saved["lora_after"], saved["batches"]))]
+             for i, (mine, their, batch) in enumerate(zip(ours, theirs, saved["batches"]))]
     worst = max(step["relative_difference"] for step in steps)
-    result = {"epochs": args.epochs, "settings": {k: getattr(settings, k) for k in ("seed", "lora_rank", "num_steps")},
+    result = {"sampler": args.sampler, "epochs": args.epochs, "settings": {k: getattr(settings, k) for k in ("seed", "lora_rank", "num_steps")},
               "ddpo": settings.ddpo, "worst_relative_difference": worst, "tolerance": args.tolerance,
               "same": worst <= args.tolerance, "steps": steps, "run": environment}
     Path(args.out).write_text(json.dumps(result, indent=2))
