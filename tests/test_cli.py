@@ -185,6 +185,20 @@ def test_fit_keeps_a_checkpoint_of_every_finished_epoch(tmp_path, monkeypatch):
     assert ("last.ckpt", 2) in saved, saved  # epoch 0 has 2 steps
 
 
+def test_seed_everything_seeds_the_modules_draws_and_the_data_order_unless_they_are_given(tmp_path):
+    # The module's and the data's own seeds (resumable draws) default to the run's seed: a sweep over
+    # --seed_everything must change the sampling noise and the data order, not only the LoRA's start.
+    config = _family_config("ddpo", tmp_path)
+    for name, given, expected in [("default", [], (3, 3)),
+                                  ("given", ["--model.init_args.seed", 5, "--data.seed", 7], (5, 7))]:
+        root = tmp_path / name
+        assert fit_here(config, root, "--seed_everything", 3, "--trainer.max_epochs", 1, *given) == 0
+        checkpoint = torch.load(next(root.rglob("last*.ckpt")), map_location="cpu", weights_only=False)
+        saved = yaml.safe_load(next(root.rglob("config.yaml")).read_text())
+        seeds = (checkpoint["hyper_parameters"]["seed"], saved["data"]["seed"])
+        assert seeds == expected and saved["model"]["init_args"]["seed"] == expected[0], (name, seeds)
+
+
 def test_bad_checkpoints(tmp_path):
     done = run(*_tiny_fit_args(tmp_path / "a", "--trainer.max_epochs", "1"))
     assert done.returncode == 0, done.stderr[-3000:]

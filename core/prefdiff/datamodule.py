@@ -27,13 +27,14 @@ class PrefDataModule(pl.LightningDataModule):
         ``split``, ``cache_dir``).
     :param batch_size: items per batch and process.
     :param val_size: validation items scored each validation run (0: none).
-    :param seed: seeds the shuffle.
+    :param seed: seeds the shuffle; `prefdiff fit` sets it to ``--seed_everything`` unless it is given
+        (None elsewhere means 0).
     :param num_workers: DataLoader worker processes.
     """
 
     def __init__(self, dataset: str | None = None, dataset_options: dict | None = None,
                  pairs: str | None = None, pairs_options: dict | None = None, batch_size: int = 16,
-                 val_size: int = 16, seed: int = 0, num_workers: int = 0) -> None:
+                 val_size: int = 16, seed: int | None = None, num_workers: int = 0) -> None:
         super().__init__()
         if dataset is None and pairs is None:
             raise UserError("give --data.dataset (a registered dataset) or --data.pairs (a pair file or a "
@@ -42,7 +43,8 @@ class PrefDataModule(pl.LightningDataModule):
             raise UserError(f"--data.batch_size must be >= 1, got {batch_size}")
         self.dataset_name, self.options, self.pairs = dataset, dict(dataset_options or {}), pairs
         self.pairs_options = dict(pairs_options or {})
-        self.batch_size, self.val_size, self.seed, self.num_workers = batch_size, val_size, seed, num_workers
+        self.batch_size, self.val_size, self.num_workers = batch_size, val_size, num_workers
+        self.seed = 0 if seed is None else seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 

@@ -133,6 +133,7 @@ def _fit(argv: list[str], chatter: contextlib.ExitStack) -> int:
         def before_instantiate_classes(self) -> None:
             _check_trainer_values(self.config)
             _check_base_exists(self.config, argv)
+            _seed_the_run(self.config)
 
         def instantiate_trainer(self, **kwargs: Any):
             kwargs.setdefault("plugins", _with_durable_checkpoints(
@@ -294,6 +295,19 @@ def _with_durable_checkpoints(plugins: Any) -> list:
 
 
 # ---------------------------------------------------------------- data ----
+
+
+def _seed_the_run(config) -> None:
+    """``--seed_everything N`` seeds the whole run, as Lightning users expect: the module's and the data's
+    own seeds (which make their draws resumable) take N unless given. Without this a sweep over
+    ``seed_everything`` would change only the LoRA's start and keep seed 0's data order and noise.
+    Lightning has already replaced ``true`` by the seed it drew; ``false`` leaves them alone."""
+    seed = config.get("seed_everything")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return
+    for key in ("model.init_args.seed", "data.seed"):
+        if config.get(key) is None:
+            config[key] = seed
 
 
 def _check_base_exists(config, argv: list[str]) -> None:

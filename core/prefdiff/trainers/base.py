@@ -70,7 +70,9 @@ class AlignmentModule(pl.LightningModule):
     :param guidance_scale: classifier-free guidance weight; 1 turns it off.
     :param lr: AdamW learning rate.
     :param max_grad_norm: gradient clipping norm; 0 turns it off.
-    :param seed: seeds every random draw the module makes.
+    :param seed: seeds every random draw the module makes (kept in the checkpoint, so a resumed run
+        draws what an uninterrupted one does). `prefdiff fit` sets it to ``--seed_everything`` unless it
+        is given; None elsewhere means 0.
     :param scheduler: scheduler options for a fresh model (DDIMScheduler's, or num_train_timesteps
         and shift for flow matching).
     :param lora_targets: which layers LoRA adapts: ``attention`` (the attention projections, the default
@@ -99,7 +101,7 @@ class AlignmentModule(pl.LightningModule):
                  lora_rank: int = 8, lora_alpha: float | None = None,
                  reward: str | None = None, reward_options: dict | None = None,
                  num_steps: int = 20, eta: float = 1.0, guidance_scale: float = 1.0,
-                 lr: float = 1e-4, max_grad_norm: float = 1.0, seed: int = 0,
+                 lr: float = 1e-4, max_grad_norm: float = 1.0, seed: int | None = None,
                  scheduler: dict | None = None, sde: str | None = None,
                  sde_window: list[int] | None = None, sample_chunks: int = 1, reward_workers: int = 0,
                  reward_backend: str = "process", lora_targets: str | None = None, channels_last: bool = False,
@@ -109,6 +111,8 @@ class AlignmentModule(pl.LightningModule):
                  lora_init: str = "default") -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
+        if seed is None:
+            self.hparams.seed = 0
         if (model is None) == (base is None):
             raise UserError("give exactly one of --model.model (a fresh preset) or --model.base "
                             "(a saved model folder)")
