@@ -80,6 +80,19 @@ def test_the_performance_section_names_the_commit_each_figure_ran_on():
     assert _figure_commits(mixed) == " Commits: figures 1, 2, 10 on aaaaaaa; figure 3 on bbbbbbb."
 
 
+def test_the_performance_section_names_the_command_that_last_made_each_figure():
+    from prefdiff.benchdocs import _figure_commands
+
+    full, three = "perf --out p.json", "perf --only 3 --update --out p.json"
+    figures = [{"id": i} for i in (1, 2, 3, 3, 4)]  # a figure may have several rows
+    assert _figure_commands({"command": full, "figures": figures}) == f"Command: `{full}`"
+    assert _figure_commands({"commands": [full, three, three], "figures": figures}).endswith(
+        f"(perf.json's `commands` lists all 3 in order): figures 1, 2, 4: `{full}`; figure 3: `{three}`")
+    later = "perf --only=1 --only 4 --update --out p.json"
+    assert _figure_commands({"commands": [full, three, later], "figures": figures}).endswith(
+        f"figures 1, 4: `{later}`; figure 2: `{full}`; figure 3: `{three}`")
+
+
 def test_a_fields_section_gives_its_newest_note_and_links_the_dated_rest(tmp_path):
     import json
 

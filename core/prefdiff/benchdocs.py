@@ -252,12 +252,33 @@ def _figure_commits(perf: dict) -> str:
     return " Commits: " + "; ".join(parts) + "."
 
 
+def _figure_commands(perf: dict) -> str:
+    """'Command: `c`' when one run made every figure; after ``--update`` reruns, each figure's last command,
+    grouped: 'Commands (...): figures 1, 2: `a`; figure 3: `b`'. A run's ``--only N`` names the figures it
+    made; a run without ``--only`` made them all."""
+    commands = perf.get("commands") or [perf["command"]]
+    figures = list(dict.fromkeys(str(f["id"]) for f in perf.get("figures", [])))  # a figure may have several rows
+    last: dict[str, str] = {}
+    for command in commands:
+        words = command.split()
+        only = {w.split("=", 1)[1] for w in words if w.startswith("--only=")}
+        only |= {words[i + 1] for i, w in enumerate(words[:-1]) if w == "--only"}
+        last.update({figure: command for figure in figures if not only or figure in only})
+    groups: dict[str, list[str]] = {}
+    for figure in figures:
+        groups.setdefault(last.get(figure, commands[-1]), []).append(figure)
+    if len(groups) < 2:
+        return f"Command: `{next(iter(groups), commands[-1])}`"
+    parts = [f"{'figures' if len(ids) > 1 else 'figure'} {', '.join(ids)}: `{command}`" for command, ids in groups.items()]
+    return f"Commands, each figure's last run (perf.json's `commands` lists all {len(commands)} in order): " + "; ".join(parts)
+
+
 def render_perf(perf_path: Path, page: Path) -> list[str]:
     """The performance section from perf.json (and PERF_NOTES.md beside it)."""
     p = json.loads(perf_path.read_text())
     env = p.get("environment", {})
     lines = ["## Performance", "",
-             f"Command: `{p['command']}`{' (quick settings)' if p.get('quick') else ''}, {p.get('date', '')}, "
+             f"{_figure_commands(p)}{' (quick settings)' if p.get('quick') else ''}, {p.get('date', '')}, "
              f"seed {p.get('seed', 0)}; the figures' own times add up to "
              f"{round(sum(p.get('figure_wall_s', {}).values()), 1)} s. {PERF_TARGETS} "
              f"Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, {env.get('threads', '?')} thread per "
