@@ -106,6 +106,7 @@ def sample_and_train(settings, epochs: int, scratch: Path) -> dict:
 
 
 def trainer(steps: int, scratch: Path, callback):
+    """A Lightning Trainer for ``steps`` steps on the CPU, without logger, checkpoints or progress bar."""
     import pytorch_lightning as pl
 
     return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
