@@ -95,9 +95,10 @@ def _adapter(root):
     return load_file(str(next(Path(root).rglob("lora/adapter_model.safetensors"))))
 
 
-def _family_config(family, folder, model=TINY_MODEL):
+def _family_config(family, folder, model=TINY_MODEL, **init_args):
     """Write a config that trains ``family`` for 3 epochs of 2 steps of batch 4; returns its path."""
     cls, options = FAMILIES[family]
+    options = {**options, **init_args}
     data = ({"pairs": str(pair_file(folder))} if family == "dpo" else
             {"dataset": "synthetic_textures", "dataset_options": {"resolution": 8, "size": 8}})
     config = {"seed_everything": 0,
@@ -223,19 +224,29 @@ def test_ddp_with_two_processes(tmp_path):
     assert any(w.abs().max() > 0 for key, w in adapter.items() if "lora_B" in key), "DDP trained nothing"
 
 
-def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("family", ["sft", "kto"])
+def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path, family):
     # 16 and 32 channels: with 8 channels in 8 GroupNorm groups a block's time-embedding
     # shift is normalised away, its LoRA's gradient is rounding noise, and Adam turns
     # that noise into steps of up to lr, which no float tolerance can absorb.
-    config = _family_config("sft", tmp_path, model={**TINY_MODEL, "block_out_channels": [16, 32]})
+    # KTO: its reference point is a mean over the batch, which DDP splits.
+    config = _family_config("dpo" if family == "kto" else family, tmp_path,
+                            model={**TINY_MODEL, "block_out_channels": [16, 32]},
+                            **({"objective": "kto", "beta": 500.0} if family == "kto" else {}))
     two = run("fit", "--config", config, "--trainer.default_root_dir", tmp_path / "two",
               "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "2", timeout=400)
     assert two.returncode == 0, two.stderr[-3000:]
     assert fit_here(config, tmp_path / "one", "--data.batch_size", "4") == 0
     one, two = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
     assert one.keys() == two.keys()
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=0, atol=5e-4)
+    if family == "sft":
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=0, atol=5e-4)
+    else:
+        # KTO's nonlinear weights leave an element in a thousand an Adam step apart (the rounding
+        # noise above); with a per-process reference point 94% of them were.
+        apart = sum(int(((two[key] - one[key]).abs() > 5e-4).sum()) for key in one)
+        assert apart <= 0.01 * sum(w.numel() for w in one.values()), apart
 
 
 def test_empty_dataset(tmp_path):

@@ -273,6 +273,18 @@ def test_the_log_prob_model_sees_one_timestep_per_sample():
     torch.testing.assert_close(lp, out.log_probs[:, 1])
 
 
+def test_a_batch_of_rows_at_different_steps_gets_each_rows_own_step():
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    noise = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(0))
+    out = sampling.sample(velocity, scheduler, noise, None, num_steps=4, eta=0.7,
+                          generator=torch.Generator().manual_seed(1), return_trajectory=True)
+    rows = torch.arange(3)
+    steps = torch.tensor([2, 0, 1])  # row i at step steps[i]
+    lp, _, _ = sampling.step_log_prob(velocity, scheduler, out.latents[rows, steps], out.timesteps[steps],
+                                      out.latents[rows, steps + 1], None, eta=0.7)
+    torch.testing.assert_close(lp, out.log_probs[rows, steps])
+
+
 def test_inpainting_with_nothing_kept_is_plain_sampling():
     # ODE sampling draws nothing, so the known region's noise draws cannot move it: with an empty
     # mask the inpainting loop must give exactly the plain samples.

@@ -190,9 +190,9 @@ def test_diffusion_dpo_rejects_non_positive_beta(beta):
 # ----------------------------------------------------------------------- KTO
 
 
-def kto_reference(model, ref, desirable, beta, lam_d, lam_u):
+def kto_reference(model, ref, desirable, beta, lam_d, lam_u, reference_point=None):
     rewards = [-beta * (m - r) for m, r in zip(model, ref)]
-    z = max(mean(rewards), 0.0)
+    z = max(mean(rewards) if reference_point is None else reference_point, 0.0)
     per = [
         lam_d * (1 - sigmoid(r - z)) if d else lam_u * (1 - sigmoid(z - r))
         for r, d in zip(rewards, desirable)
@@ -211,6 +211,19 @@ def test_kto_matches_formula_with_positive_reference_point():
     assert_close(metrics["kl_ref"], t(z))
     assert_close(metrics["reward_desirable"], t(mean([rewards[0], rewards[2]])))
     assert_close(metrics["reward_undesirable"], t(mean([rewards[1], rewards[3]])))
+
+
+def test_kto_takes_the_global_batchs_reference_point_when_given():
+    # Under DDP each process holds part of the batch; z is the mean over all of them.
+    model, ref = [0.10, 0.20, 0.15, 0.40], [0.30, 0.25, 0.10, 0.45]
+    desirable = [True, False, True, False]
+    expected, z, _ = kto_reference(model, ref, desirable, 3.0, 1.0, 1.0, reference_point=0.9)
+    assert z == 0.9 and abs(expected - kto_reference(model, ref, desirable, 3.0, 1.0, 1.0)[0]) > 1e-3
+    loss, metrics = losses.kto_loss(t(model), t(ref), torch.tensor(desirable), 3.0, reference_point=t(0.9))
+    assert_close(loss, t(expected))
+    assert_close(metrics["kl_ref"], t(0.9))
+    _, metrics = losses.kto_loss(t(model), t(ref), torch.tensor(desirable), 3.0, reference_point=t(-0.2))
+    assert_close(metrics["kl_ref"], t(0.0))
 
 
 def test_kto_clamps_negative_reference_point_to_zero():
@@ -283,6 +296,26 @@ def test_d3po_gradient_raises_winner_log_prob():
     assert (logp_w.grad < 0).all()
     assert (logp_l.grad > 0).all()
     assert_all_detached(metrics)
+
+
+def test_d3po_ratio_clip_clamps_each_ratio_and_stops_its_gradient_outside():
+    eps, beta = 0.1, 2.0
+    ref = t([-1.0, -1.0, -1.0])
+    # log-ratios: winner +0.05 (inside), +0.3 (above 1 + eps), -0.02; loser -0.3 (below 1 - eps), 0.0, +0.08
+    logp_w = t([-0.95, -0.7, -1.02], requires_grad=True)
+    logp_l = t([-1.3, -1.0, -0.92], requires_grad=True)
+    loss, metrics = losses.d3po_loss(logp_w, logp_l, ref, ref, beta, ratio_clip=eps)
+    clamp = lambda x: min(max(x, math.log(1 - eps)), math.log(1 + eps))  # noqa: E731
+    logits = [beta * (clamp(w) - clamp(lo)) for w, lo in zip([0.05, 0.3, -0.02], [-0.3, 0.0, 0.08])]
+    assert_close(loss, t(mean([-log_sigmoid(x) for x in logits])))
+    assert_close(metrics["margin"], t(mean(logits)))
+    loss.backward()
+    assert logp_w.grad[1] == 0 and logp_l.grad[0] == 0  # clamped: no gradient
+    assert logp_w.grad[0] < 0 and logp_w.grad[2] < 0 and logp_l.grad[1] > 0 and logp_l.grad[2] > 0
+    unclipped, _ = losses.d3po_loss(logp_w, logp_l, ref, ref, beta)
+    assert not torch.isclose(unclipped, loss)
+    with pytest.raises(ValueError, match=r"^ratio_clip must be in \(0, 1\), got 1.5"):
+        losses.d3po_loss(ref, ref, ref, ref, beta, ratio_clip=1.5)
 
 
 def test_d3po_rejects_non_positive_beta():

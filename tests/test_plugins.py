@@ -1,5 +1,6 @@
 """The plugin host: loading, allow-list, clashes, isolation of broken plugins."""
 
+import re
 import sys
 import textwrap
 import types
@@ -38,6 +39,26 @@ def test_allow_list_limits_loading(monkeypatch):
 def test_unknown_name_lists_known_ones():
     with pytest.raises(UserError, match="unknown reward .nope.; known rewards: .*jpeg_compressibility"):
         get_manager().reward("nope")
+    with pytest.raises(UserError, match=r"^unknown reward 'smothness' \(did you mean 'smoothness'\?\); known"):
+        get_manager().reward("smothness")
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("Bad Name!", {}, r"registered reward 'Bad Name!': a reward name starts with a letter or '_'"),
+    ("0.5*x", {}, r"registered reward '0.5\*x': a reward name"),
+    ("fine", {"differentiable": "no"}, r"registered reward 'fine' with differentiable='no'; pass True or False"),
+    ("fine", {"differentable": True}, r"registered reward 'fine' with unknown option\(s\) differentable; "
+                                      r"rewards take: differentiable"),
+])
+def test_a_reward_registered_with_a_bad_name_or_option_is_an_error_of_its_plugin(name, options, message):
+    def rewards(register):
+        register(name, lambda: None, **options)
+
+    with registered_plugin(_plugin(prefdiff_register_rewards=rewards), "sloppy") as manager:
+        info = {i.name: i for i in manager.plugins()}
+        assert len(info["sloppy"].errors) == 1
+        assert re.search(f"plugin 'sloppy' {message}", info["sloppy"].errors[0]), info["sloppy"].errors[0]
+        assert name not in manager.names("rewards") and "smoothness" in manager.names("rewards")
 
 
 def test_name_clash_names_both_plugins():
@@ -108,3 +129,42 @@ def test_entry_point_plugins_load_and_import_errors_are_isolated(tmp_path, monke
     finally:
         sys.modules.pop("goodplug", None)
         sys.modules.pop("badplug", None)
+
+
+def test_plugins_that_claim_a_taken_name_or_module_are_reported_not_fatal(tmp_path, monkeypatch):
+    # Real distributions on sys.path: two claim the plugin name "shared", one claims the built-in
+    # "example", and one points two entry points at one module.
+    reward = """
+        from prefdiff import hookimpl
+        @hookimpl
+        def prefdiff_register_rewards(register):
+            register("{name}_reward", lambda: (lambda s, c: (s.flatten(1).mean(1), {{}})))
+    """
+    entry_points = {"dupa": "shared = dupa", "dupb": "shared = dupb", "mine": "example = mine",
+                    "twoeps": "twoa = twoeps\ntwob = twoeps"}
+    for module, lines in entry_points.items():
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(reward.format(name=module)))
+        dist = tmp_path / f"{module}-0.1.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text(f"[prefdiff]\n{lines}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        manager = PluginManager()
+        info = {i.name: i for i in manager.plugins()}
+        # The first found keeps the name (which one depends on the order the files are listed in).
+        kept = info["shared"].registered["rewards"]
+        assert kept in (["dupa_reward"], ["dupb_reward"])
+        other = "dupb" if kept == ["dupa_reward"] else "dupa"
+        assert any(f"a second plugin named 'shared' (entry point {other}) was not loaded" in e
+                   and "rename its entry point" in e for e in info["shared"].errors)
+        assert info["example"].source == "builtin" and "jpeg_compressibility" in manager.names("rewards")
+        assert any("(entry point mine) was not loaded: the name is taken by builtin" in e
+                   for e in info["example"].errors)
+        assert info["twoa"].registered["rewards"] == ["twoeps_reward"]
+        assert info["twob"].errors == ["not loaded: its module is plugin 'twoa' already; point one entry "
+                                       "point at each plugin module"]
+        assert "mine_reward" not in manager.names("rewards") and f"{other}_reward" not in manager.names("rewards")
+    finally:
+        for module in entry_points:
+            sys.modules.pop(module, None)

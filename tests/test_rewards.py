@@ -20,6 +20,9 @@ class BadRewards:
         register("bare", lambda: lambda s, c: torch.zeros(s.shape[0]))
         register("raises", lambda: lambda s, c: 1 / 0)
         register("mean", lambda: lambda s, c: (s.flatten(1).mean(1), {}), differentiable=True)
+        register("elsewhere", lambda: lambda s, c: (torch.zeros(s.shape[0], device="meta"), {}))
+        register("detached", lambda: lambda s, c: (torch.from_numpy(s.detach().flatten(1).mean(1).numpy()), {}),
+                 differentiable=True)
 
 
 @pytest.mark.parametrize("name, message", [
@@ -30,12 +33,27 @@ class BadRewards:
     ("ints", "torch.int64 scores"),
     ("bare", "returned Tensor, not a \\(scores, info\\) pair"),
     ("raises", "raised ZeroDivisionError"),
+    ("elsewhere", "returned scores on meta for samples on cpu; compute the scores on the samples' device"),
 ])
 def test_contract_violations_name_plugin_and_reward(name, message):
     with registered_plugin(BadRewards(), "bad-rewards") as manager:
         reward = manager.reward(name)
         with pytest.raises(PluginError, match=f"reward '{name}' \\(plugin 'bad-rewards'\\).*{message}"):
             reward(torch.zeros(4, 3, 8, 8))
+
+
+def test_a_reward_registered_differentiable_must_pass_gradients():
+    with registered_plugin(BadRewards(), "bad-rewards") as manager:
+        reward = manager.reward("detached")
+        samples = torch.rand(4, 3, 8, 8)
+        reward(samples)  # without gradients there is nothing to check
+        with pytest.raises(PluginError, match="reward 'detached' \\(plugin 'bad-rewards'\\) is registered with "
+                                              "differentiable=True, but its scores carry no gradient"):
+            reward(samples.requires_grad_(True))
+        with pytest.raises(AssertionError, match="declared differentiable but its scores carry no gradient"):
+            check_reward(reward, None, samples.detach())
+        scores, _ = manager.reward("mean")(samples)
+        assert scores.requires_grad
 
 
 def test_builtin_rewards_meet_the_contract():

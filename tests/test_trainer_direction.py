@@ -16,6 +16,7 @@ import torch
 
 from prefdiff import hookimpl
 from prefdiff.datamodule import PrefDataModule
+from prefdiff.errors import UserError
 from prefdiff.losses import diffusion_dpo_loss, per_sample_mse
 from prefdiff.models import reference_mode
 from prefdiff.quiet import quiet_trainer
@@ -146,6 +147,15 @@ def test_d3po_prefers_the_trajectory_with_the_higher_reward(monkeypatch):
         assert steps, "d3po_loss got log-probs that are not the winners' then the losers'"
         informative += bool((log_probs[winner, steps[0]] - log_probs[loser, steps[0]]).abs().min() > 1e-3)
     assert informative >= 2
+
+
+def test_d3po_hands_its_ratio_clip_to_the_loss(monkeypatch):
+    module = build("d3po", reward="smoothness", ratio_clip=0.1)
+    losses = record(monkeypatch, online_pairs, "d3po_loss")
+    fit(module, conditions(2))
+    assert losses and all(call["ratio_clip"] == 0.1 for call in losses)
+    with pytest.raises(UserError, match=r"--model.ratio_clip must be in \(0, 1\)"):
+        build("d3po", reward="smoothness", ratio_clip=0.0)
 
 
 # -------------------------------------------------------- policy gradient

@@ -14,8 +14,10 @@ With K batches, mean m and per-batch noise s^2 = sum_i |g_i - m|^2 / (K - 1), th
 gradient is estimated without bias by |m|^2 - s^2 / K, and the signal-to-noise ratio of one step's
 estimate (a batch of the settings' prompts x samples) is |g|^2 / s^2. A batch n times as large has n times
 the ratio, so ``samples_for_snr_1`` = batch / ratio is the batch at which one step's estimate holds as much
-signal as noise. The 95% interval is a bootstrap over the batches. Adam normalises each coordinate, so the
-ratio does not give the update's direction exactly; it says how far a step's direction is from chance.
+signal as noise. The 95% interval is the jackknife's (leave one batch out; the estimate, unlike a
+bootstrap's resamples, never sees a batch twice, which would count as signal). Adam normalises each
+coordinate, so the ratio does not give the update's direction exactly; it says how far a step's direction
+is from chance.
 """
 
 from __future__ import annotations
@@ -102,15 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         grads = batch_gradients(settings, args.batches, Path(scratch))
     batch = settings.ddpo["prompts_per_batch"] * settings.ddpo["samples_per_prompt"]
     estimate = signal_to_noise(grads)
-    draw = torch.Generator().manual_seed(0)
-    resampled = sorted(signal_to_noise(grads[torch.randint(len(grads), (len(grads),), generator=draw)])["snr"]
-                       for _ in range(2000))
-    low, high = resampled[49], resampled[1949]
+    k = len(grads)
+    left_out = torch.tensor([signal_to_noise(torch.cat([grads[:i], grads[i + 1:]]))["snr"] for i in range(k)])
+    half_width = 1.96 * ((k - 1) / k * (left_out - left_out.mean()).pow(2).sum()).sqrt().item()
+    low, high = estimate["snr"] - half_width, estimate["snr"] + half_width
     result = {
         "batches": args.batches, "batch_samples": batch, "seed": settings.seed,
         "settings": {k: getattr(settings, k) for k in ("num_steps", "eta", "guidance_scale", "lora_rank")},
         "ddpo": settings.ddpo, **estimate, "snr_interval95": [low, high],
         "samples_for_snr_1": batch / estimate["snr"] if estimate["snr"] > 0 else None,
+        "samples_for_snr_1_at_least": batch / high if high > 0 else None,
         "mean_pairwise_cosine": pairwise_cosine(grads),
         "gradient_norm_median": grads.norm(dim=1).median().item(),
         "environment": describe_environment({}, None),
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{args.batches} batches of {batch}: |g|^2 {estimate['signal']:.3g}, noise {estimate['noise']:.3g}, "
           f"SNR of one step {estimate['snr']:.3g} [{low:.3g}, {high:.3g}], mean cosine between batches "
-          f"{result['mean_pairwise_cosine']:.3g}; samples a step for SNR 1: {result['samples_for_snr_1']}")
+          f"{result['mean_pairwise_cosine']:.3g}; samples a step for SNR 1: {result['samples_for_snr_1']} "
+          f"(at least {result['samples_for_snr_1_at_least']})")
     print(f"wrote {args.out}")
     return 0
 

@@ -11,6 +11,8 @@ Shapes: ``B`` is the batch size. Per-sample quantities are ``[B]``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -149,6 +151,7 @@ def kto_loss(
     beta: float,
     lambda_desirable: float = 1.0,
     lambda_undesirable: float = 1.0,
+    reference_point: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """Diffusion-KTO loss on per-sample noise-prediction errors.
 
@@ -158,6 +161,8 @@ def kto_loss(
     :param beta: KL strength.
     :param lambda_desirable: weight on liked samples.
     :param lambda_undesirable: weight on disliked samples.
+    :param reference_point: the mean implicit reward of the whole batch when it is split across
+        processes (DDP; the Diffusion-KTO code averages it over them); None: this batch's mean.
     :returns: ``(loss, metrics)`` with ``kl_ref`` (the reference point
         ``z``, after clamping), ``reward_desirable`` and
         ``reward_undesirable`` (mean implicit reward of each kind, 0 when
@@ -172,7 +177,7 @@ def kto_loss(
     if desirable.dtype != torch.bool:
         raise ValueError(f"desirable must be a bool tensor, got {desirable.dtype}")
     reward = -beta * (model_err - ref_err)
-    z = reward.mean().detach().clamp(min=0)
+    z = (reward.mean() if reference_point is None else reference_point).detach().clamp(min=0)
     per_sample = torch.where(
         desirable,
         lambda_desirable * (1 - torch.sigmoid(reward - z)),
@@ -195,6 +200,7 @@ def d3po_loss(
     ref_logp_w: Tensor,
     ref_logp_l: Tensor,
     beta: float,
+    ratio_clip: float | None = None,
 ) -> tuple[Tensor, Metrics]:
     """D3PO loss: DPO on the log-probabilities of denoising steps.
 
@@ -203,15 +209,26 @@ def d3po_loss(
     :param ref_logp_w: reference log-prob of the preferred step(s).
     :param ref_logp_l: reference log-prob of the rejected step(s).
     :param beta: KL strength.
+    :param ratio_clip: ``eps`` in (0, 1): each step's ratio ``pi / pi_ref`` is clamped to
+        ``[1 - eps, 1 + eps]`` first, so a step whose ratio left that range gives no gradient
+        (the D3PO authors' code, ``train.eps = 0.1``); None: the paper's unclipped form.
     :returns: ``(loss, {"implicit_acc", "margin"})``; ``margin`` is the mean
         logit ``beta * (...)``. The loss averages over every element, so
         ``[B]`` for one step and ``[B, T]`` for several both work.
     """
     # Yang et al. 2024, "Using Human Feedback to Fine-tune Diffusion Models
     # without Any Reward Model" (D3PO): the DPO loss of Rafailov et al. 2023,
-    # eq. 7, with each denoising step treated as an action of the MDP.
+    # eq. 7, with each denoising step treated as an action of the MDP. The
+    # clamp is their code's ("clip the Q value"; yk7333/d3po, scripts/train_with_rm.py),
+    # not the paper's.
     _check_positive(beta, "beta")
-    logits = beta * ((logp_w - ref_logp_w) - (logp_l - ref_logp_l))
+    log_ratio_w, log_ratio_l = logp_w - ref_logp_w, logp_l - ref_logp_l
+    if ratio_clip is not None:
+        if not 0 < ratio_clip < 1:
+            raise ValueError(f"ratio_clip must be in (0, 1), got {ratio_clip}")
+        low, high = math.log(1 - ratio_clip), math.log(1 + ratio_clip)
+        log_ratio_w, log_ratio_l = log_ratio_w.clamp(low, high), log_ratio_l.clamp(low, high)
+    logits = beta * (log_ratio_w - log_ratio_l)
     loss = -F.logsigmoid(logits).mean()
     return loss, _detached(implicit_acc=_win_rate(logits), margin=logits.mean())
 

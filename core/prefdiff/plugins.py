@@ -10,6 +10,7 @@ error and everything the other plugins registered stays available.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ ENTRY_POINT_GROUP = "prefdiff"
 ALLOW_LIST_VARIABLE = "PREFDIFF_PLUGINS"
 KINDS = ("datasets", "conditioners", "rewards", "benchmarks", "commands")
 """What plugins register; commands are kept per plugin (``prefdiff PLUGIN COMMAND``)."""
+#: The keyword options ``register`` takes besides the name and factory, by kind.
+REGISTER_OPTIONS = {"datasets": {"draw_condition"}, "rewards": {"differentiable"}}
 
 #: The core's own generic pieces, loaded like any plugin (pytest's default_plugins).
 DEFAULT_PLUGINS = {"example": "prefdiff.builtin.example", "feedback": "prefdiff.builtin.feedback",
@@ -99,6 +102,12 @@ class PluginManager:
         return sorted(names)
 
     def _load(self, name: str, source: str, version: str, load: Callable[[], Any]) -> None:
+        taken = self._infos.get(name)
+        if taken is not None:  # two packages (or a package and a built-in) claim one plugin name
+            taken.errors.append(f"a second plugin named '{name}' ({source}) was not loaded: the name is "
+                                f"taken by {taken.source}; rename its entry point under "
+                                f"[project.entry-points.{ENTRY_POINT_GROUP}] in its pyproject.toml")
+            return
         info = PluginInfo(name, version, source)
         self._infos[name] = info
         try:
@@ -122,6 +131,11 @@ class PluginManager:
                 self._pm.unregister(plugin)
             detail = " ".join(str(exc).split())
             info.errors.append(f"invalid hook: {detail}; hooks are listed in prefdiff.hookspecs")
+            return
+        except ValueError:  # pluggy: this module is registered already, under another plugin name
+            other = self._pm.get_name(plugin)
+            info.errors.append(f"not loaded: its module is plugin '{other}' already; point one entry "
+                               f"point at each plugin module")
             return
         self._collected = False
 
@@ -159,6 +173,13 @@ class PluginManager:
             if not callable(factory):
                 raise PluginError(f"plugin '{plugin}' registered {kind[:-1]} '{name}' with a factory "
                                   f"that is not callable ({type(factory).__name__})")
+            unknown = sorted(set(meta) - REGISTER_OPTIONS.get(kind, set()))
+            if unknown:
+                known = ", ".join(sorted(REGISTER_OPTIONS.get(kind, ()))) or "none"
+                raise PluginError(f"plugin '{plugin}' registered {kind[:-1]} '{name}' with unknown option(s) "
+                                  f"{', '.join(unknown)}; {kind} take: {known}")
+            if kind == "rewards":
+                _check_reward_registration(plugin, name, meta)
             key = f"{plugin} {name}" if kind == "commands" else name
             existing = self._registry[kind].get(key)
             if existing is not None:
@@ -201,11 +222,13 @@ class PluginManager:
             return self._registry[kind][name]
         except KeyError:
             known = ", ".join(self.names(kind)) or "none"
+            close = difflib.get_close_matches(name, self.names(kind), n=1)
+            guess = f" (did you mean '{close[0]}'?)" if close else ""
             broken = [f"'{info.name}' ({info.errors[0]})" for info in self._infos.values()
                       if info.errors and not any(info.registered.values())]
             hint = (f"; plugin {broken[0]} failed to load and may provide it" if len(broken) == 1 else
                     f"; plugins that failed to load and may provide it: {', '.join(broken)}" if broken else "")
-            raise UserError(f"unknown {kind[:-1]} '{name}'; known {kind}: {known}{hint} "
+            raise UserError(f"unknown {kind[:-1]} '{name}'{guess}; known {kind}: {known}{hint} "
                             f"(`prefdiff plugins` lists what each plugin provides)") from None
 
     def build(self, kind: str, name: str, **options: Any) -> Any:
@@ -244,6 +267,19 @@ class PluginManager:
     def benchmark(self, name: str, *, quick: bool = False):
         """Build the benchmark recipe registered under ``name``."""
         return self.build("benchmarks", name, quick=quick)
+
+
+def _check_reward_registration(plugin: str, name: str, meta: dict[str, Any]) -> None:
+    """A reward's name must work in ``--reward`` and weighted sums; ``differentiable`` must be a bool."""
+    from prefdiff.rewards import is_reward_name
+
+    if not is_reward_name(name):
+        raise PluginError(f"plugin '{plugin}' registered reward {name!r}: a reward name starts with a letter "
+                          f"or '_' and holds only letters, digits, '_', '.' and '-', so that --reward and "
+                          f"weighted sums like '0.7*{name}' can name it")
+    if not isinstance(meta.get("differentiable", False), bool):
+        raise PluginError(f"plugin '{plugin}' registered reward '{name}' with differentiable="
+                          f"{meta['differentiable']!r}; pass True or False")
 
 
 _manager: PluginManager | None = None

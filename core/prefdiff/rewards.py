@@ -3,7 +3,8 @@
 A plugin's reward is ``reward(samples, conditions) -> (scores[B], info)``. The
 host wraps it in :class:`Reward`, which stops a run with an error naming the
 plugin and the reward the moment an output breaks the contract (wrong shape,
-not a float tensor, NaN or Inf), before any optimizer step can use it.
+not a float tensor, NaN or Inf, another device, no gradient from a reward
+registered differentiable), before any optimizer step can use it.
 A weighted sum of registered rewards is written in configuration as
 ``"0.7*planner_feasibility + 0.3*layout_consistency"``, each part logged, as
 multi-reward training in Flow-GRPO (Liu et al. 2025) does.
@@ -39,14 +40,21 @@ class Reward:
         except Exception as exc:
             raise PluginError(f"reward '{self.name}' (plugin '{self.plugin}') raised "
                               f"{type(exc).__name__}: {exc}") from exc
-        return check_reward_output(out, samples.shape[0], self.describe())
+        scores, info = check_reward_output(out, samples.shape[0], self.describe(), samples.device)
+        if self.differentiable and samples.requires_grad and torch.is_grad_enabled() and not scores.requires_grad:
+            raise PluginError(f"{self.describe()} is registered with differentiable=True, but its scores carry "
+                              f"no gradient; compute them with torch operations on the samples, or register "
+                              f"it with differentiable=False")
+        return scores, info
 
     def describe(self) -> str:
         return f"reward '{self.name}' (plugin '{self.plugin}')"
 
 
-def check_reward_output(out: Any, batch: int, who: str) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Return ``out`` if it meets the reward contract, else raise :class:`PluginError`."""
+def check_reward_output(out: Any, batch: int, who: str,
+                        device: torch.device | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Return ``out`` if it meets the reward contract (scores on ``device`` if given), else raise
+    :class:`PluginError`."""
     fix = "return (scores, info) with scores a finite float tensor of shape [B]"
     if not (isinstance(out, tuple) and len(out) == 2):
         raise PluginError(f"{who} returned {type(out).__name__}, not a (scores, info) pair; {fix}")
@@ -58,6 +66,9 @@ def check_reward_output(out: Any, batch: int, who: str) -> tuple[torch.Tensor, d
     if tuple(scores.shape) != (batch,):
         raise PluginError(f"{who} returned scores of shape {tuple(scores.shape)} for a batch of "
                           f"{batch}; {fix}")
+    if device is not None and scores.device != device:
+        raise PluginError(f"{who} returned scores on {scores.device} for samples on {device}; "
+                          f"compute the scores on the samples' device")
     bad = ~torch.isfinite(scores.detach())
     if bad.any():
         kinds = "NaN" if torch.isnan(scores.detach()).any() else "Inf"
@@ -68,6 +79,12 @@ def check_reward_output(out: Any, batch: int, who: str) -> tuple[torch.Tensor, d
 
 
 _TERM = re.compile(r"^\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?([A-Za-z_][\w.\-]*)\s*$")
+
+
+def is_reward_name(name: str) -> bool:
+    """Whether ``name`` can stand in a reward spec (a bare name or a weighted sum's term)."""
+    match = _TERM.match(name)
+    return bool(match) and match.group(1) is None and match.group(2) == name
 
 
 def parse_reward_spec(spec: str) -> list[tuple[float, str]]:

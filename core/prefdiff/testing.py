@@ -287,6 +287,7 @@ def check_reward(reward: Reward | Any, conditions: Any, samples: torch.Tensor, *
     if differentiable:
         x = samples.detach().clone().requires_grad_(True)
         out, _ = check_reward_output(fn(x, conditions), b, who)
+        assert out.requires_grad, f"{who} is declared differentiable but its scores carry no gradient"
         out.sum().backward()
         assert x.grad is not None and x.grad.abs().sum() > 0, f"{who} is declared differentiable but passes no gradient"
     return scores

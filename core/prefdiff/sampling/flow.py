@@ -24,6 +24,15 @@ A window of stochastic steps with ODE steps elsewhere (Flow-GRPO-Fast,
 MixGRPO) makes the policy-gradient update cheaper: only the window's steps
 have a log-probability to train. Log-probs are Gaussian densities averaged
 over the non-batch dims, as the DDIM sampler's (ddpo-pytorch, flow_grpo).
+
+For CPS this departs from flow_grpo's code, which scores a CPS step by
+``-(x' - mean)^2`` averaged over dims, without the density's ``1 / (2 std^2)``
+and constants. That factor changes from step to step (``std = s' sin(a pi/2)``
+shrinks towards the last steps), so it does not cancel in a PPO ratio: with
+the density, the low-noise steps' ratios move much further per update
+(6300 times flow_grpo's at s' = 0.01 and a = 0.7). prefdiff keeps the density, so
+that a ratio is the true likelihood ratio of the step; a ``clip_range`` tuned
+for flow_grpo's CPS does not carry over.
 """
 
 from __future__ import annotations
@@ -224,7 +233,8 @@ def flow_step_log_prob(model, scheduler, x_t: Tensor, t: Tensor, x_prev: Tensor,
     """
     timesteps = scheduler.timesteps.to(x_t.device)
     t = torch.as_tensor(t, device=x_t.device, dtype=timesteps.dtype)
-    index = torch.argmin((timesteps - t.reshape(-1)[0]).abs())  # stays on the device: no host sync
+    # Each row's step (a [B] t may mix steps, as DDIM's step_log_prob allows); stays on the device.
+    index = torch.argmin((timesteps[None, :] - t.reshape(-1, 1)).abs(), dim=1)
     sigmas = scheduler.sigmas.to(x_t.device)
     s, s_prev = sigmas[index], sigmas[index + 1]
     v = predict_velocity(model, x_t, t.expand(x_t.shape[0]) if t.ndim == 0 else t, cond, guidance_scale, uncond)

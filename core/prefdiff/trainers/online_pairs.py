@@ -20,13 +20,18 @@ class D3POModule(AlignmentModule):
 
     :param beta: DPO temperature on the log-prob ratios.
     :param timestep_fraction: fraction of the denoising steps trained per batch.
+    :param ratio_clip: clamp each step's ratio to the reference to ``[1 - eps, 1 + eps]`` before
+        the loss, as the D3PO authors' code does (``eps`` 0.1 there): a step that has moved further
+        gives no gradient. None (the default) is the paper's unclipped loss.
     """
 
     def __init__(self, *args: Any, beta: float = 0.1, timestep_fraction: float = 1.0,
-                 **kwargs: Any) -> None:  # pragma: no mutate block
+                 ratio_clip: float | None = None, **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
         if beta <= 0:
             raise UserError(f"--model.beta must be > 0, got {beta}")
+        if ratio_clip is not None and not 0 < ratio_clip < 1:
+            raise UserError(f"--model.ratio_clip must be in (0, 1) (the D3PO authors use 0.1), got {ratio_clip}")
         if not 0 < timestep_fraction <= 1:
             raise UserError(f"--model.timestep_fraction must be in (0, 1], got {timestep_fraction}")
         if self.hparams.eta <= 0:
@@ -55,7 +60,8 @@ class D3POModule(AlignmentModule):
             with torch.no_grad(), reference_mode(self.denoiser):
                 ref, _, _ = step_log_prob(self.denoiser, self.noise_scheduler, latents[:, j], t,
                                           latents[:, j + 1], cond_wl, **kw)
-            loss, metrics = d3po_loss(lp[:half], lp[half:], ref[:half], ref[half:], self.hparams.beta)
+            loss, metrics = d3po_loss(lp[:half], lp[half:], ref[:half], ref[half:], self.hparams.beta,
+                                      self.hparams.ratio_clip)
             self.manual_backward(loss / len(chosen))
         self.clip_and_step(optimizer)
         self.log_progress("train/reward", scores.mean(), n)

@@ -45,6 +45,14 @@ class PairModule(AlignmentModule):
         """Decided pairs."""
         return TrainingData.PAIRS
 
+    def global_mean_reward(self, model_err: torch.Tensor, ref_err: torch.Tensor) -> torch.Tensor | None:
+        """KTO's reference point over every process's share of the batch (None in one process), so
+        that DDP trains as one process with the global batch would."""
+        if not self._trainer or self.trainer.world_size == 1:
+            return None
+        reward = -self.hparams.beta * (model_err - ref_err).detach()
+        return self.all_gather(reward).mean()
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # Pairs hold samples (images, trajectories); latent models train on their encodings.
         x_w, x_l, cond = self.denoiser.encode(batch["x_w"]), self.denoiser.encode(batch["x_l"]), batch["cond"]
@@ -66,7 +74,8 @@ class PairModule(AlignmentModule):
                                                self.hparams.beta, self.hparams.sft_weight)
         else:
             desirable = torch.cat([torch.ones(n), torch.zeros(n)]).bool().to(x_w.device)
-            loss, metrics = kto_loss(model_err, ref_err, desirable, self.hparams.beta)
+            loss, metrics = kto_loss(model_err, ref_err, desirable, self.hparams.beta,
+                                     reference_point=self.global_mean_reward(model_err, ref_err))
         self.log_progress("train/loss", loss, n)
         self.log_metrics(metrics)
         return loss

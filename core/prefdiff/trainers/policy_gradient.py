@@ -33,7 +33,11 @@ class PolicyGradientModule(AlignmentModule):
     :param adv_clip_max: advantages are clamped to [-adv_clip_max, adv_clip_max].
     :param inner_epochs: passes over each sampled batch.
     :param timestep_fraction: fraction of the denoising steps trained per pass.
-    :param kl_coef: weight of the per-step KL to the reference (dpok, grpo).
+    :param kl_coef: weight of the per-step KL to the reference (dpok, grpo). The KL is the
+        exact one between the two Gaussian steps, ``|mean - mean_ref|^2 / (2 std^2)`` averaged over
+        dims, with ``std`` the step's (Flow-GRPO's paper form). On Flow-GRPO's SDE, flow_grpo's code
+        divides by ``2 (a sqrt(s / (1 - s)))^2`` instead, leaving out the step's ``|ds|``, so its
+        ``beta`` is about ``kl_coef / |ds|`` for a step; on CPS the two agree.
     :param shared_noise: a condition's samples start from the same initial noise (Flow-GRPO's option).
     :param global_std: ddpo and grpo divide a condition's centred rewards by the whole batch's std
         instead of the condition's own (Flow-GRPO's ``global_std``), so that near-ties stay small.
