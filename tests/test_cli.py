@@ -441,11 +441,22 @@ def test_checkpoints_are_written_beside_their_target_not_moved_from_the_temp_fol
     assert checkpoint["epoch"] == 2
 
 
-def test_plugins_install_and_uninstall_failures_are_one_line(tmp_path):
+def test_plugins_install_and_uninstall_failures_are_one_line(tmp_path, monkeypatch):
     # pip's own ERROR line is the reason; a package that is not installed is not a silent success.
     assert_user_error(run("plugins", "install", tmp_path / "no-such-plugin"), "pip install", "no-such-plugin")
     assert_user_error(run("plugins", "uninstall", "prefdiff-no-such-plugin"),
                       "no package 'prefdiff-no-such-plugin' is installed")
+    # Only prefdiff plugins: a package without a prefdiff entry point (here a throwaway one, so that
+    # a broken check could only remove this folder's files) is left alone.
+    (tmp_path / "site" / "notaplugin.py").parent.mkdir()
+    (tmp_path / "site" / "notaplugin.py").write_text("")
+    info = tmp_path / "site" / "notaplugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: notaplugin\nVersion: 0.1\n")
+    (info / "RECORD").write_text("notaplugin.py,,\nnotaplugin-0.1.dist-info/METADATA,,\nnotaplugin-0.1.dist-info/RECORD,,\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+    assert_user_error(run("plugins", "uninstall", "notaplugin"), "package 'notaplugin' is not a prefdiff plugin")
+    assert (tmp_path / "site" / "notaplugin.py").is_file()
 
 
 def test_sample_with_an_adapter_of_another_model_is_one_line(tmp_path, capsys):
@@ -458,3 +469,7 @@ def test_sample_with_an_adapter_of_another_model_is_one_line(tmp_path, capsys):
                           "--steps", "2", "--n", "2", "--out", tmp_path / "out")
     assert f"the LoRA adapter in {tmp_path / 'lora'} is for another model (size mismatch" in line
     assert not (tmp_path / "out").exists()
+    line = fit_user_error(capsys, "sample", "--model", tmp_path / "model", "--lora", tmp_path / "nothere", "--dataset",
+                          "synthetic_textures", "--dataset-option", "resolution=8", "--conditioner", "class_label",
+                          "--steps", "2", "--n", "2", "--out", tmp_path / "out")
+    assert f"the LoRA adapter folder {tmp_path / 'nothere'} does not exist; pass the `lora/` folder" in line

@@ -250,6 +250,12 @@ def test_sample_command_on_an_sd3_folder(sd3, tmp_path):
     samples = load_file(str(tmp_path / "out" / "samples.safetensors"))["samples"]
     assert samples.shape == (4, 3, 16, 16) and torch.isfinite(samples).all()
     assert not torch.equal(samples[0], samples[1])
+    # --negative-prompt steers guidance away from it, as the pipeline's negative_prompt does.
+    for name, negative in (("plain", []), ("steered", ["--negative-prompt", "a blurry photo"])):
+        assert main(["sample", "--model", str(sd3), "--prompt", "a red cat", "--n", "1", "--steps", "3",
+                     "--guidance-scale", "3", *negative, "--out", str(tmp_path / name)]) == 0
+    plain, steered = (load_file(str(tmp_path / name / "samples.safetensors"))["samples"] for name in ("plain", "steered"))
+    assert (plain - steered).abs().max() > 1e-3
 
 
 def test_bad_folders_get_one_clear_error(sd3, tmp_path):

@@ -63,6 +63,42 @@ def test_ddim_at_eta_0_equals_the_diffusers_pipeline(which, guidance, request):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_a_negative_prompt_guides_as_in_diffusers(which, request):
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    folder = request.getfixturevalue(which)
+    denoiser, scheduler = load_model(folder), load_scheduler(folder)
+    latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
+
+    def ours(negative):
+        denoiser.set_negative_prompt(negative)
+        with torch.no_grad():
+            return sample(denoiser, scheduler, latents, PROMPTS, num_steps=4, eta=0.0, guidance_scale=3.0,
+                          uncond=denoiser.null_condition(PROMPTS)).samples
+
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = pipe(prompt=PROMPTS, negative_prompt=["a blurry photo"] * 2, latents=latents.clone(),
+                      num_inference_steps=4, guidance_scale=3.0, eta=0.0, output_type="latent").images
+    steered = ours("a blurry photo")
+    torch.testing.assert_close(steered, theirs, atol=1e-5, rtol=1e-4)
+    assert (steered - ours("")).abs().max() > 1e-3
+
+
+def test_the_trainers_take_a_negative_prompt_for_pipelines_only(sd):
+    from prefdiff.testing import tiny_preset
+    from prefdiff.trainers import PairModule
+
+    module = PairModule(base=str(sd), negative_prompt="a blurry photo", lora_rank=4)
+    assert module.denoiser.null_condition(PROMPTS) == ["a blurry photo"] * 2
+    with pytest.raises(UserError, match="a negative prompt needs a text-to-image pipeline; this model is "
+                                        "conditioned on 'class' conditions"):
+        PairModule(model=vars(tiny_preset()), conditioner="class_label", negative_prompt="blurry", lora_rank=4)
+
+
 def test_the_pipeline_loads_through_the_seam(sd, sdxl):
     denoiser = load_model(sd)
     assert denoiser.sample_shape == (4, 8, 8) and denoiser.prediction_type == "epsilon"
@@ -92,13 +128,16 @@ def test_prompt_embeddings_are_computed_once_per_prompt(sd):
     assert len(calls) == 2
 
 
-def test_a_too_long_prompt_is_truncated_with_a_warning(sd, caplog):
+def test_a_too_long_prompt_is_truncated_with_a_warning(sd, caplog, capfd):
     encoder = load_model(sd).conditioner
     long = "a red circle " * 20
-    with caplog.at_level("WARNING", logger="prefdiff"):
+    capfd.readouterr()
+    with caplog.at_level("WARNING"):
         out = encoder([long])["encoder_hidden_states"]
     assert out.shape == (1, 32, 32)
     assert "longer than the tokenizer's limit of 32 tokens" in caplog.text
+    # and not transformers' own "... will result in indexing errors", which would contradict it
+    assert "indexing errors" not in caplog.text + "".join(capfd.readouterr())
 
 
 def test_lora_goes_on_the_attention_projections(sd):
@@ -131,11 +170,21 @@ def test_bad_folders_get_one_clear_error(sd, tmp_path):
 
     with pytest.raises(UserError, match="is not a prefdiff model folder .* nor a diffusers pipeline"):
         load_model(tmp_path)
+    with pytest.raises(UserError, match="^model folder .*models/sd15 does not exist; pass a folder written by"):
+        load_model(tmp_path / "models" / "sd15")
     broken = tmp_path / "no-text-encoder"
     shutil.copytree(sd, broken)
     shutil.rmtree(broken / "text_encoder")
     with pytest.raises(UserError, match="has no text_encoder/ .StableDiffusionPipeline needs unet, vae, text_encoder"):
         load_model(broken)
+
+
+def test_a_scheduler_option_beside_a_saved_model_is_an_error_not_ignored(sd):
+    from prefdiff.trainers import PairModule
+
+    with pytest.raises(UserError, match=r"--model.scheduler builds a fresh model's scheduler, but a saved model "
+                                        r"\(--model.base .*\) samples with its own scheduler/ folder"):
+        PairModule(base=str(sd), scheduler={"clip_sample": True}, lora_rank=4)
 
 
 def test_v_prediction_targets_and_noise_agree(sd_v):

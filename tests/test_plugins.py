@@ -168,3 +168,16 @@ def test_plugins_that_claim_a_taken_name_or_module_are_reported_not_fatal(tmp_pa
     finally:
         for module in entry_points:
             sys.modules.pop(module, None)
+
+
+def test_a_factory_missing_an_option_names_where_options_go():
+    def rewards(register):
+        def needs_path(path):
+            return lambda s, c: (s.flatten(1).mean(1), {})
+
+        register("needs_path", needs_path)
+
+    with registered_plugin(_plugin(prefdiff_register_rewards=rewards), "optioned") as manager:
+        with pytest.raises(UserError, match=r"reward 'needs_path' \(plugin 'optioned'\) rejected its options \[\] "
+                                            r"\(--model.init_args.reward_options '\{key: value\}'\): .*'path'"):
+            manager.reward("needs_path")

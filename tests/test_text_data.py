@@ -205,6 +205,9 @@ def test_pair_options_reach_the_pickapic_reader_and_a_pair_file_takes_none(tmp_p
     (tmp_path / "pairs.jsonl").write_text("")
     with pytest.raises(UserError, match="pairs.jsonl is a pair file, so drop the options"):
         PrefDataModule(pairs=str(tmp_path / "pairs.jsonl"), pairs_options={"resolution": 4}).setup()
+    for options in ({"resolution": 4}, {}):  # a mistyped folder is named as missing, options or not
+        with pytest.raises(UserError, match=r"--data.pairs .*pickapic_v2 does not exist; pass a folder of Pick-a-Pic"):
+            PrefDataModule(pairs=str(tmp_path / "pickapic_v2"), pairs_options=options).setup()
 
 
 def test_a_pickapic_folder_trains_diffusion_dpo_through_prefdiff_fit(tmp_path, capsys):

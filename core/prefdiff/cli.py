@@ -137,6 +137,7 @@ def _model_args(parser) -> None:
     parser.add_argument("--lora", default=None, help="a LoRA adapter folder to apply")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; text-to-image)")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1: none)")
+    parser.add_argument("--negative-prompt", default="", help="the prompt guidance steers away from (text-to-image)")
     parser.add_argument("--dataset", default=None, help="registered dataset giving the conditions")
     parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--split", default="test")
@@ -254,11 +255,17 @@ def _pip(action: str, args) -> int:
     else:
         from importlib.metadata import PackageNotFoundError, distribution
 
+        from prefdiff.plugins import ENTRY_POINT_GROUP
+
         try:
-            distribution(args.name)
+            dist = distribution(args.name)
         except PackageNotFoundError:
             raise UserError(f"no package '{args.name}' is installed; `prefdiff plugins` lists the plugins "
                             f"(uninstall takes the distribution name, e.g. prefdiff-medical)") from None
+        if not any(ep.group == ENTRY_POINT_GROUP for ep in dist.entry_points):
+            raise UserError(f"package '{args.name}' is not a prefdiff plugin (it has no '{ENTRY_POINT_GROUP}' entry "
+                            f"point), so `prefdiff plugins uninstall` leaves it alone; remove it with pip if you "
+                            f"mean to")
         cmd = [sys.executable, "-m", "pip", "uninstall", "-y", args.name]
     # pip's output goes to the terminal; its stderr is held back so that on a failure its ERROR line
     # is the one error line (the user's error promise), and shown as it is after a success.

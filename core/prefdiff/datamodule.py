@@ -70,6 +70,9 @@ class PrefDataModule(pl.LightningDataModule):
 
     def _pair_dataset(self) -> Dataset:
         """The pairs: a folder is read as Pick-a-Pic parquet shards, a file as prefdiff's JSONL pair file."""
+        if not Path(self.pairs).exists():
+            raise UserError(f"--data.pairs {self.pairs} does not exist; pass a folder of Pick-a-Pic parquet shards "
+                            f"or a JSONL pair file (mined by `prefdiff bench`, labelled with `prefdiff label`)")
         if not Path(self.pairs).is_dir():
             if self.pairs_options:
                 raise UserError(f"--data.pairs_options applies to a folder of Pick-a-Pic parquet shards; "

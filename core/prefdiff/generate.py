@@ -25,6 +25,7 @@ def _load_model(args: argparse.Namespace):
 
     conditioner = get_manager().conditioner(args.conditioner) if args.conditioner else None
     denoiser = load_model(args.model, conditioner)
+    denoiser.set_negative_prompt(args.negative_prompt)
     if args.lora:
         load_lora(denoiser, args.lora)
     return denoiser.eval(), load_scheduler(args.model)

@@ -239,8 +239,11 @@ class PluginManager:
         except UserError:
             raise
         except TypeError as exc:
+            where = {"rewards": " (--model.init_args.reward_options '{key: value}')",
+                     "datasets": " (--data.dataset_options '{key: value}')",
+                     "conditioners": " (--model.init_args.conditioner_options '{key: value}')"}.get(kind, "")
             raise UserError(f"{kind[:-1]} '{name}' (plugin '{entry.plugin}') rejected its options "
-                            f"{sorted(options)}: {exc}") from exc
+                            f"{sorted(options)}{where}: {exc}") from exc
 
     def dataset(self, name: str, **options: Any) -> Any:
         """Build the dataset registered under ``name``."""

@@ -131,6 +131,17 @@ class Denoiser(nn.Module):
             return torch.full_like(cond, self.preset.num_classes)
         return torch.zeros_like(cond)
 
+    def set_negative_prompt(self, text: str) -> None:
+        """The unconditional prompt of classifier-free guidance ("" by default, as diffusers' pipelines);
+        only a text-to-image model has one."""
+        if self.preset.conditioning == "text":
+            self.conditioner.negative_prompt = text
+        elif text:
+            from prefdiff.errors import UserError
+
+            raise UserError(f"a negative prompt needs a text-to-image pipeline; this model is conditioned on "
+                            f"'{self.preset.conditioning}' conditions, whose guidance uses the null condition")
+
 
 def _broadcast_like(cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Expand a per-sample vector condition over the spatial or time axes of x."""

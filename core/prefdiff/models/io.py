@@ -93,6 +93,9 @@ def load_model(directory: str | Path, conditioner: nn.Module | None = None) -> D
     from prefdiff.models.pipelines import FLOW_LAYOUTS, is_pipeline_folder, load_pipeline, pipeline_layout
 
     directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"model folder {directory} does not exist; pass a folder written by `prefdiff fit` or "
+                        f"`prefdiff bench`, or a local diffusers pipeline folder")
     if is_pipeline_folder(directory):
         if conditioner is not None:
             raise UserError(f"{directory} is a text-to-image pipeline with its own text encoder; drop the "

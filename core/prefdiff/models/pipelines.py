@@ -23,6 +23,7 @@ import torch
 from prefdiff.errors import UserError
 from prefdiff.models.codec import VaeCodec
 from prefdiff.models.denoiser import Denoiser
+from prefdiff.models.part_widths import check_part_widths
 from prefdiff.models.presets import ModelPreset
 
 INDEX = "model_index.json"
@@ -92,6 +93,7 @@ def pipeline_layout(path: str | Path) -> str:
             raise UserError(f"pipeline folder {path} has no {part}/ but its {INDEX} lists one; copy the whole "
                             f"pipeline, or set \"{part}\": [null, null] in {INDEX} to load it without")
     _check_family(path, name)
+    check_part_widths(path, name)
     return name
 
 

@@ -104,7 +104,7 @@ class PromptEncoder(nn.Module):
     def _token_ids(self, tokenizer: Any, prompt: str, encoder: nn.Module, limit: int | None = None) -> torch.Tensor:
         """``[1, limit]`` ids padded to ``limit`` (default: the tokenizer's), truncated with a warning."""
         limit = limit or tokenizer.model_max_length
-        if len(tokenizer(prompt).input_ids) > limit and prompt not in self._warned:
+        if len(tokenizer(prompt, verbose=False).input_ids) > limit and prompt not in self._warned:
             self._warned.add(prompt)
             log.warning(f"prompt {prompt[:60]!r}... is longer than the tokenizer's limit of {limit} tokens; "
                         f"it is truncated, as the diffusers pipelines do")

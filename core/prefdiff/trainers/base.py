@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,8 @@ class AlignmentModule(pl.LightningModule):
         for the fields' UNets); None keeps the model's default.
     :param lora_init: how LoRA's A matrices start: ``default`` (peft's Kaiming-uniform) or ``gaussian``
         (std 1/rank, as TRL's DDPO and AlignProp trainers start them); B starts at zero either way.
+    :param negative_prompt: text-to-image pipelines: the prompt classifier-free guidance steers away
+        from, in sampling and wherever the trainer applies guidance ("" by default, as diffusers).
 
     Performance options (none changes the numbers beyond float tolerance; tests/test_levers.py;
     benchmarks/gpu.sh measures each one on and off):
@@ -108,7 +111,7 @@ class AlignmentModule(pl.LightningModule):
                  sdpa_backend: str | None = None, compile: bool = False, compile_mode: str = "default",
                  fused_optimizer: bool = False,
                  gradient_checkpointing: bool = False,
-                 lora_init: str = "default") -> None:  # pragma: no mutate block
+                 lora_init: str = "default", negative_prompt: str = "") -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
         if seed is None:
@@ -116,6 +119,10 @@ class AlignmentModule(pl.LightningModule):
         if (model is None) == (base is None):
             raise UserError("give exactly one of --model.model (a fresh preset) or --model.base "
                             "(a saved model folder)")
+        if base is not None and scheduler is not None:
+            raise UserError(f"--model.scheduler builds a fresh model's scheduler, but a saved model "
+                            f"(--model.base {base}) samples with its own scheduler/ folder; drop --model.scheduler, "
+                            f"or edit {Path(base) / 'scheduler' / 'scheduler_config.json'}")
         if num_steps < 1:
             raise UserError(f"--model.num_steps must be >= 1, got {num_steps}")
         if not 0.0 <= eta <= 1.0:
@@ -148,6 +155,7 @@ class AlignmentModule(pl.LightningModule):
             denoiser = load_model(hp.base, cond_module)
         else:
             denoiser = build_denoiser(ModelPreset(**hp.model), cond_module)
+        denoiser.set_negative_prompt(hp.negative_prompt)
         if hp.lora_rank > 0:
             add_lora(denoiser, LoraOptions(r=hp.lora_rank, alpha=hp.lora_alpha or float(hp.lora_rank),
                                            target_modules=self._lora_target_names(denoiser.net),
