@@ -181,3 +181,14 @@ def test_a_factory_missing_an_option_names_where_options_go():
         with pytest.raises(UserError, match=r"reward 'needs_path' \(plugin 'optioned'\) rejected its options \[\] "
                                             r"\(--model.init_args.reward_options '\{key: value\}'\): .*'path'"):
             manager.reward("needs_path")
+
+
+def test_a_plugin_whose_hooks_lack_hookimpl_is_told_it_registers_nothing():
+    module = types.ModuleType("undecorated")
+    module.prefdiff_register_rewards = lambda register: register("lost", lambda: None)  # no @hookimpl
+    with registered_plugin(module, "undecorated") as manager:
+        info = {i.name: i for i in manager.plugins()}
+        assert info["undecorated"].errors == ["registers nothing: decorate its hook functions with "
+                                              "@prefdiff.hookimpl and name them as in prefdiff.hookspecs "
+                                              "(prefdiff_register_rewards, ...)"]
+        assert all(not i.errors for name, i in info.items() if name != "undecorated")

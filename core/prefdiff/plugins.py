@@ -160,6 +160,10 @@ class PluginManager:
             # Call each implementation alone so a failure is pinned on its plugin.
             for impl in caller.get_hookimpls():  # registration order: built-ins first
                 self._collect_one(kind, impl)
+        for info in self._infos.values():
+            if not info.errors and not any(info.registered.values()) and self._pm.get_plugin(info.name) is not None:
+                info.errors.append("registers nothing: decorate its hook functions with @prefdiff.hookimpl and "
+                                   "name them as in prefdiff.hookspecs (prefdiff_register_rewards, ...)")
         self._collected = True
 
     def _collect_one(self, kind: str, impl: pluggy.HookImpl) -> None:
