@@ -172,6 +172,9 @@ def test_bad_folders_get_one_clear_error(sd, tmp_path):
         load_model(tmp_path)
     with pytest.raises(UserError, match="^model folder .*models/sd15 does not exist; pass a folder written by"):
         load_model(tmp_path / "models" / "sd15")
+    (tmp_path / "v1-5-pruned.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match="v1-5-pruned.safetensors is a file, not a folder; .*single-file checkpoints"):
+        load_model(tmp_path / "v1-5-pruned.safetensors")
     broken = tmp_path / "no-text-encoder"
     shutil.copytree(sd, broken)
     shutil.rmtree(broken / "text_encoder")

@@ -44,21 +44,25 @@ def test_unknown_name_lists_known_ones():
 
 
 @pytest.mark.parametrize("name, options, message", [
-    ("Bad Name!", {}, r"registered reward 'Bad Name!': a reward name starts with a letter or '_'"),
-    ("0.5*x", {}, r"registered reward '0.5\*x': a reward name"),
-    ("fine", {"differentiable": "no"}, r"registered reward 'fine' with differentiable='no'; pass True or False"),
-    ("fine", {"differentable": True}, r"registered reward 'fine' with unknown option\(s\) differentable; "
+    ("Bad Name!", {}, r"registers reward 'Bad Name!' with a name --reward cannot hold: a reward name starts"),
+    ("0.5*x", {}, r"registers reward '0.5\*x' with a name --reward cannot hold"),
+    ("fine", {"differentiable": "no"}, r"registers reward 'fine' with differentiable='no'; pass True or False"),
+    ("fine", {"differentable": True}, r"registers reward 'fine' with unknown option\(s\) differentable; "
                                       r"rewards take: differentiable"),
 ])
-def test_a_reward_registered_with_a_bad_name_or_option_is_an_error_of_its_plugin(name, options, message):
+def test_a_reward_registered_with_a_bad_name_or_option_is_left_out_alone(name, options, message):
     def rewards(register):
         register(name, lambda: None, **options)
+        register("kept", lambda: None, differentiable=1)  # 1 is True; the plugin's other rewards stay
 
     with registered_plugin(_plugin(prefdiff_register_rewards=rewards), "sloppy") as manager:
         info = {i.name: i for i in manager.plugins()}
         assert len(info["sloppy"].errors) == 1
-        assert re.search(f"plugin 'sloppy' {message}", info["sloppy"].errors[0]), info["sloppy"].errors[0]
-        assert name not in manager.names("rewards") and "smoothness" in manager.names("rewards")
+        assert re.match(message, info["sloppy"].errors[0]), info["sloppy"].errors[0]
+        assert info["sloppy"].registered["rewards"] == ["kept"] and name not in manager.names("rewards")
+        assert manager.entry("rewards", "kept").meta["differentiable"] is True
+        manager.remove("example")  # a recollection keeps one copy of each error
+        assert len({i.name: i for i in manager.plugins()}["sloppy"].errors) == 1
 
 
 def test_name_clash_names_both_plugins():
@@ -179,7 +183,8 @@ def test_a_factory_missing_an_option_names_where_options_go():
 
     with registered_plugin(_plugin(prefdiff_register_rewards=rewards), "optioned") as manager:
         with pytest.raises(UserError, match=r"reward 'needs_path' \(plugin 'optioned'\) rejected its options \[\] "
-                                            r"\(--model.init_args.reward_options '\{key: value\}'\): .*'path'"):
+                                            r"\(prefdiff fit: --model.init_args.reward_options '\{key: value\}'\): "
+                                            r".*'path'"):
             manager.reward("needs_path")
 
 
@@ -192,3 +197,12 @@ def test_a_plugin_whose_hooks_lack_hookimpl_is_told_it_registers_nothing():
                                               "@prefdiff.hookimpl and name them as in prefdiff.hookspecs "
                                               "(prefdiff_register_rewards, ...)"]
         assert all(not i.errors for name, i in info.items() if name != "undecorated")
+
+
+def test_a_plugin_whose_hooks_ran_and_registered_nothing_is_not_blamed():
+    def rewards(register):
+        if False:  # e.g. registers only when an optional dependency is installed
+            register("never", lambda: None)
+
+    with registered_plugin(_plugin(prefdiff_register_rewards=rewards), "conditional") as manager:
+        assert {i.name: i for i in manager.plugins()}["conditional"].errors == []

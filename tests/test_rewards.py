@@ -47,6 +47,8 @@ def test_a_reward_registered_differentiable_must_pass_gradients():
         reward = manager.reward("detached")
         samples = torch.rand(4, 3, 8, 8)
         reward(samples)  # without gradients there is nothing to check
+        with torch.no_grad():  # nor where none are recorded (sampling, evaluation)
+            reward(samples.clone().requires_grad_(True))
         with pytest.raises(PluginError, match="reward 'detached' \\(plugin 'bad-rewards'\\) is registered with "
                                               "differentiable=True, but its scores carry no gradient"):
             reward(samples.requires_grad_(True))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -28,6 +29,13 @@ KINDS = ("datasets", "conditioners", "rewards", "benchmarks", "commands")
 """What plugins register; commands are kept per plugin (``prefdiff PLUGIN COMMAND``)."""
 #: The keyword options ``register`` takes besides the name and factory, by kind.
 REGISTER_OPTIONS = {"datasets": {"draw_condition"}, "rewards": {"differentiable"}}
+#: Where a user gives a factory its options, by kind (named when the options do not fit).
+OPTION_FLAGS = {
+    "rewards": " (prefdiff fit: --model.init_args.reward_options '{key: value}')",
+    "datasets": " (prefdiff fit: --data.dataset_options '{key: value}'; prefdiff sample and edit: "
+                "--dataset-option KEY=VALUE)",
+    "conditioners": " (prefdiff fit: --model.init_args.conditioner_options '{key: value}')",
+}
 
 #: The core's own generic pieces, loaded like any plugin (pytest's default_plugins).
 DEFAULT_PLUGINS = {"example": "prefdiff.builtin.example", "feedback": "prefdiff.builtin.feedback",
@@ -161,7 +169,10 @@ class PluginManager:
             for impl in caller.get_hookimpls():  # registration order: built-ins first
                 self._collect_one(kind, impl)
         for info in self._infos.values():
-            if not info.errors and not any(info.registered.values()) and self._pm.get_plugin(info.name) is not None:
+            plugin = self._pm.get_plugin(info.name)
+            # No hook at all: pluggy skips functions without @hookimpl (a plugin whose hooks ran and
+            # registered nothing, say on a condition, is not told anything).
+            if not info.errors and plugin is not None and not self._pm.get_hookcallers(plugin):
                 info.errors.append("registers nothing: decorate its hook functions with @prefdiff.hookimpl and "
                                    "name them as in prefdiff.hookspecs (prefdiff_register_rewards, ...)")
         self._collected = True
@@ -177,13 +188,12 @@ class PluginManager:
             if not callable(factory):
                 raise PluginError(f"plugin '{plugin}' registered {kind[:-1]} '{name}' with a factory "
                                   f"that is not callable ({type(factory).__name__})")
-            unknown = sorted(set(meta) - REGISTER_OPTIONS.get(kind, set()))
-            if unknown:
-                known = ", ".join(sorted(REGISTER_OPTIONS.get(kind, ()))) or "none"
-                raise PluginError(f"plugin '{plugin}' registered {kind[:-1]} '{name}' with unknown option(s) "
-                                  f"{', '.join(unknown)}; {kind} take: {known}")
+            problem = _registration_problem(kind, name, meta)
+            if problem:  # this entry is left out; the plugin's others stay
+                info.errors.append(f"registers {kind[:-1]} {name!r} {problem}")
+                return
             if kind == "rewards":
-                _check_reward_registration(plugin, name, meta)
+                meta = {**meta, "differentiable": bool(meta.get("differentiable", False))}
             key = f"{plugin} {name}" if kind == "commands" else name
             existing = self._registry[kind].get(key)
             if existing is not None:
@@ -239,15 +249,19 @@ class PluginManager:
         """Call the factory registered under ``name`` with ``options``."""
         entry = self.entry(kind, name)
         try:
+            inspect.signature(entry.factory).bind(**options)
+        except TypeError as exc:
+            raise UserError(f"{kind[:-1]} '{name}' (plugin '{entry.plugin}') rejected its options "
+                            f"{sorted(options)}{OPTION_FLAGS.get(kind, '')}: {exc}") from None
+        except ValueError:  # no signature to read (a builtin): the call itself tells
+            pass
+        try:
             return entry.factory(**options)
         except UserError:
             raise
         except TypeError as exc:
-            where = {"rewards": " (--model.init_args.reward_options '{key: value}')",
-                     "datasets": " (--data.dataset_options '{key: value}')",
-                     "conditioners": " (--model.init_args.conditioner_options '{key: value}')"}.get(kind, "")
             raise UserError(f"{kind[:-1]} '{name}' (plugin '{entry.plugin}') rejected its options "
-                            f"{sorted(options)}{where}: {exc}") from exc
+                            f"{sorted(options)}: {exc}") from exc
 
     def dataset(self, name: str, **options: Any) -> Any:
         """Build the dataset registered under ``name``."""
@@ -276,17 +290,25 @@ class PluginManager:
         return self.build("benchmarks", name, quick=quick)
 
 
-def _check_reward_registration(plugin: str, name: str, meta: dict[str, Any]) -> None:
-    """A reward's name must work in ``--reward`` and weighted sums; ``differentiable`` must be a bool."""
+def _registration_problem(kind: str, name: str, meta: dict[str, Any]) -> str | None:
+    """What is wrong with one ``register`` call's options (None when nothing is): unknown options, and
+    for a reward a name that ``--reward`` and weighted sums cannot hold, or a ``differentiable`` that is
+    not True or False."""
     from prefdiff.rewards import is_reward_name
 
+    unknown = sorted(set(meta) - REGISTER_OPTIONS.get(kind, set()))
+    if unknown:
+        known = ", ".join(sorted(REGISTER_OPTIONS.get(kind, ()))) or "none"
+        return f"with unknown option(s) {', '.join(unknown)}; {kind} take: {known}"
+    if kind != "rewards":
+        return None
     if not is_reward_name(name):
-        raise PluginError(f"plugin '{plugin}' registered reward {name!r}: a reward name starts with a letter "
-                          f"or '_' and holds only letters, digits, '_', '.' and '-', so that --reward and "
-                          f"weighted sums like '0.7*{name}' can name it")
-    if not isinstance(meta.get("differentiable", False), bool):
-        raise PluginError(f"plugin '{plugin}' registered reward '{name}' with differentiable="
-                          f"{meta['differentiable']!r}; pass True or False")
+        return (f"with a name --reward cannot hold: a reward name starts with a letter or '_' and holds only "
+                f"letters, digits, '_', '.' and '-', so that weighted sums like '0.7*NAME' can name it")
+    flag = meta.get("differentiable", False)
+    if flag not in (True, False):  # True, False, 1, 0 and numpy's bools
+        return f"with differentiable={flag!r}; pass True or False"
+    return None
 
 
 _manager: PluginManager | None = None

@@ -134,6 +134,7 @@ class Denoiser(nn.Module):
     def set_negative_prompt(self, text: str) -> None:
         """The unconditional prompt of classifier-free guidance ("" by default, as diffusers' pipelines);
         only a text-to-image model has one."""
+        text = text or ""
         if self.preset.conditioning == "text":
             self.conditioner.negative_prompt = text
         elif text:

@@ -94,8 +94,10 @@ def load_model(directory: str | Path, conditioner: nn.Module | None = None) -> D
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise UserError(f"model folder {directory} does not exist; pass a folder written by `prefdiff fit` or "
-                        f"`prefdiff bench`, or a local diffusers pipeline folder")
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise UserError(f"model folder {directory} {what}; pass a folder written by `prefdiff fit` or "
+                        f"`prefdiff bench`, or a local diffusers pipeline folder (single-file checkpoints are "
+                        f"not read: save the pipeline with `save_pretrained` first)")
     if is_pipeline_folder(directory):
         if conditioner is not None:
             raise UserError(f"{directory} is a text-to-image pipeline with its own text encoder; drop the "

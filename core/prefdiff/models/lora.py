@@ -155,8 +155,9 @@ def load_lora(denoiser: Denoiser, directory: str | Path) -> Denoiser:
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise UserError(f"the LoRA adapter folder {directory} does not exist; pass the `lora/` folder "
-                        f"`prefdiff fit` printed at the end of its run (LoRA adapter: ...)")
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise UserError(f"the LoRA adapter folder {directory} {what}; pass the `lora/` folder `prefdiff fit` "
+                        f"printed at the end of its run (LoRA adapter: ...)")
     try:
         config = LoraConfig(**{k: v for k, v in json.loads((directory / LORA_CONFIG).read_text()).items()
                                if k in LoraConfig.__dataclass_fields__})

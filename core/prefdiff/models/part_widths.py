@@ -28,7 +28,7 @@ from prefdiff.errors import UserError
 
 def check_part_widths(path: Path, layout: str) -> None:
     """One clear error naming the two parts of the folder at ``path`` whose widths disagree."""
-    part = "unet" if (path / "unet").is_dir() else "transformer"
+    part = "transformer" if layout in ("StableDiffusion3Pipeline", "FluxPipeline") else "unet"
     net, vae = _config(path, part), _config(path, "vae")
     encoders = [_config(path, name) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")]
     if layout == "StableDiffusionPipeline" and net.get("addition_embed_type") == "text_time":

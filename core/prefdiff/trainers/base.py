@@ -119,7 +119,7 @@ class AlignmentModule(pl.LightningModule):
         if (model is None) == (base is None):
             raise UserError("give exactly one of --model.model (a fresh preset) or --model.base "
                             "(a saved model folder)")
-        if base is not None and scheduler is not None:
+        if base is not None and scheduler:
             raise UserError(f"--model.scheduler builds a fresh model's scheduler, but a saved model "
                             f"(--model.base {base}) samples with its own scheduler/ folder; drop --model.scheduler, "
                             f"or edit {Path(base) / 'scheduler' / 'scheduler_config.json'}")
