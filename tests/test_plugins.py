@@ -106,6 +106,15 @@ def test_wrong_signature_fails_loudly():
         assert "invalid hook" in info["sig"].errors[0]
 
 
+def installed(folder, module, source, entry_points, version="0.1"):
+    """A distribution as pip leaves it in ``folder``: the module, and a dist-info with its entry points."""
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    dist = folder / f"{module}-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: {version}\n")
+    (dist / "entry_points.txt").write_text(f"[prefdiff]\n{entry_points}\n")
+
+
 def test_entry_point_plugins_load_and_import_errors_are_isolated(tmp_path, monkeypatch):
     # Two real distributions on sys.path, found through importlib.metadata.
     for name, body in {
@@ -117,11 +126,7 @@ def test_entry_point_plugins_load_and_import_errors_are_isolated(tmp_path, monke
         """,
         "badplug": "raise ImportError('missing dependency xyz')\n",
     }.items():
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
-        dist = tmp_path / f"{name}-1.2.3.dist-info"
-        dist.mkdir()
-        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
-        (dist / "entry_points.txt").write_text(f"[prefdiff]\n{name} = {name}\n")
+        installed(tmp_path, name, body, f"{name} = {name}", version="1.2.3")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         manager = PluginManager()
@@ -147,11 +152,7 @@ def test_plugins_that_claim_a_taken_name_or_module_are_reported_not_fatal(tmp_pa
     entry_points = {"dupa": "shared = dupa", "dupb": "shared = dupb", "mine": "example = mine",
                     "twoeps": "twoa = twoeps\ntwob = twoeps"}
     for module, lines in entry_points.items():
-        (tmp_path / f"{module}.py").write_text(textwrap.dedent(reward.format(name=module)))
-        dist = tmp_path / f"{module}-0.1.dist-info"
-        dist.mkdir()
-        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-        (dist / "entry_points.txt").write_text(f"[prefdiff]\n{lines}\n")
+        installed(tmp_path, module, reward.format(name=module), lines)
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         manager = PluginManager()
