@@ -211,6 +211,24 @@ def test_bad_checkpoints(tmp_path):
     other[other.index("--model.init_args.model") + 1] = other[other.index("--model.init_args.model") + 1].replace(
         "[8, 16]", "[16, 32]")
     assert_user_error(run(*other), "from another model")
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    result = run(*_tiny_fit_args(tmp_path / "d", "--ckpt_path", garbage))
+    assert_user_error(result, "garbage.ckpt cannot be read")
+    assert "weights_only" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_ckpt_path_last_looks_in_the_loggers_folders_and_says_what_it_does(tmp_path, capsys):
+    from prefdiff.fit import _resolve_checkpoint
+
+    assert _resolve_checkpoint("last", str(tmp_path / "root"), str(tmp_path / "logs")) is None
+    err = capsys.readouterr().err
+    assert "--ckpt_path last: no last.ckpt under" in err and "starting fresh" in err
+    saved = tmp_path / "logs" / "csv" / "version_0" / "checkpoints" / "last.ckpt"
+    saved.parent.mkdir(parents=True)
+    saved.write_bytes(b"x")
+    assert _resolve_checkpoint("last", str(tmp_path / "root"), str(tmp_path / "logs"), None) == str(saved)
+    assert f"resuming from {saved}" in capsys.readouterr().err
 
 
 def test_ddp_with_two_processes(tmp_path):

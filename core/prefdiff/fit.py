@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,20 @@ def check_config_files(argv: list[str]) -> None:
                             f"not a {type(content).__name__}")
 
 
-def _resolve_checkpoint(ckpt_path: str | None, root: str) -> str | None:
+def _resolve_checkpoint(ckpt_path: str | None, *roots: str) -> str | None:
+    """The checkpoint to resume: ``last`` is the newest ``last*.ckpt`` under any of ``roots`` (the
+    default_root_dir and the loggers' folders, which a config may put elsewhere)."""
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        found = sorted(Path(root).rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            return None  # nothing to resume yet: start fresh, like Lightning's "last"
+        found = sorted({p for root in roots if root for p in Path(root).rglob("last*.ckpt")},
+                       key=lambda p: p.stat().st_mtime)
+        if not found:  # nothing to resume yet: start fresh, like Lightning's "last", but say so
+            print(f"--ckpt_path last: no last.ckpt under {', '.join(sorted({str(r) for r in roots if r}))}; "
+                  f"starting fresh", file=sys.stderr)
+            return None
         ckpt_path = str(found[-1])
+        print(f"resuming from {ckpt_path}", file=sys.stderr)
     if not Path(ckpt_path).is_file():
         raise UserError(f"checkpoint {ckpt_path} does not exist")
     return ckpt_path
@@ -71,7 +78,8 @@ def _check_checkpoint(path: str, model) -> None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state = checkpoint["state_dict"]
     except Exception as exc:
-        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is "
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:200]  # torch's advice is not for users
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {first}); it is "
                         f"truncated or not a Lightning checkpoint; pass another or start fresh") from None
     own = model.state_dict()
     for key in model.frozen_keys(own):  # loaded from the model folder, never checkpointed
@@ -163,7 +171,8 @@ def _fit(argv: list[str], chatter: contextlib.ExitStack) -> int:
         if cause is None:
             raise
         raise cause from None
-    ckpt = _resolve_checkpoint(cli.config.get("ckpt_path"), cli.trainer.default_root_dir)
+    ckpt = _resolve_checkpoint(cli.config.get("ckpt_path"), cli.trainer.default_root_dir,
+                               *(getattr(logger, "save_dir", None) for logger in cli.trainer.loggers))
     if ckpt is not None:
         _check_checkpoint(ckpt, cli.model)
     _check_data_fits(cli)
