@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
+from prefdiff.errors import UserError
 from prefdiff.models.codec import IdentityCodec
 
 if TYPE_CHECKING:
@@ -138,8 +139,6 @@ class Denoiser(nn.Module):
         if self.preset.conditioning == "text":
             self.conditioner.negative_prompt = text
         elif text:
-            from prefdiff.errors import UserError
-
             raise UserError(f"a negative prompt needs a text-to-image pipeline; this model is conditioned on "
                             f"'{self.preset.conditioning}' conditions, whose guidance uses the null condition")
 
