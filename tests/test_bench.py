@@ -132,13 +132,26 @@ def test_base_model_depends_on_the_seed_alone(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def _recolour_edit(model, scheduler, out):
+    """An editing task as the fields write one: SDEdit class-0 samples towards class 1, drawn to edit.png."""
+    from prefdiff.editing import edit_samples
+    from prefdiff.viz import save_labelled_rows
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    edited = edit_samples(model, scheduler, x, torch.ones(2, dtype=torch.long), num_steps=3)
+    save_labelled_rows({"input": x, "edited": edited}, out / "edit.png", columns=2)
+    return {"n": 2}
+
+
 def test_the_command_prints_prefdiff_lines_and_logs_lightning_to_a_file(tmp_path, capfd):
     from prefdiff.cli import main
 
-    with registered_plugin(TinyBench(replace(TINY, default_methods=["dpo"])), "tiny-bench"):
+    recipe = replace(TINY, default_methods=["dpo"], edit=_recolour_edit)
+    with registered_plugin(TinyBench(recipe), "tiny-bench"):
         assert main(["bench", "tiny", "--quick", "--out", str(tmp_path / "out")]) == 0
     out, err = capfd.readouterr()
     assert "aligning with dpo" in out and "report:" in out
+    assert f"edits: {tmp_path / 'out' / 'edit.png'}" in out.splitlines()
     for chatter in ("GPU available", "TPU available", "Tip:", "LeafSpec", "max_steps="):
         assert chatter not in out + err
     log = (tmp_path / "out/bench.log").read_text()
@@ -236,3 +249,32 @@ def test_clean_means_the_source_not_the_published_outputs(tmp_path):
     assert source_commit(tmp_path)["clean"]
     (tmp_path / "core/prefdiff/losses.py").write_text("1\n")
     assert not source_commit(tmp_path)["clean"]
+
+
+def test_leftovers_of_killed_runs_are_cleared_and_a_running_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from prefdiff.bench.publish import staging_folder
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a process that has exited: its PID is free
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = tmp_path / "out"
+        # A run killed between publish's two renames: its old folder is the only copy of the last output.
+        (tmp_path / f".out.old-{dead}").mkdir()
+        (tmp_path / f".out.old-{dead}" / "results.json").write_text("{}")
+        (tmp_path / f".out.tmp-{dead}").mkdir()
+        (tmp_path / f".out.tmp-{alive.pid}").mkdir()
+        (tmp_path / f".other.tmp-{dead}").mkdir()  # beside another output: not ours to clear
+        mine = staging_folder(out)
+        assert (out / "results.json").read_text() == "{}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            ["out", mine.name, f".out.tmp-{alive.pid}", f".other.tmp-{dead}"])
+        (tmp_path / f".out.old-{dead}").mkdir()  # killed while removing it, after the swap: out is newer
+        staging_folder(out)
+        assert not (tmp_path / f".out.old-{dead}").exists() and (out / "results.json").exists()
+    finally:
+        alive.kill()
+        alive.wait()

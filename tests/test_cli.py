@@ -491,3 +491,43 @@ def test_sample_with_an_adapter_of_another_model_is_one_line(tmp_path, capsys):
                           "synthetic_textures", "--dataset-option", "resolution=8", "--conditioner", "class_label",
                           "--steps", "2", "--n", "2", "--out", tmp_path / "out")
     assert f"the LoRA adapter folder {tmp_path / 'nothere'} does not exist; pass the `lora/` folder" in line
+
+
+# Named in a config like any Lightning callback: Ctrl-C, as the terminal sends it, one step into training.
+SIGINT_CALLBACK = """
+import os
+import signal
+
+from pytorch_lightning import Callback
+
+
+class CtrlC(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+"""
+
+
+def test_ctrl_c_during_fit_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    import signal
+
+    # Lightning catches the KeyboardInterrupt itself and exits with 1; the user must still see why it stopped.
+    (tmp_path / "sigint_callback.py").write_text(SIGINT_CALLBACK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ctrl_c = tmp_path / "ctrl_c.yaml"
+    ctrl_c.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "sigint_callback.CtrlC"}]}}))
+    handler = signal.getsignal(signal.SIGINT)
+    assert fit_here(_family_config("sft", tmp_path), tmp_path / "run", "--config", ctrl_c) == 130
+    assert "prefdiff: interrupted; checkpoints written so far are kept" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is handler  # Lightning's SIG_IGN is not left behind
+
+
+def test_an_exit_that_is_not_an_interrupt_keeps_its_code(monkeypatch):
+    from prefdiff import cli
+
+    def exits(argv):
+        raise SystemExit(3)
+
+    monkeypatch.setattr(cli, "_dispatch", exits)
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["sample"])
+    assert raised.value.code == 3

@@ -118,4 +118,7 @@ def test_reward_model_train_command(tmp_path, capsys):
                  "--width", "8"]) == 0
     out = capsys.readouterr().out
     assert "held-out pair accuracy" in out and "12 decided pairs" in out
+    assert len(out.splitlines()) == 4, out  # a summary; the whole report is in config.json
+    metrics = json.loads((tmp_path / "rm" / "config.json").read_text())["metrics"]
+    assert f"train pair accuracy {metrics['train']['accuracy']:.3f}" in out
     assert (tmp_path / "rm" / "model.safetensors").is_file()

@@ -7,13 +7,15 @@ the ``prefdiff_register_commands`` hook.
 
 A mistake the user can fix (bad config, unknown name, bad file) prints one
 line naming the culprit and the fix and exits with code 2; a traceback means
-a bug in prefdiff.
+a bug in prefdiff. Ctrl-C prints one line and exits with code 130, also when
+Lightning caught the interrupt first (it shuts down and exits with 1).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +32,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     from prefdiff.threads import prepare_threads
 
     prepare_threads()  # before anything imports torch
+    interrupted = _InterruptWatch()
     try:
         return _dispatch(argv)
     except UserError as exc:
         print(f"prefdiff: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 130
+        pass
+    except SystemExit:
+        if not interrupted.seen:  # a SystemExit of its own, not Lightning's answer to Ctrl-C
+            raise
+    finally:
+        interrupted.restore()
+    print(f"prefdiff: interrupted; {_AFTER_INTERRUPT.get(argv[0] if argv else '', 'nothing was left half written')}",
+          file=sys.stderr)
+    return 130
+
+
+#: What the interrupt line adds, per command: what survives and how to go on.
+_AFTER_INTERRUPT = {
+    "fit": "checkpoints written so far are kept; rerun the same command with --ckpt_path last to resume",
+    "bench": "the output folder was left as it was; base models and data already cached are reused on the next run",
+}
+
+
+class _InterruptWatch:
+    """Remembers a Ctrl-C (SIGINT) while it raises KeyboardInterrupt as Python's own handler does.
+
+    Lightning's trainer catches KeyboardInterrupt, shuts down and calls ``sys.exit(1)``; this is how
+    :func:`main` tells that exit from any other one.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: signals cannot be handled here
+            self._previous = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _subparser(description: str):
@@ -75,7 +116,8 @@ def _parser(plugin_commands: dict[str, dict[str, Any]]):
     bench.add_argument("--method", action="append", default=None, help="a method to run (repeatable)")
     bench.add_argument("--quick", action="store_true", help="the small settings (minutes)")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--out", default=None, help="output folder (default runs/bench-DOMAIN)")
+    bench.add_argument("--out", default=None,
+                       help="output folder (default runs/bench-DOMAIN, or runs/bench-DOMAIN-quick with --quick)")
     bench.add_argument("--cache", default=None, help="cache folder for base models and data")
     bench.add_argument("--threads", type=int, default=None,
                        help="torch threads (default: the cores other jobs leave free)")
@@ -218,11 +260,14 @@ def _bench(args) -> int:
     choose_threads(args.threads)
     show_progress_lines()
     out = Path(args.out or f"runs/bench-{args.domain}{'-quick' if args.quick else ''}")
-    run_benchmark(args.domain, methods=args.method, quick=args.quick, seed=args.seed, out=out,
-                  cache=Path(args.cache) if args.cache else None, reward=args.reward, judge=args.judge,
-                  ship_base=args.ship_base)
-    print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}\nsamples: {out / 'samples.png'}\n"
-          f"log (with Lightning's lines): {out / 'bench.log'}")
+    results = run_benchmark(args.domain, methods=args.method, quick=args.quick, seed=args.seed, out=out,
+                            cache=Path(args.cache) if args.cache else None, reward=args.reward,
+                            judge=args.judge, ship_base=args.ship_base)
+    print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
+    print(f"samples: {out / 'samples.png'}")
+    if "edit" in results and (out / "edit.png").exists():  # the fields that edit draw their edits there
+        print(f"edits: {out / 'edit.png'}")
+    print(f"log (with Lightning's lines): {out / 'bench.log'}")
     return 0
 
 

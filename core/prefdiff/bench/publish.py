@@ -8,7 +8,11 @@ from pathlib import Path
 
 
 def staging_folder(out: Path) -> Path:
-    """An empty temporary folder beside ``out`` for a run to write into."""
+    """An empty temporary folder beside ``out`` for a run to write into.
+
+    Leftovers of runs that were killed (SIGKILL, a power cut) are cleared first; see :func:`recover`.
+    """
+    recover(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -31,3 +35,34 @@ def publish(new: Path, out: Path) -> None:
         os.replace(out, old)
     os.replace(new, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(out: Path) -> None:
+    """Clear what killed runs left beside ``out``: their staging folders, and the old folder of a run
+    killed while it swapped folders in :func:`publish`.
+
+    Only folders whose process is gone are touched, so a run writing beside ``out`` at the same time
+    keeps its own. An old folder goes back in place when ``out`` is missing (the kill came between the
+    two renames), and is removed otherwise (the kill came while it was being removed).
+    """
+    for leftover in sorted(out.parent.glob(f".{out.name}.*-*")):
+        kind, _, pid = leftover.name.removeprefix(f".{out.name}.").partition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or _running(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(leftover, out)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (ours counts: its leftovers are an earlier call's to replace)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

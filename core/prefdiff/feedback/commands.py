@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -72,12 +71,15 @@ def reward_model(args: argparse.Namespace) -> int:
 
     report = train_reward_model(args.pairs, args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                 held_out=args.held_out, width=args.width, seed=args.seed)
-    print(json.dumps(report, indent=2))
+    train = report["train"]
+    print(f"trained {report['epochs']} epochs on {report['train_labels']} of {report['labels']} labels: "
+          f"train pair accuracy {train['accuracy']:.3f}, loss {train['loss']:.4f}")
     held = report.get("held_out")
     if held:
         low, high = held["accuracy_ci95"]
         print(f"held-out pair accuracy {held['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}, "
               f"{held['decided_pairs']} decided pairs)")
+    print(f"the whole report: {Path(args.out) / 'config.json'} (metrics)")
     print(f"reward model: {args.out} (use it as --model.reward preference_model "
           f"--model.reward_options '{{path: {args.out}}}')")
     return 0
