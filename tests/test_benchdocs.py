@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
+from prefdiff.bench.recipe import AgainstReal
 from prefdiff.benchdocs import README_BEGIN, README_END, readme_with_table, render, summary_table
+from prefdiff.testing import RecipePlugin, registered_plugin, tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results"
@@ -63,10 +65,20 @@ def test_the_table_gives_each_fields_downstream_figure_for_real_data_base_and_th
         (tmp_path / domain).mkdir()
         (tmp_path / domain / "results.json").write_text(
             json.dumps({"domain": domain, "reward": "r", "judge": "j", "seed": 0, "n_eval": 8, **results}))
-    table = summary_table(sorted(tmp_path.glob("*/results.json")))
+    paths = sorted(tmp_path.glob("*/results.json"))
+    # Each field's recipe says which of its metrics measures it against real data; core names none.
+    assert "| 50% | - |" in summary_table(paths)[2]
+    med = AgainstReal("downstream_dice", "downstream Dice", "a third segmenter's real-scan Dice",
+                      interval="downstream_ratio_to_real", reads="{v:.2f}x real's [{lo:.2f}, {hi:.2f}]")
+    rob = AgainstReal("success_rate", "success rate", "the planner's success rate",
+                      interval="success_improvement", reads="{v:+.3f} [{lo:+.3f}, {hi:+.3f}] over base")
+    with registered_plugin(RecipePlugin(tiny_recipe(domain="med", against_real=med)), "med"), \
+            registered_plugin(RecipePlugin(tiny_recipe(domain="rob", against_real=rob)), "rob"):
+        table = summary_table(paths)
     assert "| 50% | downstream Dice: real 0.430, base 0.500, dpo 0.420 (0.98x real's [0.94, 1.02]) |" in table[2]
     assert "| 25% | success rate: real 0.920, base 0.190, ddpo 0.050 (-0.136 [-0.162, -0.108] over base) |" \
         in table[3]
+    assert table[-2].endswith("(med: a third segmenter's real-scan Dice; rob: the planner's success rate).")
 
 
 def test_the_performance_section_names_the_commit_each_figure_ran_on():

@@ -25,6 +25,7 @@ _SOURCES = {
     "PluginError": "prefdiff.errors",
     # benchmark recipes
     "Recipe": "prefdiff.bench.recipe",
+    "AgainstReal": "prefdiff.bench.recipe",
     # sampling and editing
     "sample": "prefdiff.sampling",
     "sdedit": "prefdiff.sampling",
@@ -69,7 +70,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static checkers and editors see
-    from prefdiff.bench.recipe import Recipe  # noqa: F401
+    from prefdiff.bench.recipe import AgainstReal, Recipe  # noqa: F401
     from prefdiff.bench.stats import paired_bootstrap_ci, sliced_wasserstein  # noqa: F401
     from prefdiff.cache import cache_root  # noqa: F401
     from prefdiff.data import collate, concat, condition_count, repeat_condition, select  # noqa: F401

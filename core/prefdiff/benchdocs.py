@@ -139,38 +139,55 @@ def _field(path: Path, page: Path) -> list[str]:
     return lines
 
 
-DOWNSTREAM = {
-    "downstream_dice": ("downstream Dice", "downstream_ratio_to_real", "{v:.2f}x real's [{lo:.2f}, {hi:.2f}]"),
-    "success_rate": ("success rate", "success_improvement", "{v:+.3f} [{lo:+.3f}, {hi:+.3f}] over base"),
-    "gap_mean": ("traffic statistics' gap to real (lower is better; real: 0)", None, ""),
-}
-"""The field metrics that say what samples are worth against real data; the first a field has fills
-its against-real-data cell: (label, the metric with a CI95 beside it, how that interval reads)."""
-
-
 LEGEND = ("Judge means on held-out conditions; improvement over the base with its 95% bootstrap interval, and a "
           "method is above zero when the interval's low end is. Gap to real closed: (best - base) / (real - base) on "
-          "the judge, past 100% when the best method outscores real data. Against real data: the field's own measure "
-          "of what its samples are worth, for real data, the base and the best method on the judge (medical: the "
-          "real-scan Dice of a third segmenter trained on each model's synthetic pairs; robotics: the planner's "
-          "success rate, real being the demonstrations; driving: the traffic statistics' distance to real scenes).")
+          "the judge, past 100% when the best method outscores real data.")
+
+AGAINST_REAL_LEGEND = ("Against real data: the field's own measure of what its samples are worth, for real data, "
+                       "the base and the best method on the judge ({}).")
 
 
-def _downstream(r: dict[str, Any], best: str) -> str:
-    """The summary table's against-real-data cell: the field's downstream figure for real data, the
-    base and the best method on the judge, with that method's interval."""
+def against_real(domain: str):
+    """The ``against_real`` of the benchmark recipe registered as ``domain`` (a
+    :class:`prefdiff.bench.recipe.AgainstReal`); None where the recipe has none or no installed plugin
+    registers the domain."""
+    from prefdiff.plugins import get_manager
+
+    manager = get_manager()
+    if domain not in manager.names("benchmarks"):
+        return None
+    return manager.benchmark(domain).against_real
+
+
+def _against_real_cell(r: dict[str, Any], best: str) -> str:
+    """The summary table's against-real-data cell: the field's measure for real data, the base and the
+    best method on the judge, with that method's interval."""
+    spec = against_real(r["domain"])
     base, method = r["base"].get("metrics", {}), r["methods"][best].get("metrics", {})
-    key = next((k for k in DOWNSTREAM if k in base and k in method), None)
-    if key is None:
+    if spec is None or spec.metric not in base or spec.metric not in method:
         return "-"
-    label, interval, reads = DOWNSTREAM[key]
+    key = spec.metric
     real = r.get("real", {}).get("metrics", {}).get(key)
-    cell = (f"{label}: " + (f"real {real:.3f}, " if real is not None else "")
+    cell = (f"{spec.label}: " + (f"real {real:.3f}, " if real is not None else "")
             + f"base {base[key]:.3f}, {best} {method[key]:.3f}")
-    if interval in method and f"{interval}_ci95" in method:
-        lo, hi = method[f"{interval}_ci95"]
-        cell += " (" + reads.format(v=method[interval], lo=lo, hi=hi) + ")"
+    if spec.interval in method and f"{spec.interval}_ci95" in method:
+        lo, hi = method[f"{spec.interval}_ci95"]
+        cell += " (" + spec.reads.format(v=method[spec.interval], lo=lo, hi=hi) + ")"
     return cell
+
+
+def _legend(domains: list[str]) -> str:
+    """The summary table's legend, saying what each field's against-real-data cell measures (fields that
+    share a measure are named together)."""
+    fields: dict[str, list[str]] = {}
+    for domain in domains:
+        spec = against_real(domain)
+        if spec is not None:
+            fields.setdefault(spec.legend, []).append(domain)
+    if not fields:
+        return LEGEND
+    parts = "; ".join(f"{' and '.join(names)}: {legend}" for legend, names in fields.items())
+    return f"{LEGEND} {AGAINST_REAL_LEGEND.format(parts)}"
 
 
 def _gap_closed(r: dict[str, Any], best: dict[str, Any]) -> str:
@@ -187,8 +204,10 @@ def summary_table(paths: list[Path]) -> list[str]:
     judge, how much of the gap to real data it closes, and the field's downstream figure."""
     lines = ["| field | judge | real held-out data | base | best method | its judge mean | improvement [CI95] | "
              "gap to real closed | against real data | methods above zero |", "|---" * 10 + "|"]
+    domains = []
     for path in paths:
         r = json.loads(path.read_text())
+        domains.append(r["domain"])
         methods = r["methods"]
         best = max(methods, key=lambda m: methods[m]["improvement"], default=None)
         real = f"{r['real']['reward_mean']:.4f}" if "real" in r else "-"
@@ -200,9 +219,9 @@ def summary_table(paths: list[Path]) -> list[str]:
         b = methods[best]
         lo, hi = b["improvement_ci95"]
         lines.append(row + f"{best} | {b['reward_mean']:.4f} | {b['improvement']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
-                     f"{_gap_closed(r, b)} | {_downstream(r, best)} | "
+                     f"{_gap_closed(r, b)} | {_against_real_cell(r, best)} | "
                      f"{', '.join(above) or 'none'} ({len(above)} of {len(methods)}) |")
-    return lines + ["", LEGEND, ""]
+    return lines + ["", _legend(domains), ""]
 
 
 def _value(value: Any) -> str:

@@ -19,6 +19,27 @@ BASE_FIELDS = ("domain", "dataset", "dataset_options", "model", "conditioner", "
                "pretrain_steps", "pretrain_batch", "train_size")
 
 
+@dataclass(frozen=True)
+class AgainstReal:
+    """How the benchmarks page summarises a field's measure against real data (``prefdiff.benchdocs``).
+
+    The cell reads "LABEL: real R, base B, METHOD M (INTERVAL)" for the metric of real
+    data, the base and the method with the best judge improvement.
+    """
+
+    metric: str
+    """A key of each model's ``metrics`` (see :attr:`Recipe.metrics`)."""
+    label: str
+    legend: str
+    """What the metric is, for the page's legend ("the planner's success rate, real being the
+    demonstrations")."""
+    interval: str | None = None
+    """A method metric with its 95% interval beside it (``KEY_ci95``), shown after the values."""
+    reads: str = ""
+    """How that interval reads: a format of ``v``, ``lo`` and ``hi``, e.g.
+    ``"{v:+.3f} [{lo:+.3f}, {hi:+.3f}] over base"``."""
+
+
 @dataclass
 class Recipe:
     """Everything `prefdiff bench` needs to know about one domain.
@@ -90,6 +111,9 @@ class Recipe:
     """edit(denoiser, scheduler, out_dir) -> {"reward_mean", "preservation", ...}: the
     field's editing task, run on the aligned model with the best judge improvement
     (the base model when no method ran); it may write figures into out_dir."""
+    against_real: AgainstReal | None = None
+    """The field's own measure of what its samples are worth against real data, one of the
+    :attr:`metrics`: the "against real data" cell of the benchmarks page's summary table."""
 
     def reward_for(self, method: str) -> tuple[str, dict]:
         """The reward a method trains with, and its options."""

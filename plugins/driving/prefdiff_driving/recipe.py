@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from prefdiff.api import Recipe
+from prefdiff.api import AgainstReal, Recipe
 
 from prefdiff_driving import bev
 from prefdiff_driving.conditioner import CHANNELS_OUT
@@ -81,6 +81,8 @@ def driving_recipe(quick: bool = False) -> Recipe:
         mine_conditions=16 if quick else 192, mine_per_condition=4 if quick else 16,
         prepare=partial(prepare, quick=quick),
         metrics=_statistics,
+        against_real=AgainstReal("gap_mean", "traffic statistics' gap to real (lower is better; real: 0)",
+                                 "the traffic statistics' distance to real scenes"),
         drift=_drift, drift_note="relative difference of agent density (share of cells holding a vehicle or "
                                  "pedestrian) from the real held-out scenes; 0 = as much traffic as real",
     )

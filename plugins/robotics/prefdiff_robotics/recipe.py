@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prefdiff.api import Recipe, paired_bootstrap_ci
+from prefdiff.api import AgainstReal, Recipe, paired_bootstrap_ci
 from prefdiff_robotics.editing import NUM_STEPS
 from prefdiff_robotics.scene import CHANNELS, HORIZON
 
@@ -108,7 +108,10 @@ def robotics_recipe(quick: bool = False) -> Recipe:
         align_batch=8, lora_rank=8, n_eval=32 if quick else 256, eval_samples=1 if quick else 4,
         num_steps=8 if quick else NUM_STEPS, mine_conditions=32 if quick else 512, mine_per_condition=4,
         prepare=partial(prepare, demos=600 if quick else 3000, quick=quick), render=render,
-        metrics=success_metrics)
+        metrics=success_metrics,
+        against_real=AgainstReal("success_rate", "success rate", "the planner's success rate, real being the "
+                                 "demonstrations", interval="success_improvement",
+                                 reads="{v:+.3f} [{lo:+.3f}, {hi:+.3f}] over base"))
 
 
 def flow_method_options(num_steps: int) -> dict[str, dict]:
