@@ -51,9 +51,10 @@ def diffusers_pipeline(folder, lora=None):
     return pipe
 
 
-def diffusers_latents(folder, denoiser, latents, *, steps, guidance, lora=None):
+def diffusers_latents(folder, denoiser, latents, *, steps, guidance, lora=None, distilled=None):
     """What diffusers' pipeline samples from our prompt embeddings and initial latents; for FLUX ``guidance``
-    is true CFG (``true_cfg_scale``) and the distilled guidance is its default."""
+    is true CFG (``true_cfg_scale``) and ``distilled`` the distilled guidance (its ``guidance_scale``, None:
+    its default)."""
     pipe = diffusers_pipeline(folder, lora)
     encoded, negative = denoiser.conditioner(PROMPTS), denoiser.conditioner(denoiser.null_condition(PROMPTS))
     kwargs = {"prompt_embeds": encoded["encoder_hidden_states"], "pooled_prompt_embeds": encoded["pooled_projections"],
@@ -63,6 +64,8 @@ def diffusers_latents(folder, denoiser, latents, *, steps, guidance, lora=None):
     flux = type(pipe).__name__ == "FluxPipeline"
     if flux:  # FluxPipeline takes and returns its packed latents (2x2 patches as tokens)
         kwargs["true_cfg_scale"] = guidance
+        if distilled is not None:
+            kwargs["guidance_scale"] = distilled
         latents = pipe._pack_latents(latents, *latents.shape)
     else:
         kwargs["guidance_scale"] = guidance
@@ -292,3 +295,34 @@ def test_bad_folders_get_one_clear_error(sd3, tmp_path):
     with pytest.raises(UserError, match=r"is a StableDiffusion3Pipeline but its transformer/ holds a "
                                         r"FluxTransformer2DModel"):
         load_model(swapped)
+
+
+def test_distilled_guidance_is_the_flux_pipelines_guidance_scale(flux, sd3, tmp_path):
+    from safetensors.torch import load_file
+
+    from prefdiff.cli import main
+    from prefdiff.trainers import PolicyGradientModule
+
+    denoiser = load_model(flux)
+    latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
+    default = ours(flux, latents, 1.0, denoiser)
+    denoiser.set_distilled_guidance(7.0)
+    mine = ours(flux, latents, 1.0, denoiser)
+    torch.testing.assert_close(mine, diffusers_latents(flux, denoiser, latents, steps=4, guidance=1.0, distilled=7.0),
+                               atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(mine, default, atol=1e-4)
+    # The same value from the command line and from fit's options.
+    for name, extra in (("default", []), ("seven", ["--distilled-guidance", "7"])):
+        assert main(["sample", "--model", str(flux), "--prompt", "a red cat", "--n", "1", "--steps", "3",
+                     *extra, "--out", str(tmp_path / name)]) == 0
+    default, seven = (load_file(str(tmp_path / name / "samples.safetensors"))["samples"] for name in ("default", "seven"))
+    assert (default - seven).abs().max() > 1e-3
+    module = PolicyGradientModule(base=str(flux), lora_rank=2, reward="smoothness", distilled_guidance=7.0)
+    assert module.denoiser.net_call.guidance == 7.0
+    # A transformer that embeds no guidance value: one line naming the option and the alternative.
+    with pytest.raises(UserError, match="--model.init_args.distilled_guidance needs a guidance-distilled FLUX.*"
+                                        "StableDiffusion3Pipeline has none.*--guidance-scale"):
+        PolicyGradientModule(base=str(sd3), lora_rank=2, reward="smoothness", distilled_guidance=7.0)
+    assert main(["sample", "--model", str(sd3), "--prompt", "a cat", "--n", "1", "--steps", "2",
+                 "--distilled-guidance", "7", "--out", str(tmp_path / "sd3")]) == 2
+    assert not (tmp_path / "sd3").exists()

@@ -180,6 +180,9 @@ def _model_args(parser) -> None:
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; text-to-image)")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1: none)")
     parser.add_argument("--negative-prompt", default="", help="the prompt guidance steers away from (text-to-image)")
+    parser.add_argument("--distilled-guidance", type=float, default=None,
+                        help="a guidance-distilled FLUX's embedded guidance (FluxPipeline's guidance_scale; "
+                             "default 3.5); --guidance-scale is classifier-free guidance")
     parser.add_argument("--dataset", default=None, help="registered dataset giving the conditions")
     parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--split", default="test")

@@ -26,6 +26,7 @@ def _load_model(args: argparse.Namespace):
     conditioner = get_manager().conditioner(args.conditioner) if args.conditioner else None
     denoiser = load_model(args.model, conditioner)
     denoiser.set_negative_prompt(args.negative_prompt)
+    denoiser.set_distilled_guidance(args.distilled_guidance, flag="--distilled-guidance")
     if args.lora:
         load_lora(denoiser, args.lora)
     return denoiser.eval(), load_scheduler(args.model)

@@ -143,6 +143,26 @@ class Denoiser(nn.Module):
                             f"'{self.preset.conditioning}' conditions, whose guidance uses the null condition")
 
 
+    def set_distilled_guidance(self, value: float | None, *, flag: str = "distilled_guidance") -> None:
+        """The guidance value a guidance-distilled transformer (FLUX.1-dev, ``guidance_embeds``) embeds:
+        what FluxPipeline's ``guidance_scale`` sets (3.5 by default, as there). None keeps the current one.
+
+        It is not classifier-free guidance (``guidance_scale`` of the samplers, FluxPipeline's
+        ``true_cfg_scale``): the model takes it as an input, in one forward pass. ``flag`` is the
+        option's name in the errors.
+        """
+        if value is None:
+            return
+        if getattr(self.net_call, "guidance", None) is None:
+            model = getattr(self, "pipeline_class", None) or f"{self.preset.kind} model"
+            raise UserError(f"{flag} needs a guidance-distilled FLUX transformer (guidance_embeds in its "
+                            f"config), and this {model} has none; for classifier-free guidance give the "
+                            f"guidance scale (--guidance-scale, or --model.init_args.guidance_scale in fit)")
+        if not value > 0:
+            raise UserError(f"{flag} must be > 0, got {value}")
+        self.net_call.guidance = float(value)
+
+
 def _broadcast_like(cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Expand a per-sample vector condition over the spatial or time axes of x."""
     while cond.ndim < x.ndim:

@@ -83,6 +83,9 @@ class AlignmentModule(pl.LightningModule):
         (std 1/rank, as TRL's DDPO and AlignProp trainers start them); B starts at zero either way.
     :param negative_prompt: text-to-image pipelines: the prompt classifier-free guidance steers away
         from, in sampling and wherever the trainer applies guidance ("" by default, as diffusers).
+    :param distilled_guidance: a guidance-distilled FLUX transformer's embedded guidance value
+        (FluxPipeline's ``guidance_scale``); None keeps FluxPipeline's default, 3.5. Not classifier-free
+        guidance, which is ``guidance_scale``.
 
     Performance options (none changes the numbers beyond float tolerance; tests/test_levers.py;
     benchmarks/gpu.sh measures each one on and off):
@@ -111,7 +114,8 @@ class AlignmentModule(pl.LightningModule):
                  sdpa_backend: str | None = None, compile: bool = False, compile_mode: str = "default",
                  fused_optimizer: bool = False,
                  gradient_checkpointing: bool = False,
-                 lora_init: str = "default", negative_prompt: str = "") -> None:  # pragma: no mutate block
+                 lora_init: str = "default", negative_prompt: str = "",
+                 distilled_guidance: float | None = None) -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
         if seed is None:
@@ -156,6 +160,7 @@ class AlignmentModule(pl.LightningModule):
         else:
             denoiser = build_denoiser(ModelPreset(**hp.model), cond_module)
         denoiser.set_negative_prompt(hp.negative_prompt)
+        denoiser.set_distilled_guidance(hp.distilled_guidance, flag="--model.init_args.distilled_guidance")
         if hp.lora_rank > 0:
             add_lora(denoiser, LoraOptions(r=hp.lora_rank, alpha=hp.lora_alpha or float(hp.lora_rank),
                                            target_modules=self._lora_target_names(denoiser.net),
