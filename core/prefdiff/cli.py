@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 _AFTER_INTERRUPT = {
     "fit": "checkpoints written so far are kept; rerun the same command with --ckpt_path last to resume",
     "bench": "the output folder was left as it was; base models and data already cached are reused on the next run",
+    "label": "the labeling page stopped; every answer given is in the pair file",
 }
 
 

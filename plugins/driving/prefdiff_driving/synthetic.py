@@ -25,6 +25,8 @@ from prefdiff.api import UserError
 from prefdiff_driving import world
 
 MAP_NAME = "singapore-onenorth"
+MARKER = "prefdiff-synthetic.json"
+"""The file :func:`make_dataset` writes into its dataroots: only a folder holding it is ever replaced."""
 VERSIONS = ("v1.0-mini", "v1.0-trainval")
 IN_RANGE = 40.0            # annotate agents within this many metres of the ego
 
@@ -279,9 +281,9 @@ def make_dataset(root: str | Path, version: str = "v1.0-mini", scenes: int | Non
     blocked = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise UserError(f"cannot write the dataroot {root}: {blocked} is a file, not a folder; pass a new folder")
-    if root.is_dir() and any(root.iterdir()) and not any((root / v).is_dir() for v in VERSIONS):
-        raise UserError(f"{root} holds files but no dataroot ({' or '.join(f'{v}/' for v in VERSIONS)}); not "
-                        f"replacing a folder prefdiff did not write; pass a new or empty folder")
+    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():
+        raise UserError(f"{root} holds files that `prefdiff driving make-data` did not write (it marks its "
+                        f"dataroots with {MARKER}); not replacing them: pass a new or empty folder")
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -300,6 +302,8 @@ def make_dataset(root: str | Path, version: str = "v1.0-mini", scenes: int | Non
         for name, records in tables.t.items():
             (tmp / version / f"{name}.json").write_text(json.dumps(records, indent=0))
         (tmp / "maps" / "expansion" / f"{MAP_NAME}.json").write_text(json.dumps(expansion))
+        (tmp / MARKER).write_text(json.dumps({"version": version, "scenes": len(train + val), "seed": seed,
+                                              "duration_s": duration}) + "\n")
         if root.exists():
             old = root.parent / f".{root.name}.old-{os.getpid()}"
             os.replace(root, old)

@@ -1,6 +1,7 @@
 """The synthetic dataroot loads in the installed nuscenes-devkit, and the dataset reads it through it."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +138,24 @@ def test_make_data_command_errors_exit_2(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     assert main(["driving", "make-data", str(tmp_path / "x"), "--scenes", "0"]) == 2
     assert "--scenes must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_make_data_replaces_its_own_dataroot_but_never_a_users(dataroot_copy, tmp_path, capsys):
+    import shutil
+
+    from prefdiff.cli import main
+
+    users = Path(shutil.copytree(dataroot_copy, tmp_path / "nuscenes"))  # a real dataroot: tables, and more
+    (users / "prefdiff-synthetic.json").unlink()
+    (users / "samples" / "CAM_FRONT").mkdir(parents=True)
+    (users / "samples" / "CAM_FRONT" / "a.jpg").write_bytes(b"jpeg")
+    assert main(["driving", "make-data", str(users), "--version", "v1.0-trainval", "--scenes", "1"]) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert (users / "samples" / "CAM_FRONT" / "a.jpg").read_bytes() == b"jpeg"
+    assert not (users / "v1.0-trainval").exists()
+    assert main(["driving", "make-data", str(dataroot_copy), "--version", "v1.0-trainval", "--scenes", "1",
+                 "--duration", "2"]) == 0
+    assert sorted(p.name for p in dataroot_copy.iterdir()) == ["maps", "prefdiff-synthetic.json", "v1.0-trainval"]
 
 
 def test_a_failed_make_data_leaves_the_earlier_dataroot_intact(dataroot_copy, monkeypatch):

@@ -58,9 +58,11 @@ def write_robomimic(path: str | Path, demos, splits=(0.8, 0.1, 0.1)) -> Path:
     blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise UserError(f"cannot write {path}: {blocked} is a file, not a folder; pass a path in a folder")
-    if path.is_file() and not h5py.is_hdf5(path):
-        raise UserError(f"{path} exists and is not an HDF5 file; not replacing a file prefdiff did not write; "
-                        f"pass a new file name")
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; pass a file name, e.g. {path / 'demos.hdf5'}")
+    if path.exists() and not _written_here(path):
+        raise UserError(f"{path} exists and was not written by `prefdiff robotics make-data` (its env_args do not "
+                        f"name {ENV_ID}); not replacing it: pass a new file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     demos = list(demos)
@@ -97,6 +99,21 @@ def write_robomimic(path: str | Path, demos, splits=(0.8, 0.1, 0.1)) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _written_here(path: Path) -> bool:
+    """Whether ``path`` is a demonstration file :func:`write_robomimic` wrote: HDF5 whose ``env_args``
+    name this plugin's environment (a user's robomimic file names its own)."""
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            env_args = f["data"].attrs.get("env_args", "{}")
+        return json.loads(env_args).get("env_name") == ENV_ID
+    except (OSError, KeyError, ValueError, AttributeError):
+        return False
 
 
 def _key_paths(keys: dict[str, str] | None) -> tuple[tuple[str, str], ...]:

@@ -105,8 +105,27 @@ def test_make_data_rejects_bad_arguments(tmp_path, capsys):
     assert main(["robotics", "make-data", str(tmp_path / "afile" / "x.hdf5"), "--demos", "1"]) == 2
     assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
     assert main(["robotics", "make-data", str(tmp_path / "afile"), "--demos", "1"]) == 2
-    assert f"{tmp_path / 'afile'} exists and is not an HDF5 file" in capsys.readouterr().err
+    assert f"{tmp_path / 'afile'} exists and was not written by" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "a user's file"
+    assert main(["robotics", "make-data", str(tmp_path), "--demos", "1"]) == 2
+    assert "it is a folder; pass a file name" in capsys.readouterr().err
+
+
+def test_make_data_replaces_its_own_file_but_never_a_users_robomimic_file(demo_file, tmp_path, capsys):
+    import shutil
+
+    users = tmp_path / "lift.hdf5"  # robomimic's layout, written by someone else's environment
+    with h5py.File(users, "w") as f:
+        f.create_group("data").attrs["env_args"] = json.dumps({"env_name": "Lift", "type": 1})
+        f.create_dataset("data/demo_0/actions", data=np.zeros((5, 7)))
+    before = users.read_bytes()
+    assert main(["robotics", "make-data", str(users), "--demos", "2"]) == 2
+    assert "was not written by `prefdiff robotics make-data`" in capsys.readouterr().err
+    assert users.read_bytes() == before
+    ours = shutil.copy(demo_file, tmp_path / "ours.hdf5")
+    assert main(["robotics", "make-data", str(ours), "--demos", "2"]) == 0
+    with h5py.File(ours, "r") as f:
+        assert len([k for k in f["data"] if k.startswith("demo_")]) == 2
 
 
 def _masks(f, **masks):
