@@ -146,6 +146,10 @@ def _load_volume(image: str, label: str, stamp: tuple, resolution: int, modality
             raise UserError(f"{image} has {data['image'].shape[0]} modalities; --data.modality={modality} "
                             f"is out of range")
         data["image"] = data["image"][modality:modality + 1]
+    bad = int((~torch.isfinite(_plain(data["image"]))).sum())
+    if bad:  # one NaN makes the percentiles, hence the whole volume, NaN: a model trained on it is NaN
+        raise UserError(f"{image} holds {bad} NaN or infinite voxel(s); fill them (e.g. with the background "
+                        f"value) or leave the volume out of dataset.json")
     for transform in rest[1:]:
         data = transform(data)
     return _plain(data["image"])[0].float(), _plain(data["label"])[0].round().float()

@@ -1,7 +1,9 @@
 """Mask conditioners: one-hot channels for concatenation, and a ControlNet's inputs."""
 
+import pytest
 import torch
 
+from prefdiff.errors import UserError
 from prefdiff.models import ModelPreset, build_denoiser, load_model, save_model
 from prefdiff.plugins import get_manager
 
@@ -19,6 +21,9 @@ def test_mask_onehot_has_one_channel_per_foreground_class():
     assert out[0, 0, 2:6, 2:6].eq(1).all() and out[0, 0].sum() == 16 and out[0, 1].sum() == 0
     assert out[1, 1, 8:12, 8:12].eq(1).all() and out[1, 0].sum() == 0
     assert get_manager().conditioner("mask_onehot", num_classes=2)(torch.zeros(1, 1, 4, 4)).sum() == 0
+    # A class without a channel would read as background: one line saying which option to raise.
+    with pytest.raises(UserError, match="holds class 3, but the mask conditioner has num_classes=2"):
+        get_manager().conditioner("mask_onehot", num_classes=2)(torch.full((1, 1, 4, 4), 3.0))
 
 
 def test_concat_denoiser_depends_on_the_mask(tmp_path):

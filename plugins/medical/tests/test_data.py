@@ -87,6 +87,17 @@ def test_label_with_undeclared_classes(task_copy):
         load_all(task_copy)
 
 
+def test_nan_voxels_name_the_file(task_copy):
+    # One NaN voxel turns the percentile scaling, hence every slice of the volume, into NaN.
+    image = _first(task_copy)
+    loaded = nib.load(image)
+    volume = np.asarray(loaded.dataobj).astype(np.float32)
+    volume[0, 0, :2] = np.nan
+    nib.save(nib.Nifti1Image(volume, loaded.affine), str(image))
+    with pytest.raises(UserError, match=rf"{image} holds 2 NaN or infinite voxel\(s\)"):
+        load_all(task_copy)
+
+
 def test_empty_or_missing_images_folder(task_copy):
     for f in (task_copy / "imagesTr").iterdir():
         f.unlink()
