@@ -531,3 +531,43 @@ def test_an_exit_that_is_not_an_interrupt_keeps_its_code(monkeypatch):
     with pytest.raises(SystemExit) as raised:
         cli.main(["sample"])
     assert raised.value.code == 3
+
+
+def test_edit_checks_the_mask_the_samples_shape_and_the_out_folder(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from prefdiff.models import build_denoiser, save_model
+
+    save_model(build_denoiser({"kind": "unet2d", "sample_size": 8, "conditioning": "class", "num_classes": 4,
+                               "block_out_channels": [8, 16]}), tmp_path / "model")
+    common = ["edit", "--model", tmp_path / "model", "--dataset", "synthetic_textures", "--dataset-option",
+              "resolution=8", "--conditioner", "class_label", "--steps", "2"]
+    masks = {"wide": torch.ones(1, 1, 16, 16), "byte": torch.full((1, 1, 8, 8), 255.0),
+             "nan": torch.full((1, 1, 8, 8), float("nan"))}
+    for name, keep in masks.items():
+        save_file({"keep": keep}, str(tmp_path / f"{name}.safetensors"))
+    line = fit_user_error(capsys, *common, "--mask", tmp_path / "wide.safetensors", "--out", tmp_path / "o")
+    assert "'keep' tensor has shape (1, 1, 16, 16), which does not fit the sample's (1, 3, 8, 8)" in line
+    for name in ("byte", "nan"):
+        line = fit_user_error(capsys, *common, "--mask", tmp_path / f"{name}.safetensors", "--out", tmp_path / "o")
+        assert "'keep' must hold values in [0, 1]" in line, line
+    line = fit_user_error(capsys, *[a if a != "resolution=8" else "resolution=16" for a in common],
+                          "--out", tmp_path / "o")
+    assert "gives samples of shape (3, 16, 16), but the model" in line and "makes (3, 8, 8)" in line
+    (tmp_path / "afile").write_text("mine")
+    line = fit_user_error(capsys, *common, "--out", tmp_path / "afile")
+    assert f"--out {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a folder" in line
+    assert (tmp_path / "afile").read_text() == "mine" and not (tmp_path / "o").exists()
+
+
+def test_fit_reads_one_model_field_from_the_command_line_and_checks_the_run_folder(tmp_path, capsys):
+    from prefdiff.models.presets import ModelPreset
+
+    # jsonargparse hands a nested field's value over as text: it is read as YAML, like the rest.
+    assert ModelPreset(conditioning="concat", cond_channels="3").cond_channels == 3
+    line = fit_user_error(capsys, *_tiny_fit_args(tmp_path / "a", "--model.init_args.model.num_classes", "four"))
+    assert "model option num_classes must be an integer, got 'four'" in line
+    (tmp_path / "afile").write_text("mine")
+    line = fit_user_error(capsys, *_tiny_fit_args(tmp_path / "afile"))
+    assert f"--trainer.default_root_dir {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a folder" in line
+    assert (tmp_path / "afile").read_text() == "mine"

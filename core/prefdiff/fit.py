@@ -135,6 +135,10 @@ def _fit(argv: list[str], chatter: contextlib.ExitStack) -> int:
                 warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
                 super().parse_arguments(parser, args)
             root = Path(self.config.get("trainer.default_root_dir") or os.getcwd())
+            blocked = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+            if blocked is not None:
+                raise UserError(f"--trainer.default_root_dir {root}: {blocked} is a file, not a folder; pass "
+                                f"a new folder for the run")
             root.mkdir(parents=True, exist_ok=True)
             chatter.enter_context(lightning_chatter_to(root / LOG_FILE))
 

@@ -12,6 +12,10 @@ from prefdiff.errors import UserError
 
 
 def _check_counts(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"--out {out}: {blocked} is a file, not a folder; pass a new folder")
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if getattr(args, "n", 1) < 1:
@@ -111,12 +115,25 @@ def _read_keep(path: str, like: torch.Tensor) -> torch.Tensor:
 
     try:
         if path.endswith(".safetensors"):
-            return load_file(path)["keep"].to(like)
-        mask = Image.open(path).convert("L").resize(like.shape[-2:][::-1], Image.NEAREST)
-        return (torch.from_numpy(np.asarray(mask).copy()) > 127).to(like)[None, None]
+            keep = load_file(path)["keep"].to(like)
+        else:
+            mask = Image.open(path).convert("L").resize(like.shape[-2:][::-1], Image.NEAREST)
+            return (torch.from_numpy(np.asarray(mask).copy()) > 127).to(like)[None, None]
     except Exception as exc:
         raise UserError(f"--mask {path} must be a safetensors file with a 'keep' tensor or an image "
                         f"(white keeps): {exc}") from None
+    wanted = (1, 1, *like.shape[2:])
+    try:
+        fits = torch.broadcast_shapes(keep.shape, like.shape) == like.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise UserError(f"--mask {path}: its 'keep' tensor has shape {tuple(keep.shape)}, which does not fit the "
+                        f"sample's {tuple(like.shape)}; save it as {wanted}")
+    if not (torch.isfinite(keep).all() and keep.min() >= 0 and keep.max() <= 1):
+        raise UserError(f"--mask {path}: 'keep' must hold values in [0, 1] (1 keeps the input), got values from "
+                        f"{float(keep.min()):g} to {float(keep.max()):g}; divide by 255 or threshold it")
+    return keep
 
 
 @torch.no_grad()
@@ -141,6 +158,10 @@ def edit(args: argparse.Namespace) -> int:
         if "x0" not in item:
             raise UserError(f"dataset '{args.dataset}' has no samples (x0) to edit")
         x0, cond = item["x0"], item["cond"]
+        made = tuple(denoiser.decode(torch.zeros(1, *denoiser.sample_shape)).shape[1:])
+        if tuple(x0.shape[1:]) != made:
+            raise UserError(f"dataset '{args.dataset}' gives samples of shape {tuple(x0.shape[1:])}, but the model "
+                            f"in {args.model} makes {made}; pass the --dataset-option values it was trained with")
         if args.cond_from is not None:
             cond = collate([dataset[args.cond_from]])["cond"]
     if args.prompt:

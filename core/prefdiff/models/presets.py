@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from torch import nn
 
@@ -46,6 +46,7 @@ class ModelPreset:
     flow-matching model (Lipman et al. 2023), sampled by the Euler ODE or Flow-GRPO's SDE."""
 
     def __post_init__(self) -> None:
+        self._read_values()
         self.block_out_channels = tuple(self.block_out_channels)
         if self.prediction_type not in ("epsilon", "v_prediction", "flow"):
             raise UserError(f"--model.prediction_type must be epsilon, v_prediction or flow, "
@@ -64,6 +65,29 @@ class ModelPreset:
                             f"--model.block_out_channels entry {list(self.block_out_channels)}")
 
 
+
+    def _read_values(self) -> None:
+        """Values that came as text (one field overridden on the command line: ``--model.init_args.model.cond_channels
+        3``) read as YAML, as the rest of the options are; a value of the wrong type is one line naming it."""
+        import yaml
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and f.type != "str":
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    pass
+                setattr(self, f.name, value)
+            if f.type.startswith("tuple"):
+                ok, kind = isinstance(value, (list, tuple)) and all(type(v) is int for v in value), "a list of integers"
+            elif f.type in ("int", "bool", "str"):
+                ok = type(value) is {"int": int, "bool": bool, "str": str}[f.type]
+                kind = {"int": "an integer", "bool": "true or false", "str": "text"}[f.type]
+            else:
+                continue
+            if not ok:
+                raise UserError(f"model option {f.name} must be {kind}, got {value!r}")
 
 
 def build_denoiser(preset: ModelPreset | dict, conditioner: nn.Module | None = None,
