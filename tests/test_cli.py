@@ -571,3 +571,43 @@ def test_fit_reads_one_model_field_from_the_command_line_and_checks_the_run_fold
     line = fit_user_error(capsys, *_tiny_fit_args(tmp_path / "afile"))
     assert f"--trainer.default_root_dir {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a folder" in line
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+class ShiftedLabels:
+    """A conditioner with an option, as the fields' are (num_classes, pin_endpoints)."""
+
+    class Shifted(torch.nn.Module):
+        def __init__(self, shift: int = 0) -> None:
+            super().__init__()
+            self.shift = shift
+
+        def forward(self, cond):
+            return (cond.long() + self.shift) % 4
+
+    @hookimpl
+    def prefdiff_register_conditioners(self, register):
+        register("shifted_label", self.Shifted)
+
+
+def test_a_saved_model_brings_its_conditioner_and_its_options(tmp_path, capsys):
+    from prefdiff.cli import main
+    from prefdiff.models import build_denoiser, save_model, saved_conditioner
+    from prefdiff.plugins import get_manager
+    from prefdiff.trainers import PolicyGradientModule
+
+    def samples(name, *extra):
+        assert main(["sample", "--model", str(tmp_path / "model"), "--dataset", "synthetic_textures",
+                     "--dataset-option", "resolution=8", "--n", "2", "--steps", "2", *extra,
+                     "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
+        return load_file(str(tmp_path / name / "samples.safetensors"))["samples"]
+
+    with registered_plugin(ShiftedLabels(), "shifted"):
+        torch.manual_seed(0)
+        save_model(build_denoiser({**TINY_MODEL, "sample_size": 8},
+                                  get_manager().conditioner("shifted_label", shift=2)), tmp_path / "model")
+        assert saved_conditioner(tmp_path / "model") == ("shifted_label", {"shift": 2})
+        told = samples("told", "--conditioner", "shifted_label", "--conditioner-option", "shift=2")
+        torch.testing.assert_close(samples("untold"), told, rtol=0, atol=0)
+        assert not torch.equal(samples("other", "--conditioner-option", "shift=0"), told)
+        module = PolicyGradientModule(base=str(tmp_path / "model"), reward="smoothness", lora_rank=2)
+        assert module.denoiser.conditioner.shift == 2

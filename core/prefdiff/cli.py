@@ -187,7 +187,10 @@ def _model_args(parser) -> None:
     parser.add_argument("--dataset", default=None, help="registered dataset giving the conditions")
     parser.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--conditioner", default=None)
+    parser.add_argument("--conditioner", default=None,
+                        help="registered conditioner (default: the one the model was saved with)")
+    parser.add_argument("--conditioner-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the conditioner, over those the model was saved with (repeatable)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--seed", type=int, default=0)
 

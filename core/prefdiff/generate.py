@@ -23,11 +23,20 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from prefdiff.models import load_lora, load_model
+    from prefdiff.models import load_lora, load_model, saved_conditioner
+    from prefdiff.options import parse_options
     from prefdiff.plugins import get_manager
     from prefdiff.schedulers import load_scheduler
 
-    conditioner = get_manager().conditioner(args.conditioner) if args.conditioner else None
+    # The conditioner the model was saved with, unless --conditioner names another; options given here win.
+    name, options = args.conditioner, parse_options(args.conditioner_option, "--conditioner-option")
+    saved = saved_conditioner(args.model)
+    if saved is not None and name in (None, saved[0]):
+        name, options = saved[0], {**saved[1], **options}
+    if options and name is None:
+        raise UserError("--conditioner-option needs --conditioner (the model records no conditioner)")
+    args.conditioner = name
+    conditioner = get_manager().conditioner(name, **options) if name else None
     denoiser = load_model(args.model, conditioner)
     denoiser.set_negative_prompt(args.negative_prompt)
     denoiser.set_distilled_guidance(args.distilled_guidance, flag="--distilled-guidance")

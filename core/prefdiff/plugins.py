@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -268,8 +269,17 @@ class PluginManager:
         return self.build("datasets", name, **options)
 
     def conditioner(self, name: str, **options: Any) -> Any:
-        """Build the conditioner registered under ``name``."""
-        return self.build("conditioners", name, **options)
+        """Build the conditioner registered under ``name``.
+
+        The module remembers its name and options (``prefdiff_spec``), so a saved model records the
+        conditioner it was trained with and `prefdiff sample` rebuilds it without being told.
+        """
+        module = self.build("conditioners", name, **options)
+        try:
+            module.prefdiff_spec = {"name": name, "options": json.loads(json.dumps(options))}
+        except (TypeError, ValueError, AttributeError):  # options JSON cannot hold, or a frozen object
+            pass
+        return module
 
     def reward(self, spec: str, **options: Any):
         """Build a checked reward from a name or a weighted sum ``"0.7*a + 0.3*b"``."""

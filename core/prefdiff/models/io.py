@@ -63,6 +63,9 @@ def _write_model(denoiser: Denoiser, directory: Path, scheduler) -> None:
             save_pipeline(denoiser, scheduler, directory)
         return
     meta = {"preset": asdict(denoiser.preset), "format": 1}
+    spec = getattr(denoiser.conditioner, "prefdiff_spec", None)
+    if spec is not None:  # what `prefdiff sample` rebuilds when no --conditioner is given
+        meta["conditioner"] = spec
     write_new_file(directory / MODEL_FILE, json.dumps(meta, indent=2).encode())
     if has_lora(denoiser):
         write_lora_files(denoiser, directory / "lora")
@@ -82,6 +85,18 @@ def _write_model(denoiser: Denoiser, directory: Path, scheduler) -> None:
                            save({k: v.contiguous() for k, v in module.state_dict().items()}))
     if scheduler is not None:
         scheduler.save_pretrained(directory / "scheduler")
+
+
+def saved_conditioner(directory: str | Path) -> tuple[str, dict] | None:
+    """The registered conditioner (name, options) a prefdiff model folder was saved with; None where it
+    records none (a pipeline folder, an unconditional model, a folder saved before it was recorded)."""
+    try:
+        spec = json.loads((Path(directory) / MODEL_FILE).read_text()).get("conditioner")
+    except (OSError, ValueError, AttributeError):  # no such folder or file, or malformed: load_model says so
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        return None
+    return spec["name"], dict(spec.get("options") or {})
 
 
 def load_model(directory: str | Path, conditioner: nn.Module | None = None) -> Denoiser:

@@ -15,7 +15,7 @@ import torch
 from prefdiff.data import condition_count
 from prefdiff.errors import UserError
 from prefdiff.models import (LORA_INITS, LoraOptions, ModelPreset, add_lora, build_denoiser, default_lora_targets,
-                             load_model)
+                             load_model, saved_conditioner)
 from prefdiff.plugins import get_manager
 from prefdiff.sampling import SDE_KINDS, is_flow, noised, sample, training_target
 from prefdiff.schedulers import build_scheduler, load_scheduler
@@ -153,8 +153,11 @@ class AlignmentModule(pl.LightningModule):
         """The denoiser the options describe, as built before training: the base model or a fresh
         preset, with its conditioner, and the LoRA adapters when ``lora_rank`` > 0."""
         hp = self.hparams
-        cond_module = (get_manager().conditioner(hp.conditioner, **(hp.conditioner_options or {}))
-                       if hp.conditioner else None)
+        name, options = hp.conditioner, dict(hp.conditioner_options or {})
+        saved = saved_conditioner(hp.base) if hp.base is not None else None
+        if saved is not None and name in (None, saved[0]):  # the base's own, unless another is named
+            name, options = saved[0], {**saved[1], **options}
+        cond_module = get_manager().conditioner(name, **options) if name else None
         if hp.base is not None:
             denoiser = load_model(hp.base, cond_module)
         else:
