@@ -95,13 +95,19 @@ def check_dataroot(root: str | Path, version: str) -> dict[str, list[dict]]:
         if not expansion.is_file():
             raise UserError(f"map expansion {expansion} is missing; install the nuScenes map expansion "
                             f"(v1.3) into {root / 'maps' / 'expansion'}")
+    if not tables["map"]:
+        raise UserError(f"{root / version / 'map.json'} lists no map; it needs one record per map mask, its "
+                        f"log_tokens naming the logs recorded on it")
     for record in tables["map"]:
         if not (root / record["filename"]).is_file():
             raise UserError(f"map mask {root / record['filename']} named in map.json is missing; "
                             f"re-extract the maps folder")
     samples = {s["token"] for s in tables["sample"]}
     for scene in tables["scene"]:
-        if int(scene["nbr_samples"]) < 1 or scene["first_sample_token"] not in samples:
+        if type(scene["nbr_samples"]) is not int:
+            raise UserError(f"scene '{scene['name']}' in {root / version / 'scene.json'} has nbr_samples "
+                            f"{scene['nbr_samples']!r}; it must be a whole number (of keyframes)")
+        if scene["nbr_samples"] < 1 or scene["first_sample_token"] not in samples:
             raise UserError(f"scene '{scene['name']}' in {root / version / 'scene.json'} has no keyframes "
                             f"(nbr_samples {scene['nbr_samples']}); remove the scene or restore its samples")
     for ann in tables["sample_annotation"]:
@@ -115,13 +121,14 @@ def check_dataroot(root: str | Path, version: str) -> dict[str, list[dict]]:
 # ---------------------------------------------------------------- reading ----
 
 
-def _cache_file(root: Path, version: str, split: str) -> Path:
+def _cache_file(root: Path, version: str, split: str, scenes: dict | None = None) -> Path:
     from prefdiff.api import cache_root
 
     # a changed or missing table changes the key, so a broken dataroot is re-read and reported
     stamps = [(name, p.stat().st_mtime_ns if p.is_file() else None)
               for name, p in ((n, root / version / f"{n}.json") for n in TABLES)]
     key = json.dumps({"root": str(root.resolve()), "version": version, "split": split, "stamps": stamps,
+                      **({"scenes": scenes} if scenes else {}),
                       "grid": [bev.RESOLUTION, bev.EXTENT, bev.ROUTE_POINTS, bev.ROUTE_SPACING],
                       "format": CACHE_FORMAT})
     return cache_root() / "driving" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
@@ -145,12 +152,29 @@ def _route(future_xy: np.ndarray, yaw: float) -> np.ndarray:
     return out
 
 
-def read_split(root: str | Path, version: str, split: str, log=None) -> dict[str, torch.Tensor | list]:
+def split_scenes(version: str, split: str, scenes: dict[str, list[str]] | None) -> set[str]:
+    """The scene names of ``split``: the user's own lists (``scenes``, keyed train and val; test reads
+    val), else the devkit's ``create_splits_scenes``."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    if scenes is None:
+        return set(create_splits_scenes()[SPLITS[version][split]])
+    if (not isinstance(scenes, dict) or not {"train", "val"} <= set(scenes)
+            or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in scenes.values())):
+        raise UserError(f"dataset option scenes must map train and val to lists of scene names, e.g. "
+                        f"{{train: [scene-0001, ...], val: [scene-0100, ...]}}; got {scenes!r}")
+    unknown = sorted(set(scenes) - {"train", "val", "test"})
+    if unknown:
+        raise UserError(f"dataset option scenes has split(s) {', '.join(unknown)}; it takes train, val and test")
+    return set(scenes.get(split, scenes["val"]))
+
+
+def read_split(root: str | Path, version: str, split: str, log=None,
+               scenes: dict[str, list[str]] | None = None) -> dict[str, torch.Tensor | list]:
     """Rasterise every keyframe of the split's scenes; returns stacked tensors and sample tokens."""
     from nuscenes.map_expansion.map_api import NuScenesMap
     from nuscenes.nuscenes import NuScenes
     from nuscenes.utils.data_classes import Box
-    from nuscenes.utils.splits import create_splits_scenes
     from pyquaternion import Quaternion
 
     if version not in SPLITS:
@@ -159,8 +183,19 @@ def read_split(root: str | Path, version: str, split: str, log=None) -> dict[str
         raise UserError(f"--dataset.split must be one of {', '.join(SPLITS[version])}, got '{split}'")
     root = Path(root)
     check_dataroot(root, version)
-    nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
-    wanted = set(create_splits_scenes()[SPLITS[version][split]])
+    try:
+        nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
+    except (KeyError, IndexError, ValueError) as exc:  # the devkit indexes the tables' references as it loads
+        raise UserError(f"{root / version}: the nuScenes devkit could not follow the tables' references "
+                        f"({type(exc).__name__}: {str(exc)[:120]}); check that every token a record names exists "
+                        f"in its table (sample_annotation.instance_token, map.log_tokens naming every log)") from None
+    wanted = split_scenes(version, split, scenes)
+    if not any(scene["name"] in wanted for scene in nusc.scene):
+        source = ("the dataset option scenes" if scenes is not None
+                  else f"the devkit's '{SPLITS[version][split]}' split list")
+        raise UserError(f"none of the {len(nusc.scene)} scenes of {root / version} is in {source} (scene names "
+                        f"like {nusc.scene[0]['name'] if nusc.scene else '-'}); for scenes of your own, name the "
+                        f"split with the dataset option scenes: {{train: [...], val: [...]}}")
     maps: dict[str, Any] = {}
     fine = 4 * bev.RESOLUTION
     layout, agents, routes, speeds, tokens = [], [], [], [], []
@@ -178,6 +213,10 @@ def read_split(root: str | Path, version: str, split: str, log=None) -> dict[str
             token = sample["next"]
         poses = []
         for sample in chain:
+            if "LIDAR_TOP" not in sample["data"]:
+                raise UserError(f"{root / version}: sample {sample['token']} of scene {scene['name']} has no "
+                                f"LIDAR_TOP keyframe; prefdiff reads the ego pose of each keyframe from it, so "
+                                f"add the LIDAR_TOP sample_data records (the sensor files are not read)")
             sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
             poses.append(nusc.get("ego_pose", sd["ego_pose_token"]))
         xy = np.array([p["translation"][:2] for p in poses])
@@ -265,10 +304,12 @@ class NuScenesBEV(Dataset):
     :param split: ``train``, ``val`` or ``test`` (test reads the val scenes: nuScenes' test split has
         no annotations).
     :param size: keep the first ``size`` keyframes.
+    :param scenes: the split of a dataroot of your own scenes, ``{"train": [names], "val": [names]}``
+        (test reads val); by default the devkit's split lists of nuScenes' scene names.
     """
 
     def __init__(self, root: str | None = None, split: str = "train", version: str = "v1.0-mini",
-                 size: int | None = None) -> None:
+                 size: int | None = None, scenes: dict[str, list[str]] | None = None) -> None:
         if root is None:
             raise UserError("the nuscenes_bev dataset needs --dataset.root (a nuScenes dataroot; "
                             "`prefdiff driving make-data DIR` writes a synthetic one)")
@@ -277,11 +318,11 @@ class NuScenesBEV(Dataset):
         root_path = Path(root)
         if version not in SPLITS:
             raise UserError(f"dataset option version must be one of {', '.join(SPLITS)}, got '{version}'")
-        cache = _cache_file(root_path, version, split) if (root_path / version).is_dir() else None
+        cache = _cache_file(root_path, version, split, scenes) if (root_path / version).is_dir() else None
         if cache is not None and cache.is_file():
             data = torch.load(cache, weights_only=True)
         else:
-            data = read_split(root_path, version, split)
+            data = read_split(root_path, version, split, scenes=scenes)
             if cache is not None:
                 _write_cache(cache, data)
         n = len(data["tokens"]) if size is None else min(size, len(data["tokens"]))

@@ -113,6 +113,11 @@ def test_bad_dataroots_fail_with_one_line_naming_the_culprit(dataroot_copy, tmp_
     ("expansion", r"map expansion .*singapore-onenorth\.json is missing"),
     ("keyframes", "scene 'scene-0061' .* has no keyframes"),
     ("quaternion", "has a rotation quaternion of norm 2.0000, not 1"),
+    ("nbr_samples", "scene 'scene-0061' .* has nbr_samples 'forty'; it must be a whole number"),
+    ("no map", r"map\.json lists no map"),
+    ("instance", "the nuScenes devkit could not follow the tables' references"),
+    ("log_tokens", "the nuScenes devkit could not follow the tables' references"),
+    ("lidar", "has no LIDAR_TOP keyframe"),
 ])
 def test_broken_content_is_named(dataroot_copy, breakage, message):
     tables = dataroot_copy / "v1.0-mini"
@@ -123,8 +128,18 @@ def test_broken_content_is_named(dataroot_copy, breakage, message):
     elif breakage == "keyframes":
         _rewrite(tables / "scene.json", lambda r: [s.update(nbr_samples=0, first_sample_token="")
                                                    for s in r if s["name"] == "scene-0061"])
-    else:
+    elif breakage == "quaternion":
         _rewrite(tables / "sample_annotation.json", lambda r: r[7].update(rotation=[2.0, 0.0, 0.0, 0.0]))
+    elif breakage == "nbr_samples":
+        _rewrite(tables / "scene.json", lambda r: [s.update(nbr_samples="forty") for s in r if s["name"] == "scene-0061"])
+    elif breakage == "no map":
+        (tables / "map.json").write_text("[]")
+    elif breakage == "instance":
+        _rewrite(tables / "sample_annotation.json", lambda r: r[3].update(instance_token="f" * 32))
+    elif breakage == "log_tokens":
+        _rewrite(tables / "map.json", lambda r: r[0].update(log_tokens=r[0]["log_tokens"][:1]))
+    else:  # a camera-only dataset: every sensor is a camera
+        _rewrite(tables / "sensor.json", lambda r: [s.update(channel="CAM_FRONT", modality="camera") for s in r])
     with pytest.raises(UserError, match=message):
         NuScenesBEV(root=str(dataroot_copy), split="train")
 
@@ -176,3 +191,17 @@ def test_a_failed_make_data_leaves_the_earlier_dataroot_intact(dataroot_copy, mo
     assert (dataroot_copy / "v1.0-mini" / "scene.json").read_text() == before
     assert not list(dataroot_copy.parent.glob(".mini.tmp-*"))
     assert len(NuScenesBEV(root=str(dataroot_copy), split="test")) > 0
+
+
+def test_a_dataroot_of_ones_own_scenes_names_its_split(dataroot_copy):
+    tables = dataroot_copy / "v1.0-mini"
+    _rewrite(tables / "scene.json", lambda r: [s.update(name=f"my-drive-{i:03d}") for i, s in enumerate(r)])
+    with pytest.raises(UserError, match="none of the 10 scenes .* is in the devkit's 'mini_train' split list "
+                                        ".*dataset option scenes"):
+        NuScenesBEV(root=str(dataroot_copy), split="train")
+    scenes = {"train": [f"my-drive-{i:03d}" for i in range(8)], "val": ["my-drive-008", "my-drive-009"]}
+    train = NuScenesBEV(root=str(dataroot_copy), split="train", scenes=scenes)
+    test = NuScenesBEV(root=str(dataroot_copy), split="test", scenes=scenes)
+    assert len(train) > 0 and len(test) > 0 and not set(train.tokens) & set(test.tokens)
+    with pytest.raises(UserError, match="must map train and val to lists of scene names"):
+        NuScenesBEV(root=str(dataroot_copy), split="train", scenes={"train": scenes["train"]})
