@@ -611,3 +611,23 @@ def test_a_saved_model_brings_its_conditioner_and_its_options(tmp_path, capsys):
         assert not torch.equal(samples("other", "--conditioner-option", "shift=0"), told)
         module = PolicyGradientModule(base=str(tmp_path / "model"), reward="smoothness", lora_rank=2)
         assert module.denoiser.conditioner.shift == 2
+
+
+def greet(name: str, times: int = 1) -> None:
+    """Say hello."""
+    print("hello " * times + name)
+
+
+class Greeter:
+    @hookimpl
+    def prefdiff_register_commands(self, register):
+        register("greet", greet)
+
+
+def test_a_plugin_commands_bad_config_key_is_named_with_the_commands_help(tmp_path, capsys):
+    (tmp_path / "greet.yaml").write_text("times: 2\ntimez: 3\n")
+    with registered_plugin(Greeter(), "greeter"):
+        line = fit_user_error(capsys, "greeter", "greet", "you", "--config", tmp_path / "greet.yaml")
+        assert "'timez' is not accepted" in line and line.endswith("(see `prefdiff greeter greet --help`)"), line
+        line = fit_user_error(capsys, "greeter", "greet", "you", "--timez", "3")
+        assert line.endswith("(see `prefdiff greeter greet --help`)"), line

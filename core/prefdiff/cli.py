@@ -209,13 +209,35 @@ def _plugin_commands() -> dict[str, dict[str, Any]]:
 def _parse(argv: list[str], plugin_commands: dict[str, dict[str, Any]]):
     from jsonargparse import ArgumentError
 
+    parser = _parser(plugin_commands)
     try:
-        return _parser(plugin_commands).parse_args(argv)
+        return parser.parse_args(argv)
     except ArgumentError as exc:
-        command = " ".join(a for a in argv[:1] if not a.startswith("-"))
-        where = f"prefdiff {command}" if command else "prefdiff"
+        leaf, path, rest = _leaf_parser(parser, argv)
         message = " ".join(str(exc).split())
+        if isinstance(exc.__context__, KeyError) and leaf is not parser:
+            # jsonargparse reports a bad option of a nested subcommand's --config as a bare KeyError of
+            # the command's name; the subcommand's own parser names the option.
+            try:
+                leaf.parse_args(rest)
+            except ArgumentError as inner:
+                message = " ".join(str(inner).split())
+        where = " ".join(["prefdiff", *path])
         raise UserError(f"{message} (see `{where} --help`)") from None
+
+
+def _leaf_parser(parser, argv: list[str]):
+    """The parser of the innermost subcommand ``argv`` names, the command words leading to it, and the
+    arguments after them."""
+    path, i = [], 0
+    while i < len(argv):
+        action = getattr(parser, "_subcommands_action", None)
+        if action is None or argv[i] not in action._name_parser_map:
+            break
+        parser = action._name_parser_map[argv[i]]
+        path.append(argv[i])
+        i += 1
+    return parser, path, argv[i:]
 
 
 def _dispatch(argv: list[str]) -> int:

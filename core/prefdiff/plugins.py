@@ -258,7 +258,11 @@ class PluginManager:
             pass
         try:
             return entry.factory(**options)
-        except UserError:
+        except UserError as exc:
+            # "dataset option size must be > 0": the host adds where such options go, per command.
+            hint = OPTION_FLAGS.get(kind, "")
+            if type(exc) is UserError and hint and f"{kind[:-1]} option" in str(exc) and hint not in str(exc):
+                raise UserError(f"{exc}{hint}") from None
             raise
         except TypeError as exc:
             raise UserError(f"{kind[:-1]} '{name}' (plugin '{entry.plugin}') rejected its options "

@@ -180,7 +180,7 @@ def read_split(root: str | Path, version: str, split: str, log=None,
     if version not in SPLITS:
         raise UserError(f"dataset option version must be one of {', '.join(SPLITS)}, got '{version}'")
     if split not in SPLITS[version]:
-        raise UserError(f"--dataset.split must be one of {', '.join(SPLITS[version])}, got '{split}'")
+        raise UserError(f"the split must be one of {', '.join(SPLITS[version])}, got '{split}'")
     root = Path(root)
     check_dataroot(root, version)
     try:
@@ -311,10 +311,10 @@ class NuScenesBEV(Dataset):
     def __init__(self, root: str | None = None, split: str = "train", version: str = "v1.0-mini",
                  size: int | None = None, scenes: dict[str, list[str]] | None = None) -> None:
         if root is None:
-            raise UserError("the nuscenes_bev dataset needs --dataset.root (a nuScenes dataroot; "
+            raise UserError("the nuscenes_bev dataset needs the dataset option root (a nuScenes dataroot; "
                             "`prefdiff driving make-data DIR` writes a synthetic one)")
         if size is not None and size < 1:
-            raise UserError(f"--dataset.size must be >= 1, got {size}")
+            raise UserError(f"dataset option size must be >= 1, got {size}")
         root_path = Path(root)
         if version not in SPLITS:
             raise UserError(f"dataset option version must be one of {', '.join(SPLITS)}, got '{version}'")

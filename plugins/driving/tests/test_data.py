@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from prefdiff.errors import UserError
+from prefdiff.plugins import get_manager
 from prefdiff_driving import bev
 from prefdiff_driving.data import TABLES, NuScenesBEV
 
@@ -89,8 +90,11 @@ def test_bad_dataroots_fail_with_one_line_naming_the_culprit(dataroot_copy, tmp_
         NuScenesBEV(root=str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match="no 'v1.0-trainval' folder of tables .found: v1.0-mini"):
         NuScenesBEV(root=str(dataroot_copy), version="v1.0-trainval")
-    with pytest.raises(UserError, match="needs --dataset.root"):
+    with pytest.raises(UserError, match="needs the dataset option root"):
         NuScenesBEV()
+    with pytest.raises(UserError, match=r"needs the dataset option root .*\(prefdiff fit: --data.dataset_options "
+                                        r"'\{key: value\}'; prefdiff sample and edit: --dataset-option KEY=VALUE\)"):
+        get_manager().dataset("nuscenes_bev")
 
     (tables / "sample.json").rename(tables / "sample.json.bak")
     with pytest.raises(UserError, match=r"table .*sample\.json is missing"):

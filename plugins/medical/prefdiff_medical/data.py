@@ -143,7 +143,7 @@ def _load_volume(image: str, label: str, stamp: tuple, resolution: int, modality
     data = rest[0](data)
     if data["image"].shape[0] > 1:  # multi-modal task: keep one modality
         if modality >= data["image"].shape[0]:
-            raise UserError(f"{image} has {data['image'].shape[0]} modalities; --data.modality={modality} "
+            raise UserError(f"{image} has {data['image'].shape[0]} modalities; dataset option modality={modality} "
                             f"is out of range")
         data["image"] = data["image"][modality:modality + 1]
     bad = int((~torch.isfinite(_plain(data["image"]))).sum())
@@ -195,14 +195,14 @@ class DecathlonSlices(Dataset):
                  min_foreground: int = 1,
                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> None:
         if root is None:
-            raise UserError(f"dataset 'decathlon' needs --data.root (a Decathlon task folder); "
+            raise UserError(f"dataset 'decathlon' needs the dataset option root (a Decathlon task folder); "
                             f"write a synthetic one with `{MAKE_DATA}`")
         if resolution < 8:
-            raise UserError(f"--data.resolution must be >= 8, got {resolution}")
+            raise UserError(f"dataset option resolution must be >= 8, got {resolution}")
         if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
-            raise UserError(f"--data.percentiles must be two numbers 0 <= low < high <= 100, got {percentiles}")
+            raise UserError(f"dataset option percentiles must be two numbers 0 <= low < high <= 100, got {percentiles}")
         if size is not None and size <= 0:
-            raise UserError(f"--data.size must be > 0, got {size}")
+            raise UserError(f"dataset option size must be > 0, got {size}")
         task = read_task(root)
         self.root, self.split, self.resolution = Path(root), split, resolution
         self.classes = task["classes"]
@@ -220,7 +220,7 @@ class DecathlonSlices(Dataset):
             self.index = self.index[:size]
         if not self.index:
             raise UserError(f"split '{split}' of {root} has no slice with >= {min_foreground} labelled pixels; "
-                            f"lower --data.min_foreground or check the labels")
+                            f"lower the dataset option min_foreground or check the labels")
 
     def __len__(self) -> int:
         return len(self.index)

@@ -134,7 +134,7 @@ def test_gzip_that_is_valid_but_not_nifti(task_copy):
 def test_bad_options_are_named_as_flags(small_task):
     with pytest.raises(UserError, match="dataset split must be one of train, val, test"):
         DecathlonSlices(small_task, split="training")
-    with pytest.raises(UserError, match="--data.percentiles"):
+    with pytest.raises(UserError, match="dataset option percentiles must be two numbers"):
         DecathlonSlices(small_task, percentiles=(99, 1))
 
 
