@@ -609,6 +609,8 @@ def test_a_saved_model_brings_its_conditioner_and_its_options(tmp_path, capsys):
         told = samples("told", "--conditioner", "shifted_label", "--conditioner-option", "shift=2")
         torch.testing.assert_close(samples("untold"), told, rtol=0, atol=0)
         assert not torch.equal(samples("other", "--conditioner-option", "shift=0"), told)
+        assert samples("few", "--dataset-option", "size=1").shape[0] == 1
+        assert "holds 1 conditions: sampling 1, not 2" in capsys.readouterr().out
         module = PolicyGradientModule(base=str(tmp_path / "model"), reward="smoothness", lora_rank=2)
         assert module.denoiser.conditioner.shift == 2
 

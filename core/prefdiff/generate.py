@@ -94,6 +94,8 @@ def sample_to_folder(args: argparse.Namespace) -> int:
     else:
         dataset = _dataset(args)
         n = min(args.n, len(dataset))
+        if n < args.n:
+            print(f"split '{args.split}' of dataset '{args.dataset}' holds {n} conditions: sampling {n}, not {args.n}")
         cond = collate([dataset[i] for i in range(n)])["cond"]
     _fits(denoiser, cond, args)
     noise = torch.randn((n, *denoiser.sample_shape), generator=torch.Generator().manual_seed(args.seed))

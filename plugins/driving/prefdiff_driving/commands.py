@@ -21,6 +21,9 @@ def make_data(dir: Path, version: str = "v1.0-mini", scenes: int | None = None, 
     """
     if scenes is not None and scenes < 1:
         raise UserError(f"--scenes must be >= 1, got {scenes}")
+    if scenes is not None and version == "v1.0-mini":
+        raise UserError("--scenes sets the train scenes of v1.0-trainval; v1.0-mini always holds the ten mini "
+                        "scenes: drop --scenes or pass --version v1.0-trainval")
     from prefdiff_driving.synthetic import make_dataset
 
     start = time.perf_counter()

@@ -21,10 +21,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from prefdiff.api import AgainstReal, Recipe
+from prefdiff.api import AgainstReal, Recipe, UserError
 
 from prefdiff_driving import bev
 from prefdiff_driving.conditioner import CHANNELS_OUT
+from prefdiff_driving.data import SPLITS
 
 log = logging.getLogger("prefdiff.driving")
 
@@ -109,6 +110,12 @@ def prepare(recipe: Recipe, data_dir: Path, *, quick: bool) -> Recipe:
     user_root = os.environ.get(ROOT_VARIABLE)
     if user_root:
         options = {"root": str(Path(user_root).resolve()), "version": os.environ.get(VERSION_VARIABLE, "v1.0-mini")}
+        if options["version"] not in SPLITS:
+            raise UserError(f"{VERSION_VARIABLE}={options['version']}: nuScenes versions are "
+                            f"{', '.join(SPLITS)}")
+        if not Path(user_root).is_dir():
+            raise UserError(f"{ROOT_VARIABLE}={user_root}: no such folder; point it at a nuScenes dataroot, or "
+                            f"unset it to benchmark on the synthetic one")
     else:
         root = Path(data_dir) / f"nuscenes-synthetic-{settings['version']}-{settings['scenes']}"
         if not (root / settings["version"] / "scene.json").is_file():

@@ -157,6 +157,8 @@ def test_make_data_command_errors_exit_2(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     assert main(["driving", "make-data", str(tmp_path / "x"), "--scenes", "0"]) == 2
     assert "--scenes must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["driving", "make-data", str(tmp_path / "x"), "--scenes", "3"]) == 2
+    assert "v1.0-mini always holds the ten mini scenes" in capsys.readouterr().err
 
 
 def test_make_data_replaces_its_own_dataroot_but_never_a_users(dataroot_copy, tmp_path, capsys):
@@ -209,3 +211,16 @@ def test_a_dataroot_of_ones_own_scenes_names_its_split(dataroot_copy):
     assert len(train) > 0 and len(test) > 0 and not set(train.tokens) & set(test.tokens)
     with pytest.raises(UserError, match="must map train and val to lists of scene names"):
         NuScenesBEV(root=str(dataroot_copy), split="train", scenes={"train": scenes["train"]})
+
+
+def test_the_benchmarks_dataroot_variables_are_named(dataroot, tmp_path, monkeypatch):
+    from prefdiff_driving.recipe import driving_recipe, prepare
+
+    monkeypatch.setenv("PREFDIFF_DRIVING_DATAROOT", str(dataroot))
+    monkeypatch.setenv("PREFDIFF_DRIVING_VERSION", "mini")
+    with pytest.raises(UserError, match="PREFDIFF_DRIVING_VERSION=mini: nuScenes versions are v1.0-mini"):
+        prepare(driving_recipe(quick=True), tmp_path, quick=True)
+    monkeypatch.setenv("PREFDIFF_DRIVING_VERSION", "v1.0-mini")
+    monkeypatch.setenv("PREFDIFF_DRIVING_DATAROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=rf"PREFDIFF_DRIVING_DATAROOT={tmp_path / 'nowhere'}: no such folder"):
+        prepare(driving_recipe(quick=True), tmp_path, quick=True)

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from prefdiff.api import AgainstReal, Recipe
+from prefdiff.api import AgainstReal, Recipe, UserError
 
 from prefdiff_medical.synthetic import SyntheticTask
 
@@ -49,7 +49,10 @@ def medical_recipe(quick: bool = False) -> Recipe:
     if user_task:
         from prefdiff_medical.data import read_task
 
-        num_classes = len(read_task(user_task)["classes"]) - 1
+        try:
+            num_classes = len(read_task(user_task)["classes"]) - 1
+        except UserError as exc:
+            raise UserError(f"{TASK_VARIABLE}={user_task}: {exc}") from None
     else:
         num_classes = settings["task"].num_classes
     lr = 5e-4

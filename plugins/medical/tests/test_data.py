@@ -146,3 +146,11 @@ def test_commands_print_one_line_and_exit_2_on_bad_input(task_copy, capsys):
     assert err.count("\n") == 1 and str(meta) in err and "does not parse" in err
     assert main(["medical", "make-data", str(task_copy / "new"), "--volumes", "2"]) == 2
     assert "--volumes must be >= 3" in capsys.readouterr().err
+
+
+def test_a_bad_task_variable_is_named(tmp_path, monkeypatch):
+    from prefdiff_medical.recipe import medical_recipe
+
+    monkeypatch.setenv("PREFDIFF_MEDICAL_TASK", str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=rf"PREFDIFF_MEDICAL_TASK={tmp_path / 'nowhere'}: task folder .* does not exist"):
+        medical_recipe(quick=True)

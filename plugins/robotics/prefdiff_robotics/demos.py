@@ -259,6 +259,9 @@ class RobotDemos(Dataset):
             raise UserError(f"robot_demos needs path= (a robomimic HDF5 file) or root= (a folder with "
                             f"demos.hdf5); {MAKE}")
         file = Path(path) if path is not None else Path(root) / "demos.hdf5"
+        if file.is_dir():
+            raise UserError(f"demonstration file {file} is a folder; pass path= the HDF5 file, or root= a folder "
+                            f"holding demos.hdf5")
         if not file.is_file():
             raise UserError(f"demonstration file {file} does not exist; {MAKE}")
         stat = file.stat()

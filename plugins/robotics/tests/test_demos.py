@@ -63,6 +63,8 @@ def test_file_in_another_layout_is_a_clear_error(tmp_path):
         get_manager().dataset("robot_demos", path=str(text))
     with pytest.raises(UserError, match="does not exist.*make-data"):
         get_manager().dataset("robot_demos", path=str(tmp_path / "missing.hdf5"))
+    with pytest.raises(UserError, match="is a folder; pass path= the HDF5 file"):
+        get_manager().dataset("robot_demos", path=str(tmp_path))
 
 
 def test_dimensions_that_do_not_match_the_model_are_a_clear_error(demo_file, tmp_path):
