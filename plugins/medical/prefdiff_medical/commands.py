@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from prefdiff.api import UserError
 from prefdiff_medical.synthetic import SyntheticTask
 
 
@@ -51,6 +52,12 @@ def train_segmenter(task: Path, out: Path, arch: Literal["unet", "basicunet"] = 
     """
     from prefdiff_medical.segmenters import train_segmenter as train
 
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; pass the checkpoint file to write, e.g. {out / 'segmenter.safetensors'}")
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"cannot write {out}: {blocked} is a file, not a folder")
     train(task, out, arch=arch, steps=steps, batch_size=batch_size, lr=lr, seed=seed, resolution=resolution,
           percentiles=tuple(percentiles))
     print(f"wrote {out}")

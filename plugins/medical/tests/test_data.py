@@ -146,6 +146,9 @@ def test_commands_print_one_line_and_exit_2_on_bad_input(task_copy, capsys):
     assert err.count("\n") == 1 and str(meta) in err and "does not parse" in err
     assert main(["medical", "make-data", str(task_copy / "new"), "--volumes", "2"]) == 2
     assert "--volumes must be >= 3" in capsys.readouterr().err
+    # The output is checked before any training: a folder is not a checkpoint file.
+    assert main(["medical", "train-segmenter", str(task_copy), str(task_copy)]) == 2
+    assert f"{task_copy} is a folder; pass the checkpoint file to write" in capsys.readouterr().err
 
 
 def test_a_bad_task_variable_is_named(tmp_path, monkeypatch):
