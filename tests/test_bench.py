@@ -268,10 +268,13 @@ def test_leftovers_of_killed_runs_are_cleared_and_a_running_ones_kept(tmp_path):
         (tmp_path / f".out.tmp-{dead}").mkdir()
         (tmp_path / f".out.tmp-{alive.pid}").mkdir()
         (tmp_path / f".other.tmp-{dead}").mkdir()  # beside another output: not ours to clear
+        (tmp_path / f".out.tmp-another_machine-{dead}").mkdir()  # a shared disk: its process is not ours to see
+        (tmp_path / f".out.tmp-{10 ** 30}").mkdir()  # no process has that number
         mine = staging_folder(out)
         assert (out / "results.json").read_text() == "{}"
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-            ["out", mine.name, f".out.tmp-{alive.pid}", f".other.tmp-{dead}"])
+            ["out", mine.name, f".out.tmp-{alive.pid}", f".other.tmp-{dead}", f".out.tmp-another_machine-{dead}"])
+        assert staging_folder(out) == mine and mine.is_dir()  # this machine's own names: cleared and made again
         (tmp_path / f".out.old-{dead}").mkdir()  # killed while removing it, after the swap: out is newer
         staging_folder(out)
         assert not (tmp_path / f".out.old-{dead}").exists() and (out / "results.json").exists()

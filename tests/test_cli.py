@@ -633,3 +633,36 @@ def test_a_plugin_commands_bad_config_key_is_named_with_the_commands_help(tmp_pa
         assert "'timez' is not accepted" in line and line.endswith("(see `prefdiff greeter greet --help`)"), line
         line = fit_user_error(capsys, "greeter", "greet", "you", "--timez", "3")
         assert line.endswith("(see `prefdiff greeter greet --help`)"), line
+
+
+def test_a_ctrl_c_the_shell_ignores_stays_ignored(monkeypatch):
+    # `prefdiff bench ... &` from a script starts with SIGINT ignored; Python keeps it so, and so must main.
+    from prefdiff import cli
+
+    seen = []
+
+    def dispatch(argv):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert cli.main(["sample"]) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.SIG_IGN]
+
+
+def test_a_conditioners_numpy_options_are_recorded_and_a_malformed_record_is_ignored(tmp_path):
+    import numpy as np
+
+    from prefdiff.models import MODEL_FILE, saved_conditioner
+    from prefdiff.plugins import get_manager
+
+    with registered_plugin(ShiftedLabels(), "shifted"):
+        module = get_manager().conditioner("shifted_label", shift=np.int64(2))
+    assert module.prefdiff_spec == {"name": "shifted_label", "options": {"shift": 2}}
+    (tmp_path / MODEL_FILE).write_text(json.dumps({"conditioner": {"name": "x", "options": ["shift"]}}))
+    assert saved_conditioner(tmp_path) is None

@@ -162,3 +162,22 @@ def test_stable_diffusion_lora_loads_with_diffusers(tmp_path):
     unet.load_lora_adapter(str(tmp_path / "sd-lora"), prefix="unet",
                            weight_name="pytorch_lora_weights.safetensors")
     torch.testing.assert_close(unet(x, T[:1], encoder_hidden_states=ctx).sample, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_preset_values_are_read_as_the_command_line_and_json_give_them():
+    import numpy as np
+
+    from prefdiff.errors import UserError
+    from prefdiff.models import ModelPreset
+
+    # Text from one field given alone on the command line, numpy integers, and JSON's 32.0 all build.
+    preset = ModelPreset(conditioning="concat", cond_channels="3", block_out_channels=[np.int64(32), 64.0],
+                         sample_size=32.0, attention=1)
+    assert (preset.cond_channels, preset.block_out_channels, preset.sample_size, preset.attention) == (3, (32, 64), 32, True)
+    assert type(preset.sample_size) is int and type(preset.block_out_channels[0]) is int
+    for bad, message in ((dict(sample_size=3.5), "sample_size must be an integer, got 3.5"),
+                         (dict(num_classes="four"), "num_classes must be an integer, got 'four'"),
+                         (dict(attention="maybe"), "attention must be true or false"),
+                         (dict(cond_channels=True), "cond_channels must be an integer, got True")):
+        with pytest.raises(UserError, match=message):
+            ModelPreset(**bad)

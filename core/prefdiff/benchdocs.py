@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prefdiff.bench.report import metrics_table
+from prefdiff.errors import UserError
 
 BENCH_COMMAND = "make bench"
 PERF_TARGETS = ("`make bench` and `make bench-more` run its figures between them (the Makefile's "
@@ -156,13 +157,17 @@ def against_real(domain: str):
     manager = get_manager()
     if domain not in manager.names("benchmarks"):
         return None
-    return manager.benchmark(domain).against_real
+    try:
+        return manager.benchmark(domain).against_real
+    except UserError as exc:  # the recipe reads the environment (a user's task folder) and refused it
+        print(f"benchdocs: {domain}'s recipe did not build ({exc}); its against-real-data cell is left out",
+              file=sys.stderr)
+        return None
 
 
-def _against_real_cell(r: dict[str, Any], best: str) -> str:
-    """The summary table's against-real-data cell: the field's measure for real data, the base and the
-    best method on the judge, with that method's interval."""
-    spec = against_real(r["domain"])
+def _against_real_cell(r: dict[str, Any], best: str, spec) -> str:
+    """The summary table's against-real-data cell: the field's measure (``spec``) for real data, the base
+    and the best method on the judge, with that method's interval."""
     base, method = r["base"].get("metrics", {}), r["methods"][best].get("metrics", {})
     if spec is None or spec.metric not in base or spec.metric not in method:
         return "-"
@@ -176,12 +181,11 @@ def _against_real_cell(r: dict[str, Any], best: str) -> str:
     return cell
 
 
-def _legend(domains: list[str]) -> str:
+def _legend(specs: dict[str, Any]) -> str:
     """The summary table's legend, saying what each field's against-real-data cell measures (fields that
     share a measure are named together)."""
     fields: dict[str, list[str]] = {}
-    for domain in domains:
-        spec = against_real(domain)
+    for domain, spec in specs.items():
         if spec is not None:
             fields.setdefault(spec.legend, []).append(domain)
     if not fields:
@@ -204,10 +208,10 @@ def summary_table(paths: list[Path]) -> list[str]:
     judge, how much of the gap to real data it closes, and the field's downstream figure."""
     lines = ["| field | judge | real held-out data | base | best method | its judge mean | improvement [CI95] | "
              "gap to real closed | against real data | methods above zero |", "|---" * 10 + "|"]
-    domains = []
+    specs = {}
     for path in paths:
         r = json.loads(path.read_text())
-        domains.append(r["domain"])
+        spec = specs[r["domain"]] = against_real(r["domain"])
         methods = r["methods"]
         best = max(methods, key=lambda m: methods[m]["improvement"], default=None)
         real = f"{r['real']['reward_mean']:.4f}" if "real" in r else "-"
@@ -219,9 +223,9 @@ def summary_table(paths: list[Path]) -> list[str]:
         b = methods[best]
         lo, hi = b["improvement_ci95"]
         lines.append(row + f"{best} | {b['reward_mean']:.4f} | {b['improvement']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
-                     f"{_gap_closed(r, b)} | {_against_real_cell(r, best)} | "
+                     f"{_gap_closed(r, b)} | {_against_real_cell(r, best, spec)} | "
                      f"{', '.join(above) or 'none'} ({len(above)} of {len(methods)}) |")
-    return lines + ["", _legend(domains), ""]
+    return lines + ["", _legend(specs), ""]
 
 
 def _value(value: Any) -> str:

@@ -67,10 +67,15 @@ class _InterruptWatch:
 
     def __init__(self) -> None:
         self.seen = False
+        self._previous = None
+        current = signal.getsignal(signal.SIGINT)
+        if not callable(current):  # ignored (a job started with `&`), or not set from Python: leave it so
+            return
         try:
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:  # not the main thread: signals cannot be handled here
-            self._previous = None
+            return
+        self._previous = current
 
     def _on_sigint(self, signum, frame) -> None:
         self.seen = True

@@ -14,6 +14,7 @@ import difflib
 import importlib
 import inspect
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -23,6 +24,8 @@ import pluggy
 
 from prefdiff import hookspecs
 from prefdiff.errors import PluginError, UserError
+
+log = logging.getLogger("prefdiff")
 
 ENTRY_POINT_GROUP = "prefdiff"
 ALLOW_LIST_VARIABLE = "PREFDIFF_PLUGINS"
@@ -35,7 +38,8 @@ OPTION_FLAGS = {
     "rewards": " (prefdiff fit: --model.init_args.reward_options '{key: value}')",
     "datasets": " (prefdiff fit: --data.dataset_options '{key: value}'; prefdiff sample and edit: "
                 "--dataset-option KEY=VALUE)",
-    "conditioners": " (prefdiff fit: --model.init_args.conditioner_options '{key: value}')",
+    "conditioners": " (prefdiff fit: --model.init_args.conditioner_options '{key: value}'; prefdiff sample and "
+                    "edit: --conditioner-option KEY=VALUE)",
 }
 
 #: The core's own generic pieces, loaded like any plugin (pytest's default_plugins).
@@ -280,9 +284,10 @@ class PluginManager:
         """
         module = self.build("conditioners", name, **options)
         try:
-            module.prefdiff_spec = {"name": name, "options": json.loads(json.dumps(options))}
+            module.prefdiff_spec = {"name": name, "options": json.loads(json.dumps(options, default=_plain_value))}
         except (TypeError, ValueError, AttributeError):  # options JSON cannot hold, or a frozen object
-            pass
+            log.warning(f"conditioner '{name}': its options {sorted(options)} cannot be recorded in a saved model; "
+                        f"pass them again to `prefdiff sample` with --conditioner-option")
         return module
 
     def reward(self, spec: str, **options: Any):
@@ -302,6 +307,15 @@ class PluginManager:
     def benchmark(self, name: str, *, quick: bool = False):
         """Build the benchmark recipe registered under ``name``."""
         return self.build("benchmarks", name, quick=quick)
+
+
+def _plain_value(value: Any) -> Any:
+    """A numpy scalar or a path as JSON holds it (json.dumps' ``default``)."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _registration_problem(kind: str, name: str, meta: dict[str, Any]) -> str | None:

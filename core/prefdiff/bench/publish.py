@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
+
+
+_HOST = socket.gethostname().replace("-", "_")
+"""This machine, in the names of the folders a run leaves beside its output (a disk may be shared)."""
 
 
 def staging_folder(out: Path) -> Path:
@@ -13,7 +18,7 @@ def staging_folder(out: Path) -> Path:
     Leftovers of runs that were killed (SIGKILL, a power cut) are cleared first; see :func:`recover`.
     """
     recover(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = out.parent / f".{out.name}.tmp-{_HOST}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
@@ -27,7 +32,7 @@ def publish(new: Path, out: Path) -> None:
     one first, so the old folder stays whole until the folders swap with two
     renames: ``out`` is never half written, and a crash loses nothing.
     """
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{_HOST}-{os.getpid()}"
     if out.exists():
         for entry in out.iterdir():
             if not (new / entry.name).exists():
@@ -46,9 +51,10 @@ def recover(out: Path) -> None:
     two renames), and is removed otherwise (the kill came while it was being removed).
     """
     for leftover in sorted(out.parent.glob(f".{out.name}.*-*")):
-        kind, _, pid = leftover.name.removeprefix(f".{out.name}.").partition("-")
-        if kind not in ("tmp", "old") or not pid.isdigit() or _running(int(pid)):
-            continue
+        kind, _, owner = leftover.name.removeprefix(f".{out.name}.").partition("-")
+        host, _, pid = owner.rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or host not in ("", _HOST) or _running(int(pid)):
+            continue  # another machine's (a shared disk) is not ours to judge
         if kind == "old" and not out.exists():
             os.replace(leftover, out)
         else:
@@ -61,7 +67,7 @@ def _running(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or no process could have that number
         return False
     except PermissionError:  # another user's process
         return True

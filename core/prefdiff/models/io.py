@@ -94,7 +94,8 @@ def saved_conditioner(directory: str | Path) -> tuple[str, dict] | None:
         spec = json.loads((Path(directory) / MODEL_FILE).read_text()).get("conditioner")
     except (OSError, ValueError, AttributeError):  # no such folder or file, or malformed: load_model says so
         return None
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+    if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str)
+            or not isinstance(spec.get("options") or {}, dict)):
         return None
     return spec["name"], dict(spec.get("options") or {})
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, fields
+from typing import Any
 
 from torch import nn
 
@@ -80,14 +82,35 @@ class ModelPreset:
                     pass
                 setattr(self, f.name, value)
             if f.type.startswith("tuple"):
-                ok, kind = isinstance(value, (list, tuple)) and all(type(v) is int for v in value), "a list of integers"
-            elif f.type in ("int", "bool", "str"):
-                ok = type(value) is {"int": int, "bool": bool, "str": str}[f.type]
-                kind = {"int": "an integer", "bool": "true or false", "str": "text"}[f.type]
+                whole = [_whole(v) for v in value] if isinstance(value, (list, tuple)) else [None]
+                ok, kind = None not in whole, "a list of integers"
+                if ok:
+                    setattr(self, f.name, tuple(whole))
+            elif f.type == "int":
+                ok, kind = _whole(value) is not None, "an integer"
+                if ok:
+                    setattr(self, f.name, _whole(value))
+            elif f.type == "bool":
+                ok, kind = isinstance(value, bool) or _whole(value) in (0, 1), "true or false"
+                if ok:
+                    setattr(self, f.name, bool(value))
+            elif f.type == "str":
+                ok, kind = isinstance(value, str), "text"
             else:
                 continue
             if not ok:
-                raise UserError(f"model option {f.name} must be {kind}, got {value!r}")
+                raise UserError(f"model option {f.name} must be {kind}, got {value!r} ({type(value).__name__})")
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number (an int, a numpy integer, 32.0), else None; never a bool."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(value)
+    return None
 
 
 def build_denoiser(preset: ModelPreset | dict, conditioner: nn.Module | None = None,

@@ -104,7 +104,8 @@ def check_dataroot(root: str | Path, version: str) -> dict[str, list[dict]]:
                             f"re-extract the maps folder")
     samples = {s["token"] for s in tables["sample"]}
     for scene in tables["scene"]:
-        if type(scene["nbr_samples"]) is not int:
+        count = scene["nbr_samples"]
+        if isinstance(count, bool) or not isinstance(count, (int, float)) or not float(count).is_integer():
             raise UserError(f"scene '{scene['name']}' in {root / version / 'scene.json'} has nbr_samples "
                             f"{scene['nbr_samples']!r}; it must be a whole number (of keyframes)")
         if scene["nbr_samples"] < 1 or scene["first_sample_token"] not in samples:

@@ -25,8 +25,8 @@ def _one_hot_foreground(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     top = int(index.max()) if index.numel() else 0
     if top > num_classes:  # its one-hot would have no channel for it: the class would read as background
         raise UserError(f"a mask holds class {top}, but the mask conditioner has num_classes={num_classes}; set "
-                        f"its option num_classes to {top} (conditioner_options) and the model preset's "
-                        f"cond_channels to match")
+                        f"its option num_classes to {top} (fit: conditioner_options; sample and edit: "
+                        f"--conditioner-option num_classes={top}) and the model preset's cond_channels to match")
     classes = torch.arange(1, num_classes + 1, device=mask.device).view(1, -1, 1, 1)
     return (index == classes).float()
 
