@@ -207,3 +207,34 @@ def test_a_plugin_whose_hooks_ran_and_registered_nothing_is_not_blamed():
 
     with registered_plugin(_plugin(prefdiff_register_rewards=rewards), "conditional") as manager:
         assert {i.name: i for i in manager.plugins()}["conditional"].errors == []
+
+
+def test_an_option_of_the_wrong_type_is_named_before_the_factory_runs():
+    from prefdiff.errors import UserError
+    from prefdiff.plugins import get_manager
+
+    calls = []
+
+    class Sized:
+        def __init__(self, size: int = 4, scale: float = 1.0, label: str | None = None, flip: bool = False):
+            calls.append(size)
+
+    class Plugin:
+        @hookimpl
+        def prefdiff_register_datasets(self, register):
+            register("sized", Sized)
+
+    with registered_plugin(Plugin(), "sized-plugin"):
+        manager = get_manager()
+        with pytest.raises(UserError, match=r"dataset option size must be an integer, got 'abc' \(prefdiff fit: "
+                                            r"--data.dataset_options"):
+            manager.dataset("sized", size="abc")
+        for bad in ({"scale": "x"}, {"flip": "yes"}, {"label": 3}, {"size": 2.5}):
+            with pytest.raises(UserError, match=f"dataset option {next(iter(bad))} must be"):
+                manager.dataset("sized", **bad)
+        assert calls == []
+        import numpy as np
+
+        manager.dataset("sized", size=np.int64(8), scale=2, label=None, flip=True)
+        manager.dataset("sized", size=8.0)
+        assert calls == [8, 8.0]

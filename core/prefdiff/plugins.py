@@ -15,6 +15,7 @@ import importlib
 import inspect
 import json
 import logging
+import numbers
 import os
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -260,6 +261,9 @@ class PluginManager:
                             f"{sorted(options)}{OPTION_FLAGS.get(kind, '')}: {exc}") from None
         except ValueError:  # no signature to read (a builtin): the call itself tells
             pass
+        wrong = _mistyped_option(entry.factory, options)
+        if wrong is not None:
+            raise UserError(f"{kind[:-1]} option {wrong}{OPTION_FLAGS.get(kind, '')}")
         try:
             return entry.factory(**options)
         except UserError as exc:
@@ -307,6 +311,36 @@ class PluginManager:
     def benchmark(self, name: str, *, quick: bool = False):
         """Build the benchmark recipe registered under ``name``."""
         return self.build("benchmarks", name, quick=quick)
+
+
+_SIMPLE_TYPES = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+
+
+def _mistyped_option(factory: Callable, options: dict[str, Any]) -> str | None:
+    """"NAME must be an integer, got 'abc'" for the first option whose value does not fit the factory's
+    annotation; only plain int, float, bool and str annotations (or ``X | None``) are judged."""
+    import typing
+
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # annotations that do not evaluate here: the call itself tells
+        return None
+    for key, value in options.items():
+        hint = hints.get(key)
+        allowed = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_origin(hint) in (
+            typing.Union, getattr(__import__("types"), "UnionType", None)) else [hint]
+        if len(allowed) != 1 or allowed[0] not in _SIMPLE_TYPES or (value is None and hint is not allowed[0]):
+            continue
+        wanted = allowed[0]
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        fits = (isinstance(value, bool) if wanted is bool else
+                number and float(value).is_integer() if wanted is int else
+                number if wanted is float else
+                isinstance(value, (str, os.PathLike)))
+        if not fits:
+            return f"{key} must be {_SIMPLE_TYPES[wanted]}, got {value!r}"
+    return None
 
 
 def _plain_value(value: Any) -> Any:
