@@ -44,18 +44,26 @@ def run_catalogue(work: Path, promises: list[str], jobs: int) -> tuple[list[dict
     return results, walls
 
 
-def summarize(results: list[dict[str, Any]], walls: dict[str, float]) -> dict[str, Any]:
-    """The JSON: counts and wall time by promise and in all, the environment, every case with its outcome."""
+def summarize(results: list[dict[str, Any]], walls: dict[str, float],
+              runs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The JSON: counts and wall time by promise and in all, the environment, every case with its outcome.
+
+    Each promise records the run its cases come from (``run``: when, on which commit); ``runs`` gives
+    those of promises kept from an earlier run, the others are this one's.
+    """
     from prefdiff.bench.runner import environment
 
+    env, finished = environment(), time.strftime("%Y-%m-%d %H:%M %Z")
+    this_run = {"finished": finished, "commit": env["commit"], "clean": env["clean"], "threads": env["threads"]}
     promises = {}
     for name in PROMISES:
         mine = [r for r in results if r["promise"] == name]
         promises[name] = {"tried": len(mine), "passed": sum(r["passed"] for r in mine),
-                          "corrupted": sum(bool(r.get("corrupted")) for r in mine), "wall_s": walls.get(name, 0.0)}
+                          "corrupted": sum(bool(r.get("corrupted")) for r in mine), "wall_s": walls.get(name, 0.0),
+                          "run": (runs or {}).get(name, this_run)}
     totals = {key: sum(p[key] for p in promises.values()) for key in ("tried", "passed", "corrupted")}
-    return {"finished": time.strftime("%Y-%m-%d %H:%M %Z"), "wall_s": round(sum(walls.values()), 1),
-            "env": environment(), "promises": promises, "totals": totals, "cases": results}
+    return {"finished": finished, "wall_s": round(sum(walls.values()), 1),
+            "env": env, "promises": promises, "totals": totals, "cases": results}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,13 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    if args.promise and Path(args.out).is_file():  # keep the other promises' last results
+    runs = {}
+    if args.promise and Path(args.out).is_file():  # keep the other promises' last results, and their runs
         old = json.loads(Path(args.out).read_text())
         results += [c for c in old["cases"] if c["promise"] not in args.promise]
         walls = {**{k: v["wall_s"] for k, v in old["promises"].items() if k not in args.promise}, **walls}
+        earlier = {"finished": old["finished"], "commit": old["env"]["commit"], "clean": old["env"]["clean"],
+                   "threads": old["env"]["threads"]}  # a file written before promises recorded their runs
+        runs = {k: v.get("run", earlier) for k, v in old["promises"].items() if k not in args.promise}
         order = [c.id for c in catalogue()]
         results.sort(key=lambda c: order.index(c["id"]) if c["id"] in order else len(order))
-    data = summarize(results, walls)
+    data = summarize(results, walls, runs)
     from prefdiff.durable import atomic_write_text
     from prefdiff.reliability.page import render
 

@@ -56,6 +56,8 @@ BAD_INPUTS: list[tuple[str, str, tuple[str, ...], str]] = [
      "no-such-model"),
     ("fit", "wrong type", (*FIT, "--trainer.max_epochs", "abc"), "max_epochs"),
     ("fit", "wrong type", ("fit", "--config", "{w}/list.yaml"), "list.yaml"),
+    ("fit", "wrong type", (*FIT, "--trainer.default_root_dir", "{w}/afile"), "afile"),
+    ("fit", "wrong type", (*FIT, "--data.dataset_options", '{"resolution": "big"}'), "resolution"),
     ("fit", "malformed YAML or JSON", ("fit", "--config", "{w}/bad.yaml"), "bad.yaml"),
     ("fit", "malformed YAML or JSON", (*FIT, "--model.init_args.model", '{"kind": "unet2d", '), "model"),
     ("fit", "malformed YAML or JSON", (*FIT, "--data.pairs", "{w}/pairs-badline/pairs.jsonl", "--data.dataset",
@@ -78,6 +80,8 @@ BAD_INPUTS: list[tuple[str, str, tuple[str, ...], str]] = [
 
     ("sample", "missing file", (*SAMPLE[:2], "{w}/no-such-model", *SAMPLE[3:]), "no-such-model"),
     ("sample", "wrong type", (*SAMPLE, "--n", "abc"), "abc"),
+    ("sample", "wrong type", (*SAMPLE[:-1], "{w}/afile"), "afile"),
+    ("sample", "wrong type", (*SAMPLE, "--dataset-option", "size=abc"), "size"),
     ("sample", "malformed YAML or JSON", (*SAMPLE, "--dataset-option", "size=[1"), "size"),
     ("sample", "malformed YAML or JSON", (*SAMPLE, "--config", "{w}/bad.yaml"), "bad.yaml"),
     ("sample", "unknown name", (*SAMPLE, "--dataset", "nowhere"), "nowhere"),
@@ -92,10 +96,12 @@ BAD_INPUTS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("edit", "missing file", (*EDIT, "--mask", "{w}/no-such-mask.png"), "no-such-mask.png"),
     ("edit", "missing file", (*EDIT, "--image", "{w}/no-such-image.png", "--prompt", "a cat"), "no-such-image.png"),
     ("edit", "wrong type", (*EDIT, "--strength", "strong"), "strong"),
+    ("edit", "wrong type", (*EDIT, "--mask", "{w}/mask-wide.safetensors"), "mask-wide"),
     ("edit", "malformed YAML or JSON", (*EDIT, "--config", "{w}/bad.yaml"), "bad.yaml"),
     ("edit", "unknown name", (*EDIT, "--conditioner", "nowhere"), "nowhere"),
     ("edit", "out-of-range number", (*EDIT, "--strength", "1.5"), "--strength"),
     ("edit", "out-of-range number", (*EDIT, "--index", "99999"), "--index"),
+    ("edit", "out-of-range number", (*EDIT, "--mask", "{w}/mask-255.safetensors"), "mask-255"),
     ("edit", "corrupt safetensors", (*EDIT, "--mask", "{w}/torn.safetensors"), "torn.safetensors"),
     ("edit", "foreign checkpoint", (*EDIT[:2], "{w}/model-foreign", *EDIT[3:]), "model-foreign"),
     ("edit", "empty dataset", (*EDIT, "--dataset-option", "size=0"), "size"),
@@ -132,6 +138,8 @@ BAD_INPUTS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("medical make-data", "missing file", ("medical", "make-data", "{w}/afile/task"), "afile"),
     ("medical make-data", "wrong type", ("medical", "make-data", "{w}/out-task", "--volumes", "many"), "many"),
     ("medical make-data", "malformed YAML or JSON", ("medical", "make-data", "--config", "{w}/bad.yaml"), "bad.yaml"),
+    ("medical make-data", "unknown name", ("medical", "make-data", "{w}/out-task", "--config", "{w}/misspelt.yaml"),
+     "depthh"),
     ("medical make-data", "unknown name", ("medical", "make-dta", "{w}/out-task"), "make-dta"),
     ("medical make-data", "out-of-range number", ("medical", "make-data", "{w}/out-task", "--size", "0"), "--size"),
     ("medical make-data", "empty dataset", ("medical", "make-data", "{w}/out-task", "--volumes", "0"), "--volumes"),
@@ -147,6 +155,7 @@ BAD_INPUTS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("driving make-data", "missing file", ("driving", "make-data", "{w}/afile/nuscenes"), "afile"),
     ("driving make-data", "wrong type", ("driving", "make-data", "{w}/out-driving", "--duration", "fast"), "fast"),
     ("driving make-data", "wrong type", ("driving", "make-data", "{w}/nonempty"), "nonempty"),
+    ("driving make-data", "wrong type", ("driving", "make-data", "{w}/dataroot-user"), "dataroot-user"),
     ("driving make-data", "malformed YAML or JSON", ("driving", "make-data", "--config", "{w}/bad.yaml"), "bad.yaml"),
     ("driving make-data", "unknown name", ("driving", "make-data", "{w}/out-driving", "--version", "v9"), "v9"),
     ("driving make-data", "out-of-range number", ("driving", "make-data", "{w}/out-driving", "--duration", "0"),
@@ -157,6 +166,7 @@ BAD_INPUTS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("robotics make-data", "missing file", ("robotics", "make-data", "{w}/afile/demos.hdf5"), "afile"),
     ("robotics make-data", "wrong type", ("robotics", "make-data", "{w}/out-demos.hdf5", "--demos", "many"), "many"),
     ("robotics make-data", "wrong type", ("robotics", "make-data", "{w}/afile"), "afile"),
+    ("robotics make-data", "wrong type", ("robotics", "make-data", "{w}/users-lift.hdf5"), "users-lift.hdf5"),
     ("robotics make-data", "malformed YAML or JSON", ("robotics", "make-data", "--config", "{w}/bad.yaml"),
      "bad.yaml"),
     ("robotics make-data", "unknown name", ("robotics", "make-dta", "{w}/out-demos.hdf5"), "make-dta"),
@@ -219,6 +229,14 @@ def make_fixtures(w: Path, work: Path) -> None:
     (w / "afile").write_text("a file, not a folder\n")
     (w / "nonempty").mkdir(exist_ok=True)
     (w / "nonempty" / "keep.txt").write_text("a user's file\n")
+    (w / "misspelt.yaml").write_text("volumes: 3\ndepthh: 8\n")
+    # A user's own data where make-data would write: a nuScenes dataroot, a robomimic file of another robot.
+    (w / "dataroot-user" / "v1.0-mini").mkdir(parents=True, exist_ok=True)
+    (w / "dataroot-user" / "samples").mkdir(exist_ok=True)
+    import h5py
+
+    with h5py.File(w / "users-lift.hdf5", "w") as f:
+        f.create_group("data").attrs["env_args"] = json.dumps({"env_name": "Lift", "type": 1})
     for sub in ("imagesTr", "labelsTr"):  # a Decathlon task without a training volume
         (w / "task-empty" / sub).mkdir(parents=True, exist_ok=True)
     (w / "task-empty" / "dataset.json").write_text(json.dumps({"name": "empty", "labels": {"0": "background",
@@ -227,6 +245,10 @@ def make_fixtures(w: Path, work: Path) -> None:
     other = {**TINY_MODEL, "block_out_channels": [16, 32]}
     torch.manual_seed(0)
     save_model(build_denoiser(TINY_MODEL), w / "model")
+    from safetensors.torch import save_file
+
+    save_file({"keep": torch.ones(1, 1, 16, 16)}, str(w / "mask-wide.safetensors"))
+    save_file({"keep": torch.full((1, 1, 8, 8), 255.0)}, str(w / "mask-255.safetensors"))
     shutil.rmtree(w / "model-torn", ignore_errors=True)
     shutil.copytree(w / "model", w / "model-torn")
     _truncate(w / "model-torn" / "net" / "diffusion_pytorch_model.safetensors")

@@ -47,17 +47,24 @@ that follows the rule above (unless the config names a `CheckpointIO`).
 """
 
 
+def _run(run: dict[str, Any] | None, data: dict[str, Any]) -> str:
+    """When and on which commit a promise's cases ran (a file from before runs were recorded: its run)."""
+    run = run or {"finished": data["finished"], **data["env"]}
+    return (f"{run['finished']}, commit {run['commit']}{'' if run['clean'] else ' (with uncommitted changes)'}, "
+            f"{run['threads']} thread per process")
+
+
 def render(data: dict[str, Any]) -> str:
     """The page for the catalogue's results ``data``."""
     lines = [INTRO, "## The promises and their counts", "",
-             f"Last run: {data['finished']} on commit {data['env']['commit']}"
-             f"{'' if data['env']['clean'] else ' (with uncommitted changes)'}, {data['env']['threads']} "
-             f"thread per process, {data['wall_s'] / 60:.0f} min of wall time in all.", "",
-             "| promise | cases tried | passed | lost or corrupted |", "|---|---|---|---|"]
+             "Each promise's cases come from the run named beside it (a run may redo only some promises: "
+             "`python -m prefdiff.reliability --promise NAME`).", "",
+             "| promise | cases tried | passed | lost or corrupted | run |", "|---|---|---|---|---|"]
     for name, counts in data["promises"].items():
-        lines.append(f"| {name} | {counts['tried']} | {counts['passed']} | {counts['corrupted']} |")
+        lines.append(f"| {name} | {counts['tried']} | {counts['passed']} | {counts['corrupted']} | "
+                     f"{_run(counts.get('run'), data)}, {counts['wall_s'] / 60:.0f} min |")
     total = data["totals"]
-    lines += [f"| **all** | **{total['tried']}** | **{total['passed']}** | **{total['corrupted']}** |", ""]
+    lines += [f"| **all** | **{total['tried']}** | **{total['passed']}** | **{total['corrupted']}** | |", ""]
     for name, (statement, how) in PROMISES.items():
         counts = data["promises"][name]
         lines += [f"### {name}", "", f"**Promise.** {statement}", "", f"**How it is tested.** {how}", "",
