@@ -14,14 +14,14 @@ PROMISES = {
                "family on a tiny config of four epochs of two steps. Every checkpoint and adapter the killed "
                "run left must read whole; the resumed run's adapter must equal the uninterrupted run's."),
     "bench-kill": ("A `prefdiff bench` killed at any point leaves the earlier results folder as it was; the "
-                   "rerun completes.",
+                   "rerun completes and clears what the killed run left beside the folder.",
                    "SIGKILL at a random time of a tiny benchmark (`prefdiff.testing.tiny_recipe`, dpo with "
                    "mined pairs and ddpo) rerun into a finished results folder holding a user's NOTES.md, half "
                    "with an empty cache (the kill can land in the base model's pretraining or its save). Every "
                    "file of the results folder must be byte for byte as before (or, for a kill that landed after "
                    "the run published, the killed run's whole folder: every file there, the notes kept, a new "
                    "results.json with every method), a cached base model must load, and the rerun must finish "
-                   "with a readable results.json."),
+                   "with a readable results.json, leaving no staging or old folder beside the results folder."),
     "mining-kill": ("Pair mining killed at any point leaves the earlier pairs and their files as they were; the "
                     "rerun completes.",
                     "SIGKILL at a random time of the writing phase of a mining run into a folder of earlier "

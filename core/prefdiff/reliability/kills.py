@@ -270,13 +270,15 @@ def run_bench(cases: list[Case], work: Path) -> list[dict[str, Any]]:
         rerun = run(bench(cache)(folder / f"marker-{k}-rerun"), work, module="prefdiff.reliability.worker")
         finished_ok = rerun.returncode == 0 and "methods" in json.loads((out / "results.json").read_text())
         notes = (out / "NOTES.md").read_text() == "a user's notes on this run\n"
-        passed = killed and not lost and not bad and finished_ok and notes
+        beside = sorted(p.name for p in out.parent.glob(f".{out.name}.*"))  # the rerun clears the killed run's
+        passed = killed and not lost and not bad and finished_ok and notes and not beside
         detail = (f"killed at {delay:.1f} s of {length:.1f} s; results folder "
                   + ("the killed run's, whole (it had published)" if published else
                      "as it was" if not lost else f"CHANGED: {', '.join(lost)[:300]}")
                   + ("" if not bad else f"; cached base unreadable: {bad[0]}")
                   + f"; {len(left)} temporary left beside it; rerun "
                   + ("finished" if finished_ok else f"FAILED: {rerun.stderr[-300:]}")
+                  + ("" if not beside else f"; LEFT after the rerun: {', '.join(beside)}")
                   + ("" if notes else "; NOTES.md lost"))
         if not killed:
             detail = f"the run ended before every kill ({tries} tries); " + detail
