@@ -666,3 +666,37 @@ def test_a_conditioners_numpy_options_are_recorded_and_a_malformed_record_is_ign
     assert module.prefdiff_spec == {"name": "shifted_label", "options": {"shift": 2}}
     (tmp_path / MODEL_FILE).write_text(json.dumps({"conditioner": {"name": "x", "options": ["shift"]}}))
     assert saved_conditioner(tmp_path) is None
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_edit_an_image_file_towards_a_dataset_items_condition(tmp_path, capsys, channels):
+    import numpy as np
+    from PIL import Image
+
+    from prefdiff.cli import main
+    from prefdiff.models import build_denoiser, save_model
+
+    save_model(build_denoiser({**TINY_MODEL, "channels": channels}), tmp_path / "model")
+    Image.fromarray((np.random.default_rng(0).random((12, 12, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    common = ["edit", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "in.png"), "--steps", "2"]
+    assert main([*common, "--dataset", "synthetic_textures", "--dataset-option", "resolution=8",
+                 "--conditioner", "class_label", "--cond-from", "2", "--out", str(tmp_path / "e")]) == 0
+    edited = load_file(str(tmp_path / "e" / "edit.safetensors"))["samples"]
+    assert edited.shape == (2, channels, 8, 8) and not torch.equal(edited[0], edited[1])
+    line = fit_user_error(capsys, *common, "--out", tmp_path / "f")
+    assert "--image needs the condition to edit the image towards" in line and "--cond-from" in line
+
+
+def test_edit_an_image_file_towards_a_prompt_on_a_pipeline(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from prefdiff.cli import main
+    from prefdiff.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(tmp_path / "pipe")
+    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    assert main(["edit", "--model", str(pipe), "--image", str(tmp_path / "in.png"), "--prompt", "a red circle",
+                 "--steps", "2", "--out", str(tmp_path / "e")]) == 0
+    original, edited = load_file(str(tmp_path / "e" / "edit.safetensors"))["samples"]
+    assert original.shape == edited.shape == (3, 16, 16) and not torch.allclose(original, edited)

@@ -106,16 +106,22 @@ def sample_to_folder(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: str, size: int) -> torch.Tensor:
-    """An image file as ``[1, 3, size, size]`` in [-1, 1] (resized)."""
+def _read_image(path: str, like: torch.Tensor) -> torch.Tensor:
+    """An image file as one sample shaped like ``like`` (``[1, C, H, W]``, C 1 or 3) in [-1, 1], resized."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    if like.ndim != 4 or like.shape[1] not in (1, 3):
+        raise UserError(f"--image edits images, and this model makes samples of shape {tuple(like.shape[1:])}; "
+                        f"edit a dataset item with --index instead")
     try:
-        image = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
+        mode = "L" if like.shape[1] == 1 else "RGB"
+        image = Image.open(path).convert(mode).resize((like.shape[-1], like.shape[-2]), Image.BICUBIC)
     except (OSError, UnidentifiedImageError) as exc:
         raise UserError(f"--image {path} is not a readable image ({exc}); pass a PNG or JPEG") from None
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    pixels = torch.from_numpy(np.asarray(image).copy()).float()
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+    return pixels[None] / 127.5 - 1
 
 
 def _read_keep(path: str, like: torch.Tensor) -> torch.Tensor:
@@ -158,8 +164,13 @@ def edit(args: argparse.Namespace) -> int:
         raise UserError(f"--strength must be in (0, 1], got {args.strength}")
     denoiser, scheduler = _load_model(args)
     if args.image:
-        side = denoiser.decode(torch.zeros(1, *denoiser.sample_shape)).shape[-1]
-        x0, cond = _read_image(args.image, side), None
+        x0, cond = _read_image(args.image, denoiser.decode(torch.zeros(1, *denoiser.sample_shape))), None
+        if args.dataset and not args.prompt:  # a class or mask model: the condition is a dataset item's
+            dataset = _dataset(args)
+            index = args.cond_from if args.cond_from is not None else args.index
+            if not 0 <= index < len(dataset):
+                raise UserError(f"--cond-from {index} is outside the dataset (0..{len(dataset) - 1})")
+            cond = collate([dataset[index]])["cond"]
     else:
         dataset = _dataset(args)
         for flag, index in (("--index", args.index), ("--cond-from", args.cond_from)):
@@ -178,7 +189,8 @@ def edit(args: argparse.Namespace) -> int:
     if args.prompt:
         cond = args.prompt[:1]
     if cond is None:
-        raise UserError("--image needs --prompt: the condition to edit the image towards")
+        raise UserError("--image needs the condition to edit the image towards: --prompt (text-to-image), or "
+                        "--dataset with --cond-from N (a dataset item's condition: a class, a mask)")
     _fits(denoiser, cond, args)
     generator = torch.Generator().manual_seed(args.seed)
     keep = _read_keep(args.mask, x0) if args.mask else None
