@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -396,6 +397,80 @@ def test_sample_and_edit_say_when_the_datasets_conditions_do_not_fit_the_model(t
             assert (f"the conditions of dataset 'vectors' do not fit the model in {tmp_path / 'model'} "
                     f"(conditioner class_label)") in line, line
     assert not (tmp_path / "sample").exists() and not (tmp_path / "edit").exists()
+
+
+class DrawnData:
+    """A dataset that draws its own figure, recording what `prefdiff sample` and `prefdiff edit` hand it."""
+
+    drawn: list = []
+
+    @hookimpl
+    def prefdiff_register_datasets(self, register):
+        register("drawn", DrawnData.Items)
+
+    class Items(list):
+        def __init__(self, split="train"):
+            super().__init__({"cond": torch.tensor(i % 4), "x0": torch.rand(3, 8, 8)} for i in range(6))
+
+        def draw(self, rows, cond, png_path):
+            DrawnData.drawn.append(({k: v.clone() for k, v in rows.items()}, cond.clone()))
+            Path(png_path).write_bytes(b"drawn")
+
+
+def test_sample_and_edit_draw_with_the_datasets_own_figure(tmp_path, capsys):
+    from prefdiff.cli import main
+    from prefdiff.models import build_denoiser, save_model
+
+    save_model(build_denoiser({**TINY_MODEL, "sample_size": 8}), tmp_path / "model")
+    common = ["--model", str(tmp_path / "model"), "--dataset", "drawn", "--conditioner", "class_label", "--steps", "2"]
+    DrawnData.drawn.clear()
+    with registered_plugin(DrawnData(), "drawn-data"):
+        assert main(["sample", *common, "--n", "5", "--out", str(tmp_path / "s")]) == 0
+        assert main(["edit", *common, "--index", "1", "--cond-from", "2", "--out", str(tmp_path / "e")]) == 0
+    assert f"figure: {tmp_path / 's' / 'samples.png'}" in capsys.readouterr().out
+    (rows, cond), (edit_rows, edit_cond) = DrawnData.drawn
+    assert list(rows) == ["samples"] and torch.equal(cond, torch.tensor([0, 1, 2, 3, 0]))
+    torch.testing.assert_close(rows["samples"], load_file(str(tmp_path / "s/samples.safetensors"))["samples"])
+    assert list(edit_rows) == ["input", "edited"] and torch.equal(edit_cond, torch.tensor([2]))  # --cond-from's
+    written = load_file(str(tmp_path / "e/edit.safetensors"))["samples"]
+    torch.testing.assert_close(torch.cat(list(edit_rows.values())), written)
+    assert (tmp_path / "s/samples.png").read_bytes() == b"drawn"
+
+
+def test_edit_without_a_drawing_dataset_labels_before_and_after(tmp_path):
+    from PIL import Image
+
+    from prefdiff.cli import main
+    from prefdiff.models import build_denoiser, save_model
+
+    save_model(build_denoiser({**TINY_MODEL, "sample_size": 8}), tmp_path / "model")
+    common = ["--model", str(tmp_path / "model"), "--dataset", "synthetic_textures", "--dataset-option",
+              "resolution=8", "--conditioner", "class_label", "--steps", "2", "--out", str(tmp_path / "e")]
+    assert main(["edit", *common, "--index", "1"]) == 0
+    with Image.open(tmp_path / "e/edit.png") as labelled:
+        labels = np.asarray(labelled.convert("L"))[:, :labelled.width - 8 * 3]
+    assert labelled.height >= 2 * 8 * 3 and labels.min() < 128  # two rows of 8-pixel tiles at scale 3, labelled
+
+
+def test_a_labelled_figure_is_wide_enough_for_its_title(tmp_path):
+    from PIL import Image
+
+    from prefdiff.viz import save_labelled_rows
+
+    title = "edited towards 'two red circles left of a blue square'"
+    save_labelled_rows({"input": torch.zeros(1, 3, 8, 8)}, tmp_path / "one.png", title=title)
+    with Image.open(tmp_path / "one.png") as figure:
+        top = np.array(figure.convert("L"))[:24]
+    dark = np.nonzero((top < 128).any(axis=0))[0]
+    assert len(dark) and dark.max() < top.shape[1] - 4  # the title ends inside the figure, not cut at its edge
+
+def test_samples_without_a_figure_leave_no_earlier_figure_beside_them(tmp_path):
+    from prefdiff.generate import _figure, _write
+
+    trajectories = torch.rand(2, 4, 16)  # not images, and no dataset to draw them
+    (tmp_path / "samples.png").write_bytes(b"an earlier run's")
+    _write(trajectories, tmp_path, "samples", _figure(None, {"samples": trajectories}, None))
+    assert (tmp_path / "samples.safetensors").is_file() and not (tmp_path / "samples.png").exists()
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("example_*.yaml")), ids=lambda p: p.name)

@@ -145,7 +145,8 @@ def _parser(plugin_commands: dict[str, dict[str, Any]]):
     sample = _subparser("Sample a saved model or pipeline on prompts or a dataset's conditions.")
     _model_args(sample)
     sample.add_argument("--n", type=int, default=16, help="number of samples")
-    sample.add_argument("--out", required=True, help="output folder")
+    sample.add_argument("--out", required=True,
+                        help="output folder: samples.safetensors, and samples.png where the samples can be drawn")
     sub.add_subcommand("sample", sample, help="sample a saved model or pipeline on prompts or a dataset's conditions")
 
     edit = _subparser("Edit real samples: SDEdit under a new condition, or inpaint outside a keep mask.")
@@ -158,7 +159,8 @@ def _parser(plugin_commands: dict[str, dict[str, Any]]):
     edit.add_argument("--mask", default=None,
                       help="a safetensors file with a 'keep' tensor (1 keeps the input), or an image (white "
                            "keeps): inpaint instead")
-    edit.add_argument("--out", required=True, help="output folder")
+    edit.add_argument("--out", required=True,
+                      help="output folder: edit.safetensors (input, then edited) and edit.png, before and after")
     sub.add_subcommand("edit", edit, help="edit real samples: SDEdit under a new condition, or inpaint")
 
     label = _subparser("Serve the labeling page: people pick the better of two samples.")

@@ -67,18 +67,39 @@ def _fits(denoiser, cond: Any, args: argparse.Namespace) -> None:
                          fix="pass the dataset and --conditioner the model was trained with")
 
 
-def _write(samples: torch.Tensor, out: Path, name: str) -> None:
+def _figure(dataset: Any, rows: dict[str, torch.Tensor], cond: Any, title: str | None = None):
+    """What draws ``rows`` into a PNG: the dataset's own ``draw`` (its conditions beside the samples:
+    masks, layouts, scenes), else a labelled image grid; ``None`` for samples that are not images."""
+    draw = getattr(dataset, "draw", None)
+    if callable(draw):
+        return lambda png: draw(rows, cond, png)
+    first = next(iter(rows.values()))
+    if first.ndim != 4 or first.shape[1] not in (1, 3):
+        return None
+    if len(rows) == 1:
+        from prefdiff.viz import save_grid
+
+        return lambda png: save_grid(first, png)
+    from prefdiff.viz import save_labelled_rows
+
+    return lambda png: save_labelled_rows(rows, png, title=title)
+
+
+def _write(samples: torch.Tensor, out: Path, name: str, figure=None) -> None:
+    """``OUT/NAME.safetensors``, then ``OUT/NAME.png`` drawn by ``figure(png_path)`` when there is one."""
     from safetensors.torch import save
 
     from prefdiff.durable import atomic_write_bytes
-    from prefdiff.viz import save_grid
 
     out.mkdir(parents=True, exist_ok=True)
     # Whole or not at all (prefdiff.durable): a full disk is one line, an earlier file stays as it was.
     atomic_write_bytes(out / f"{name}.safetensors", save({"samples": samples.contiguous()}))
-    if samples.ndim == 4 and samples.shape[1] in (1, 3):
-        save_grid(samples, out / f"{name}.png")
     print(f"{name}: {out / (name + '.safetensors')}")
+    png = out / f"{name}.png"
+    png.unlink(missing_ok=True)  # an earlier run's figure must not pass for this one's
+    if figure is not None:
+        figure(png)
+        print(f"figure: {png}")
 
 
 @torch.no_grad()
@@ -89,6 +110,7 @@ def sample_to_folder(args: argparse.Namespace) -> int:
 
     _check_counts(args)
     denoiser, scheduler = _load_model(args)
+    dataset = None
     if args.prompt:
         cond, n = [args.prompt[i % len(args.prompt)] for i in range(args.n)], args.n
     else:
@@ -102,7 +124,8 @@ def sample_to_folder(args: argparse.Namespace) -> int:
     uncond = denoiser.null_condition(cond) if args.guidance_scale != 1 else None
     out = sample(denoiser, scheduler, noise, cond, num_steps=args.steps, eta=0.0,
                  guidance_scale=args.guidance_scale, uncond=uncond, **denoiser.pinned(cond))
-    _write(denoiser.decode(out.samples), Path(args.out), "samples")
+    samples = denoiser.decode(out.samples)
+    _write(samples, Path(args.out), "samples", _figure(dataset, {"samples": samples}, cond))
     return 0
 
 
@@ -163,6 +186,7 @@ def edit(args: argparse.Namespace) -> int:
     if not 0 < args.strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {args.strength}")
     denoiser, scheduler = _load_model(args)
+    dataset = None
     if args.image:
         x0, cond = _read_image(args.image, denoiser.decode(torch.zeros(1, *denoiser.sample_shape))), None
         if args.dataset and not args.prompt:  # a class or mask model: the condition is a dataset item's
@@ -196,5 +220,7 @@ def edit(args: argparse.Namespace) -> int:
     keep = _read_keep(args.mask, x0) if args.mask else None
     edited = edit_samples(denoiser, scheduler, x0, cond, strength=1.0 if keep is not None else args.strength, keep=keep,
                           num_steps=args.steps, generator=generator)
-    _write(torch.cat([x0, edited]), Path(args.out), "edit")
+    towards = f"edited towards '{cond[0]}'" if args.prompt else None
+    figure = _figure(dataset, {"input": x0, "edited": edited}, cond, title=towards)
+    _write(torch.cat([x0, edited]), Path(args.out), "edit", figure)
     return 0

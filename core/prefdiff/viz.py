@@ -55,7 +55,8 @@ def save_labelled_rows(rows: dict[str, torch.Tensor], path: str | Path, *, colum
     label_w = 12 + max(int(measure.textlength(name, font=font)) for name in rows)
     top = 28 if title else 4
     gap = 4
-    sheet = Image.new("RGB", (label_w + k * (w + gap), top + len(rows) * (h + gap)), "white")
+    width = max(label_w + k * (w + gap), 12 + int(measure.textlength(title, font=font)) if title else 0)
+    sheet = Image.new("RGB", (width, top + len(rows) * (h + gap)), "white")
     draw = ImageDraw.Draw(sheet)
     if title:
         draw.text((6, 6), title, fill="black", font=font)

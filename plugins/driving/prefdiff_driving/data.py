@@ -344,3 +344,10 @@ class NuScenesBEV(Dataset):
         n = len(self) if n is None else min(n, len(self))
         return {"layout": self.layout[:n], "route": self.route[:n], "speed": self.speed[:n],
                 "traffic": self.traffic[:n]}
+
+    def draw(self, rows: dict[str, torch.Tensor], cond: dict[str, torch.Tensor], png_path: str | Path) -> None:
+        """`prefdiff sample` and `prefdiff edit`'s figure: each row's scenes on their maps and routes, with
+        the planner's best plan (the benchmark's figure)."""
+        from prefdiff_driving.figures import render
+
+        render(rows, cond, png_path)

@@ -87,7 +87,7 @@ def render(rows: dict[str, torch.Tensor], cond: dict[str, torch.Tensor], png_pat
             draw_scene(axes[r, i], samples[i], select(part, i), plan, float(out["score"][i]))
         axes[r, 0].set_ylabel(name, fontsize=8)
     fig.suptitle("BEV scenes (ego green, vehicles blue, pedestrians orange); route dashed, best plan solid "
-                 "(green feasible, red not); planner score above", fontsize=7)
+                 "(green feasible, red not); planner score above", fontsize=7, wrap=True)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

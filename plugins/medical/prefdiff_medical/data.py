@@ -232,3 +232,9 @@ class DecathlonSlices(Dataset):
     def volume_of(self, i: int) -> str:
         """File name of the volume item ``i`` was cut from."""
         return self.volumes[self.index[i][0]]
+
+    def draw(self, rows: dict[str, torch.Tensor], cond: torch.Tensor, png_path: str | Path) -> None:
+        """`prefdiff sample` and `prefdiff edit`'s figure: the conditioning masks above each labelled row."""
+        from prefdiff_medical.figures import render
+
+        render(rows, cond, Path(png_path))

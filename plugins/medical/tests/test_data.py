@@ -157,3 +157,25 @@ def test_a_bad_task_variable_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFDIFF_MEDICAL_TASK", str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match=rf"PREFDIFF_MEDICAL_TASK={tmp_path / 'nowhere'}: task folder .* does not exist"):
         medical_recipe(quick=True)
+
+
+def test_sample_and_edit_draw_the_conditioning_masks_above_the_slices(small_task, tmp_path):
+    from PIL import Image
+
+    from prefdiff.models import build_denoiser, save_model
+    from prefdiff.plugins import get_manager
+    from prefdiff_medical.recipe import medical_recipe
+
+    recipe = medical_recipe(quick=True)
+    torch.manual_seed(0)
+    conditioner = get_manager().conditioner(recipe.conditioner, **recipe.conditioner_options)
+    save_model(build_denoiser(recipe.model, conditioner), tmp_path / "model")
+    common = ["--model", str(tmp_path / "model"), "--dataset", "decathlon", "--dataset-option",
+              f"root={small_task}", "--split", "test", "--steps", "2"]
+    assert main(["sample", *common, "--n", "3", "--out", str(tmp_path / "s")]) == 0
+    assert main(["edit", *common, "--index", "0", "--strength", "0.5", "--out", str(tmp_path / "e")]) == 0
+    for png in (tmp_path / "s/samples.png", tmp_path / "e/edit.png"):
+        with Image.open(png) as figure:
+            pixels = np.asarray(figure.convert("RGB")).astype(int)
+        # the samples are grey; only the masks' class colours make red differ from green
+        assert (np.abs(pixels[..., 0] - pixels[..., 1]) > 100).any(), png

@@ -286,3 +286,10 @@ class RobotDemos(Dataset):
     def layouts(self) -> list[Layout]:
         """Every item's layout."""
         return [Layout.from_vector(c) for c in self.cond.numpy()]
+
+    def draw(self, rows: dict[str, torch.Tensor], cond: torch.Tensor, png_path: str | Path) -> None:
+        """`prefdiff sample` and `prefdiff edit`'s figure: each row's planned and simulated paths in their
+        layouts (the benchmark's figure)."""
+        from prefdiff_robotics.figures import render_rows
+
+        render_rows(rows, cond, Path(png_path))

@@ -68,7 +68,7 @@ def render_rows(rows: dict[str, torch.Tensor], cond: torch.Tensor, png_path: Pat
             color = "#2ca02c" if score_execution(run, positions, actions)["success"] else "#d62728"
             ax.plot(positions[:, 0], positions[:, 1], "--", color="0.5", lw=1)
             ax.plot(run.path[:, 0], run.path[:, 1], "-", color=color, lw=1.8)
-    fig.suptitle("planned (dashed) and simulated (solid; green = success) trajectories", fontsize=9)
+    fig.suptitle("planned (dashed) and simulated (solid; green = success) trajectories", fontsize=9, wrap=True)
     fig.tight_layout()
     fig.savefig(png_path, dpi=90)
     plt.close(fig)

@@ -182,3 +182,9 @@ class ShapesCaptions(Dataset):
     def attributes(self, index: int) -> dict[str, Any]:
         """The prompt attributes recorded for an item."""
         return {k: self.records[index][k] for k in ATTRIBUTE_KEYS if k in self.records[index]}
+
+    def draw(self, rows: dict[str, torch.Tensor], cond: list[str], png_path: str | Path) -> None:
+        """`prefdiff sample` and `prefdiff edit`'s figure: the prompts above each labelled row of samples."""
+        from prefdiff_t2i.figures import render
+
+        render(rows, cond, Path(png_path), title="prompts (top) and their samples")

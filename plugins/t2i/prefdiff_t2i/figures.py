@@ -42,7 +42,8 @@ def first_of_each_prompt(prompts: Sequence[str], columns: int) -> list[int]:
     return picked[:columns]
 
 
-def render(rows: dict[str, torch.Tensor], cond: Any, png_path: Path, columns: int = 8, scale: int = 3) -> None:
+def render(rows: dict[str, torch.Tensor], cond: Any, png_path: Path, columns: int = 8, scale: int = 3,
+           title: str = "held-out prompts (top) and each model's sample from the same noise") -> None:
     """Write the prompts' row, then one labelled row of samples per model.
 
     :param rows: row name (``base``, a method) -> decoded samples ``[B, 3, H, W]``.
@@ -55,5 +56,4 @@ def render(rows: dict[str, torch.Tensor], cond: Any, png_path: Path, columns: in
     for name, images in rows.items():
         picked = images[index].detach().float().cpu().clamp(-1, 1)
         shown[name] = F.interpolate(picked, scale_factor=scale, mode="nearest")
-    save_labelled_rows(shown, png_path, columns=len(index), scale=1,
-                       title="held-out prompts (top) and each model's sample from the same noise")
+    save_labelled_rows(shown, png_path, columns=len(index), scale=1, title=title)

@@ -1,5 +1,6 @@
 """The figure and the field's own numbers."""
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -34,3 +35,23 @@ def test_colour_drift_is_zero_for_the_same_images_and_grows_with_a_colour_shift(
     x = torch.rand(8, 3, 16, 16) * 2 - 1
     assert colour_drift(x, x) == 0.0
     assert colour_drift((x + 0.5).clamp(-1, 1), x) > colour_drift((x + 0.1).clamp(-1, 1), x) > 0
+
+
+def test_sample_and_edit_draw_the_prompts_above_the_samples(world_dir, tmp_path):
+    from prefdiff.cli import main
+    from prefdiff.testing import tiny_pipeline
+    from prefdiff_t2i.data import ShapesCaptions
+
+    side = ShapesCaptions(world_dir, split="test")[0]["x0"].shape[-1]
+    pipe = tiny_pipeline(tmp_path / "pipe", image_size=side)
+    common = ["--model", str(pipe), "--dataset", "t2i_shapes", "--dataset-option", f"root={world_dir}",
+              "--split", "test", "--steps", "2"]
+    assert main(["sample", *common, "--n", "2", "--out", str(tmp_path / "s")]) == 0
+    assert main(["edit", *common, "--index", "0", "--strength", "0.5", "--out", str(tmp_path / "e")]) == 0
+    for png, rows in ((tmp_path / "s/samples.png", 2), (tmp_path / "e/edit.png", 3)):
+        with Image.open(png) as figure:
+            grey = torch.from_numpy(np.array(figure.convert("L"))).float()
+        tile = side * 3
+        assert figure.height > rows * tile, png  # the prompts' row above the samples'
+        prompt_row = grey[figure.height - rows * (tile + 4):, -tile:][:tile]
+        assert prompt_row.mean() > 200 and prompt_row.min() < 100, png  # dark text on a white tile
