@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -190,7 +189,7 @@ def _read(path: str, mtime: float, size: int, horizon: int, state_dim: int, acti
                 if key in f["mask"]:
                     masks[key] = {n.decode() if isinstance(n, bytes) else str(n) for n in f["mask"][key][()]}
     if dropped:
-        warnings.warn(f"{path}: skipped {dropped} demo(s) holding NaN or Inf", stacklevel=3)
+        log.warning(f"{path}: skipped {dropped} demo(s) holding NaN or Inf")
     if not x0:
         raise UserError(f"{path}: every demo holds NaN or Inf; re-create the file ({MAKE})")
     return np.stack(x0), np.stack(cond), names, masks, dropped
