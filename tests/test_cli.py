@@ -596,6 +596,19 @@ def test_ctrl_c_during_fit_is_one_line_and_exit_130(tmp_path, monkeypatch, capsy
     assert signal.getsignal(signal.SIGINT) is handler  # Lightning's SIG_IGN is not left behind
 
 
+@pytest.mark.parametrize("argv, says", [(["--config", "c.yaml", "fit"], "checkpoints written so far are kept"),
+                                        (["bench", "example"], "the output folder was left as it was"),
+                                        (["sample", "--out", "o"], "nothing was left half written")])
+def test_the_interrupt_line_names_what_the_command_leaves(argv, says, monkeypatch, capsys):
+    from prefdiff import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err.startswith(f"prefdiff: interrupted; {says}")
+
 def test_an_exit_that_is_not_an_interrupt_keeps_its_code(monkeypatch):
     from prefdiff import cli
 

@@ -45,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
     finally:
         interrupted.restore()
-    print(f"prefdiff: interrupted; {_AFTER_INTERRUPT.get(argv[0] if argv else '', 'nothing was left half written')}",
-          file=sys.stderr)
+    command = next((word for word in argv if word in _AFTER_INTERRUPT), "")  # `prefdiff --config X fit` too
+    print(f"prefdiff: interrupted; {_AFTER_INTERRUPT.get(command, 'nothing was left half written')}", file=sys.stderr)
     return 130
 
 
