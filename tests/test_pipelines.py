@@ -261,3 +261,25 @@ def test_every_method_takes_a_step_on_a_pipeline(sd, method, extra):
     assert changed, f"{method} took no step"
     frozen = [n for n, p in module.denoiser.named_parameters() if n.startswith(("codec.", "conditioner."))]
     assert frozen and not any(p.requires_grad for n, p in module.denoiser.named_parameters() if n in frozen)
+
+
+@pytest.mark.parametrize("method, extra", [("ddpo", {"samples_per_condition": 2}),
+                                           ("draft", {"reward": "smoothness", "k": 2})])
+def test_a_pipeline_trains_in_bfloat16(sd, method, extra):
+    # `--trainer.precision bf16-true` (weights and activations in bfloat16, half the memory): before the
+    # samplers kept their schedule arithmetic in float32, DDIM's samples were NaN here.
+    import pytorch_lightning as pl
+
+    from prefdiff.datamodule import PrefDataModule
+    from prefdiff.quiet import quiet_trainer
+    from prefdiff.trainers import METHODS
+
+    cls, fixed = METHODS[method]
+    module = cls(base=str(sd), lora_rank=4, num_steps=3, lr=1e-2, guidance_scale=2.0,
+                 **{"reward": "jpeg_compressibility", **fixed, **extra})
+    pl.seed_everything(0, verbose=False)
+    data = PrefDataModule.from_datasets(Captions(cls.training_data(**fixed)), batch_size=2)
+    quiet_trainer(1, precision="bf16-true").fit(module, datamodule=data)
+    lora = [p for n, p in module.denoiser.named_parameters() if "lora_B" in n]
+    assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in lora)
+    assert any(p.abs().sum() > 0 for p in lora), f"{method} took no step"

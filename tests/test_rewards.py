@@ -42,6 +42,17 @@ def test_contract_violations_name_plugin_and_reward(name, message):
             reward(torch.zeros(4, 3, 8, 8))
 
 
+def test_nan_scores_of_nan_samples_blame_the_model_not_the_reward():
+    samples = torch.zeros(4, 3, 8, 8)
+    samples[2, 0, 1, 1] = float("nan")
+    with registered_plugin(BadRewards(), "bad-rewards") as manager:
+        with pytest.raises(UserError, match="the model made 1 sample\\(s\\) of 4 holding NaN or Inf, and reward "
+                                            "'mean' \\(plugin 'bad-rewards'\\) scored them NaN or Inf: training "
+                                            "diverged"):
+            manager.reward("mean")(samples)
+        with pytest.raises(PluginError, match="reward 'nan'"):  # finite samples: the reward's own NaN
+            manager.reward("nan")(torch.zeros(4, 3, 8, 8))
+
 def test_a_reward_registered_differentiable_must_pass_gradients():
     with registered_plugin(BadRewards(), "bad-rewards") as manager:
         reward = manager.reward("detached")

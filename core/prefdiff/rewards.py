@@ -40,7 +40,7 @@ class Reward:
         except Exception as exc:
             raise PluginError(f"reward '{self.name}' (plugin '{self.plugin}') raised "
                               f"{type(exc).__name__}: {exc}") from exc
-        scores, info = check_reward_output(out, samples.shape[0], self.describe(), samples.device)
+        scores, info = check_reward_output(out, samples.shape[0], self.describe(), samples.device, samples)
         if self.differentiable and samples.requires_grad and torch.is_grad_enabled() and not scores.requires_grad:
             raise PluginError(f"{self.describe()} is registered with differentiable=True, but its scores carry "
                               f"no gradient; compute them with torch operations on the samples, or register "
@@ -51,10 +51,11 @@ class Reward:
         return f"reward '{self.name}' (plugin '{self.plugin}')"
 
 
-def check_reward_output(out: Any, batch: int, who: str,
-                        device: torch.device | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+def check_reward_output(out: Any, batch: int, who: str, device: torch.device | None = None,
+                        samples: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Return ``out`` if it meets the reward contract (scores on ``device`` if given), else raise
-    :class:`PluginError`."""
+    :class:`PluginError`; or :class:`UserError` when NaN or Inf scores come from NaN or Inf
+    ``samples``, which the model made, not the reward."""
     fix = "return (scores, info) with scores a finite float tensor of shape [B]"
     if not (isinstance(out, tuple) and len(out) == 2):
         raise PluginError(f"{who} returned {type(out).__name__}, not a (scores, info) pair; {fix}")
@@ -71,6 +72,11 @@ def check_reward_output(out: Any, batch: int, who: str,
                           f"compute the scores on the samples' device")
     bad = ~torch.isfinite(scores.detach())
     if bad.any():
+        broken = 0 if samples is None else int((~torch.isfinite(samples.detach().reshape(batch, -1))).any(1).sum())
+        if broken:
+            raise UserError(f"the model made {broken} sample(s) of {batch} holding NaN or Inf, and {who} scored "
+                            f"them NaN or Inf: training diverged (lower --model.init_args.lr) or the model runs "
+                            f"at a precision it cannot hold (train in 32-true or bf16-mixed)")
         kinds = "NaN" if torch.isnan(scores.detach()).any() else "Inf"
         raise PluginError(f"{who} returned {int(bad.sum())} {kinds} score(s) of {batch}; {fix}")
     if not isinstance(info, dict):

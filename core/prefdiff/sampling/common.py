@@ -59,6 +59,12 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, keep_mask: Tensor | 
     return (log_prob.reshape(x.shape[0], -1) * drawn).sum(dim=1) / drawn.sum(dim=1).clamp(min=1)
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a sampler step's arithmetic runs in: ``x``'s, and never below float32 (a model in
+    bfloat16 or float16 gets float32 around its calls, as diffusers' schedulers give it)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def randn_like(like: Tensor, generator: torch.Generator | None) -> Tensor:
     # Draw on the generator's device so one CPU seed reproduces the same noise on any device.
     device = generator.device if generator is not None else like.device

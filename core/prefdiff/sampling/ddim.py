@@ -36,8 +36,8 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-from prefdiff.sampling.common import (Model, SampleOutput, check_guidance, gaussian_log_prob, grad_steps,
-                                      predict_velocity, randn_like)
+from prefdiff.sampling.common import (Model, SampleOutput, check_guidance, compute_dtype, gaussian_log_prob,
+                                      grad_steps, predict_velocity, randn_like)
 
 
 # ------------------------------------------------------------ schedule
@@ -64,7 +64,7 @@ def add_noise(scheduler, x0: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
     :param noise: standard normal noise broadcastable to ``x0``.
     """
     alpha = _alpha_bar(scheduler, _batch_timesteps(t, x0), x0)
-    return alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
+    return (alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise).to(x0.dtype)
 
 
 def predict_x0(scheduler, x_t: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
@@ -75,7 +75,7 @@ def predict_x0(scheduler, x_t: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
     :param t: timestep, an int or a LongTensor ``[B]``.
     """
     alpha = _alpha_bar(scheduler, _batch_timesteps(t, x_t), x_t)
-    return (x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+    return ((x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()).to(x_t.dtype)
 
 
 DDIM_PREDICTIONS = ("epsilon", "v_prediction")
@@ -96,7 +96,7 @@ def to_epsilon(scheduler, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
     if scheduler.config.prediction_type == "epsilon":
         return output
     alpha = _alpha_bar(scheduler, _batch_timesteps(t, x_t), x_t)
-    return alpha.sqrt() * output + (1 - alpha).sqrt() * x_t
+    return (alpha.sqrt() * output + (1 - alpha).sqrt() * x_t).to(output.dtype)
 
 
 def training_target(scheduler, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
@@ -106,7 +106,7 @@ def training_target(scheduler, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     if scheduler.config.prediction_type == "epsilon":
         return noise
     alpha = _alpha_bar(scheduler, _batch_timesteps(t, x0), x0)
-    return alpha.sqrt() * noise - (1 - alpha).sqrt() * x0
+    return (alpha.sqrt() * noise - (1 - alpha).sqrt() * x0).to(x0.dtype)
 
 
 def _step_ratio(scheduler) -> int:
@@ -127,12 +127,17 @@ def _batch_timesteps(t: int | Tensor, x: Tensor) -> Tensor:
 
 
 def _alpha_bar(scheduler, t: Tensor, x: Tensor) -> Tensor:
-    """alpha-bar at each row's timestep, shaped ``[B, 1, ...]`` in ``x``'s device and dtype.
+    """alpha-bar at each row's timestep, shaped ``[B, 1, ...]`` on ``x``'s device, in ``compute_dtype(x)``.
 
     A negative ``t`` is the end of the sampling chain and uses ``final_alpha_cumprod``.
+    Never in half precision: bfloat16 keeps 8 bits, so every alpha-bar above 0.998 (the
+    first steps of Stable Diffusion's schedule) rounds to 1 and ``1 - a_t`` to 0, and the
+    step's x_0 and variance become NaN. A model in bfloat16 (``--trainer.precision
+    bf16-true``) gets float32 arithmetic around its calls, as diffusers' schedulers give it.
     """
-    alphas = scheduler.alphas_cumprod.to(device=x.device, dtype=x.dtype)
-    final = torch.as_tensor(scheduler.final_alpha_cumprod, device=x.device, dtype=x.dtype)
+    dtype = compute_dtype(x)
+    alphas = scheduler.alphas_cumprod.to(device=x.device, dtype=dtype)
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, device=x.device, dtype=dtype)
     alpha = torch.where(t >= 0, alphas[t.clamp(min=0)], final)
     return alpha.view(-1, *([1] * (x.dim() - 1)))
 
@@ -178,6 +183,8 @@ def ddim_step(
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     t = _batch_timesteps(t, x_t)
+    dtype = x_t.dtype  # the sample's; the step itself runs in compute_dtype, float32 at least
+    x_t, eps = x_t.to(compute_dtype(x_t)), eps.to(compute_dtype(x_t))
     alpha_t = _alpha_bar(scheduler, t, x_t)
     alpha_prev = _alpha_bar(scheduler, t - _step_ratio(scheduler), x_t)
 
@@ -199,7 +206,8 @@ def ddim_step(
             prev_sample = mean + std * noise
         else:
             prev_sample = mean
-    log_prob = gaussian_log_prob(prev_sample.detach(), mean, std)
+        prev_sample = prev_sample.to(dtype)
+    log_prob = gaussian_log_prob(prev_sample.detach().to(mean.dtype), mean, std)
     return prev_sample, log_prob, mean, std
 
 

@@ -44,8 +44,8 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-from prefdiff.sampling.common import (SampleOutput, check_guidance, gaussian_log_prob, grad_steps,
-                                      predict_velocity, randn_like)
+from prefdiff.sampling.common import (SampleOutput, check_guidance, compute_dtype, gaussian_log_prob,
+                                      grad_steps, predict_velocity, randn_like)
 
 SDE_KINDS = ("sde", "cps")
 
@@ -68,14 +68,14 @@ def noise_level_of(scheduler, t: Tensor | float) -> Tensor:
 
 def add_flow_noise(x0: Tensor, noise: Tensor, s: Tensor) -> Tensor:
     """``x_s = (1 - s) x_0 + s eps`` with ``s`` per row ``[B]`` or a scalar."""
-    s = torch.as_tensor(s, device=x0.device, dtype=x0.dtype).reshape(-1, *([1] * (x0.dim() - 1)))
-    return (1 - s) * x0 + s * noise
+    s = torch.as_tensor(s, device=x0.device, dtype=compute_dtype(x0)).reshape(-1, *([1] * (x0.dim() - 1)))
+    return ((1 - s) * x0 + s * noise).to(x0.dtype)
 
 
 def predict_x0_flow(x_t: Tensor, v: Tensor, s: Tensor) -> Tensor:
     """The x_0 a velocity implies at noise level s: ``x_0 = x_s - s v``."""
-    s = torch.as_tensor(s, device=x_t.device, dtype=x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
-    return x_t - s * v
+    s = torch.as_tensor(s, device=x_t.device, dtype=compute_dtype(x_t)).reshape(-1, *([1] * (x_t.dim() - 1)))
+    return (x_t - s * v).to(x_t.dtype)
 
 
 def check_noise_level(noise_level: float) -> None:
@@ -105,11 +105,16 @@ def flow_step(
     :param prev_sample: a stored ``x_prev``: nothing is drawn, its log-prob is returned.
 
     ``log_prob`` is ``[B]`` with ``x_prev`` held constant (gradients flow through the mean),
-    and 0 for a deterministic step; ``std`` is ``[B, 1, ...]``.
+    and 0 for a deterministic step; ``std`` is ``[B, 1, ...]``. The step runs in float32 at
+    least, as diffusers' ``FlowMatchEulerDiscreteScheduler.step`` does: in bfloat16 the noise
+    levels near 1 are 0.004 apart, as coarse as a step of a 50-step schedule is long.
+    ``x_prev`` comes back in ``x``'s dtype.
     """
     if kind not in SDE_KINDS:
         raise ValueError(f"kind must be one of {SDE_KINDS}, got {kind!r}")
     check_noise_level(noise_level)
+    dtype = x.dtype
+    x, v = x.to(compute_dtype(x)), v.to(compute_dtype(x))
     shape = (-1, *([1] * (x.dim() - 1)))
     s = torch.as_tensor(s, device=x.device, dtype=x.dtype).reshape(shape).expand(x.shape[0], *shape[1:])
     s_prev = torch.as_tensor(s_prev, device=x.device, dtype=x.dtype).reshape(shape).expand_as(s)
@@ -135,7 +140,8 @@ def flow_step(
             prev_sample = mean + std * noise
         else:
             prev_sample = mean
-    return prev_sample, gaussian_log_prob(prev_sample.detach(), mean, std), mean, std
+        prev_sample = prev_sample.to(dtype)
+    return prev_sample, gaussian_log_prob(prev_sample.detach().to(mean.dtype), mean, std), mean, std
 
 
 def stochastic_steps(num_steps: int, noise_level: float, window: tuple[int, int] | None) -> list[bool]:

@@ -293,11 +293,11 @@ class AlignmentModule(pl.LightningModule):
                 outputs.append(out)
                 samples = self.denoiser.decode(out.samples)
                 if self.reward_workers_pool is not None:
-                    pending.append((self.reward_workers_pool.submit(samples, part), size))
+                    pending.append((self.reward_workers_pool.submit(samples, part), size, samples))
                 else:
                     scores.append(self.score(samples, part)[0])
-            for future, size in pending:
-                part_scores, info = check_reward_output(future.result(), size, reward.describe())
+            for future, size, samples in pending:
+                part_scores, info = check_reward_output(future.result(), size, reward.describe(), samples=samples)
                 self.reward_queries += size
                 numbers = {k: v for k, v in info.items() if isinstance(v, (int, float))}
                 if numbers and self._trainer is not None:
