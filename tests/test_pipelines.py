@@ -283,3 +283,32 @@ def test_a_pipeline_trains_in_bfloat16(sd, method, extra):
     lora = [p for n, p in module.denoiser.named_parameters() if "lora_B" in n]
     assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in lora)
     assert any(p.abs().sum() > 0 for p in lora), f"{method} took no step"
+
+
+def test_frozen_weights_in_bfloat16_train_a_float32_adapter(sd):
+    # diffusers' LoRA scripts' --mixed_precision: the frozen UNet, VAE and text encoder in bfloat16 (read from the
+    # folder in it), the adapter and its optimizer in float32, the layers run by autocast.
+    import pytorch_lightning as pl
+
+    from prefdiff.datamodule import PrefDataModule
+    from prefdiff.quiet import quiet_trainer
+    from prefdiff.trainers import METHODS
+
+    cls, fixed = METHODS["dpo"]
+    module = cls(base=str(sd), lora_rank=4, num_steps=3, lr=1e-2, frozen_dtype="bfloat16", **fixed)
+    parts = dict(module.denoiser.named_parameters())
+    assert {p.dtype for p in parts.values() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in parts.values() if not p.requires_grad} == {torch.bfloat16}
+    assert any(n.startswith("codec.") for n in parts) and any(n.startswith("conditioner.") for n in parts)
+    lora = {n: p.detach().clone() for n, p in parts.items() if "lora_B" in n}
+    pl.seed_everything(0, verbose=False)
+    data = PrefDataModule.from_datasets(Captions(cls.training_data(**fixed)), batch_size=2)
+    quiet_trainer(1, precision="bf16-mixed").fit(module, datamodule=data)
+    assert all(p.dtype == torch.float32 and not torch.equal(p, lora[n]) for n, p in module.denoiser.named_parameters()
+               if n in lora)
+    with pytest.raises(UserError, match="--model.frozen_dtype bfloat16 holds the frozen weights in half precision, "
+                                        "which only autocast can mix with the float32 adapter; add --trainer.precision "
+                                        "bf16-mixed \\(the Trainer's is 32-true\\)"):
+        quiet_trainer(1).fit(module, datamodule=data)
+    with pytest.raises(UserError, match="--model.frozen_dtype must be one of bfloat16, float16, got 'int8'"):
+        cls(base=str(sd), lora_rank=4, frozen_dtype="int8", **fixed)

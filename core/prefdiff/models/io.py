@@ -100,9 +100,11 @@ def saved_conditioner(directory: str | Path) -> tuple[str, dict] | None:
     return spec["name"], dict(spec.get("options") or {})
 
 
-def load_model(directory: str | Path, conditioner: nn.Module | None = None) -> Denoiser:
+def load_model(directory: str | Path, conditioner: nn.Module | None = None,
+               dtype: torch.dtype | None = None) -> Denoiser:
     """Load what :func:`save_model` wrote, or a local diffusers pipeline folder; a clear error for a
-    missing or foreign folder."""
+    missing or foreign folder. ``dtype``: a pipeline's weights are read in it (``torch_dtype``: a large
+    transformer never sits in memory in float32); a prefdiff model folder loads in float32."""
     from safetensors.torch import load_file
 
     from prefdiff.models.flow_pipelines import load_flow_pipeline
@@ -118,7 +120,8 @@ def load_model(directory: str | Path, conditioner: nn.Module | None = None) -> D
         if conditioner is not None:
             raise UserError(f"{directory} is a text-to-image pipeline with its own text encoder; drop the "
                             f"conditioner (--conditioner / --model.conditioner)")
-        return load_flow_pipeline(directory) if pipeline_layout(directory) in FLOW_LAYOUTS else load_pipeline(directory)
+        load = load_flow_pipeline if pipeline_layout(directory) in FLOW_LAYOUTS else load_pipeline
+        return load(directory, dtype=dtype)
     meta_path = directory / MODEL_FILE
     if not meta_path.is_file():
         raise UserError(f"{directory} is not a prefdiff model folder (no {MODEL_FILE}) nor a diffusers "

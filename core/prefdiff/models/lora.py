@@ -85,6 +85,23 @@ def add_lora(denoiser: Denoiser, options: LoraOptions | None = None) -> Denoiser
     return denoiser
 
 
+FROZEN_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes the weights that do not train may be held in (``--model.init_args.frozen_dtype``)."""
+
+
+def hold_frozen_in(denoiser: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Hold the weights that do not train in ``dtype`` and the ones that do in float32.
+
+    What diffusers' LoRA training scripts do with ``--mixed_precision bf16`` (their ``weight_dtype``, then
+    ``cast_training_params``): the frozen base network, VAE and text encoders take half the memory, the
+    adapter's weights and its optimizer state keep float32 updates, and autocast
+    (``--trainer.precision bf16-mixed``) runs each layer in half precision.
+    """
+    for parameter in denoiser.parameters():
+        parameter.data = parameter.data.to(torch.float32 if parameter.requires_grad else dtype)
+    return denoiser
+
+
 def has_lora(denoiser: nn.Module) -> bool:
     """Whether a LoRA adapter is injected."""
     from peft.tuners.tuners_utils import BaseTunerLayer

@@ -92,6 +92,9 @@ LEVERS = {
     "gradient_checkpointing": Lever("--model.gradient_checkpointing", lambda s: {"gradient_checkpointing": True}),
     "logprob_batch": Lever("--model.logprob_batch: several steps' log-probs in one forward",
                            lambda s: {"logprob_batch": s.logprob_batch}, methods=("ddpo", "grpo")),
+    "frozen_bf16": Lever("--model.frozen_dtype bfloat16: the frozen weights in bfloat16, the adapter in float32",
+                         lambda s: {"frozen_dtype": "bfloat16"}, modes=("lora",),
+                         gpu_only="it needs bf16-mixed autocast, and --tiny trains in 32-true"),
 }
 COMPILING = ("compile", "cudagraphs")
 COMPILE_MARGIN_S = 120.0
@@ -114,12 +117,14 @@ PLAN: tuple[tuple[str, str, str, tuple[str, ...], bool], ...] = (
     ("sd15", "ddpo", "lora", ("logprob_batch",), True),
     ("sd15", "dpo", "lora", ("lora_blocks",), False),
     ("sd15", "ddpo", "lora", ("lora_blocks",), False),
+    ("sd15", "dpo", "lora", ("frozen_bf16",), False),
     ("sdxl", "dpo", "lora", (), False),
     ("sdxl", "ddpo", "lora", (), True),
     ("sdxl", "ddpo", "full", (), False),
     ("sd3", "dpo", "lora", (), False),
     ("sd3", "grpo", "lora", (), True),
     ("sd3", "grpo", "full", (), False),
+    ("sd3", "grpo", "lora", ("frozen_bf16",), False),
     ("sd15", "ddpo", "lora", ("compile",), True),
     ("sd15", "ddpo", "lora", ("cudagraphs",), True),
     ("sd15", "dpo", "lora", ("compile",), False),

@@ -14,8 +14,8 @@ import torch
 
 from prefdiff.data import condition_count
 from prefdiff.errors import UserError
-from prefdiff.models import (LORA_INITS, LoraOptions, ModelPreset, add_lora, build_denoiser, default_lora_targets,
-                             load_model, saved_conditioner)
+from prefdiff.models import (FROZEN_DTYPES, LORA_INITS, LoraOptions, ModelPreset, add_lora, build_denoiser,
+                             default_lora_targets, hold_frozen_in, load_model, saved_conditioner)
 from prefdiff.plugins import get_manager
 from prefdiff.sampling import SDE_KINDS, is_flow, noised, sample, training_target
 from prefdiff.schedulers import build_scheduler, load_scheduler
@@ -26,6 +26,8 @@ SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
 #: torch.compile's modes (reduce-overhead captures CUDA graphs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LORA_TARGETS = ("attention", "blocks")
+#: The Trainer precisions that autocast, or hold everything in half precision: what --model.frozen_dtype needs.
+HALF_PRECISIONS = ("bf16-mixed", "16-mixed", "bf16-true", "16-true")
 
 
 class TrainingData(Enum):
@@ -98,6 +100,11 @@ class AlignmentModule(pl.LightningModule):
     :param compile_mode: torch.compile's mode: ``default``, ``reduce-overhead`` (CUDA graphs),
         ``max-autotune`` or ``max-autotune-no-cudagraphs``.
     :param fused_optimizer: AdamW's fused kernel (one launch per step instead of one per tensor group).
+    :param frozen_dtype: ``bfloat16`` or ``float16``: hold the weights that do not train (the base network
+        under a LoRA adapter, a pipeline's VAE and text encoders) in this dtype, read from the folder in
+        it, and the trained ones in float32, as diffusers' LoRA scripts do with ``--mixed_precision``.
+        Half the memory of the frozen weights; needs ``--trainer.precision bf16-mixed`` (or ``16-mixed``),
+        whose autocast runs each layer in half precision. None keeps every weight in float32.
     :param gradient_checkpointing: recompute the network's block activations in backward (diffusers'
         ``enable_gradient_checkpointing``): less memory, more compute.
     """
@@ -115,7 +122,7 @@ class AlignmentModule(pl.LightningModule):
                  fused_optimizer: bool = False,
                  gradient_checkpointing: bool = False,
                  lora_init: str = "default", negative_prompt: str = "",
-                 distilled_guidance: float | None = None) -> None:  # pragma: no mutate block
+                 distilled_guidance: float | None = None, frozen_dtype: str | None = None) -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
         if seed is None:
@@ -158,8 +165,9 @@ class AlignmentModule(pl.LightningModule):
         if saved is not None and name in (None, saved[0]):  # the base's own, unless another is named
             name, options = saved[0], {**saved[1], **options}
         cond_module = get_manager().conditioner(name, **options) if name else None
+        frozen = FROZEN_DTYPES[hp.frozen_dtype] if hp.frozen_dtype else None
         if hp.base is not None:
-            denoiser = load_model(hp.base, cond_module)
+            denoiser = load_model(hp.base, cond_module, dtype=frozen)
         else:
             denoiser = build_denoiser(ModelPreset(**hp.model), cond_module)
         denoiser.set_negative_prompt(hp.negative_prompt)
@@ -168,6 +176,8 @@ class AlignmentModule(pl.LightningModule):
             add_lora(denoiser, LoraOptions(r=hp.lora_rank, alpha=hp.lora_alpha or float(hp.lora_rank),
                                            target_modules=self._lora_target_names(denoiser.net),
                                            init=hp.lora_init))
+        if frozen is not None:
+            hold_frozen_in(denoiser, frozen)
         return denoiser
 
     def frozen_keys(self, state: dict[str, Any]) -> list[str]:
@@ -202,6 +212,8 @@ class AlignmentModule(pl.LightningModule):
             raise UserError(f"--model.sdpa_backend must be one of {', '.join(SDPA_BACKENDS)}, got '{hp.sdpa_backend}'")
         if hp.compile_mode not in COMPILE_MODES:
             raise UserError(f"--model.compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{hp.compile_mode}'")
+        if hp.frozen_dtype is not None and hp.frozen_dtype not in FROZEN_DTYPES:
+            raise UserError(f"--model.frozen_dtype must be one of {', '.join(FROZEN_DTYPES)}, got '{hp.frozen_dtype}'")
 
     def _lora_target_names(self, net: torch.nn.Module) -> list[str]:
         """The layers of ``net`` that ``--model.lora_targets`` names (empty: the model's default targets)."""
@@ -348,6 +360,11 @@ class AlignmentModule(pl.LightningModule):
         self.denoiser = whole.to(self.device)
 
     def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision) if self._trainer is not None else None
+        if self.hparams.frozen_dtype and precision not in (None, *HALF_PRECISIONS):
+            raise UserError(f"--model.frozen_dtype {self.hparams.frozen_dtype} holds the frozen weights in half "
+                            f"precision, which only autocast can mix with the float32 adapter; add "
+                            f"--trainer.precision bf16-mixed (the Trainer's is {precision})")
         # The attention kernel is a process-wide setting: forced for the run, restored at teardown.
         if self.hparams.sdpa_backend is not None and getattr(self, "_sdpa", None) is None:
             from torch.nn.attention import SDPBackend, sdpa_kernel
