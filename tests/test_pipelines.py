@@ -312,3 +312,15 @@ def test_frozen_weights_in_bfloat16_train_a_float32_adapter(sd):
         quiet_trainer(1).fit(module, datamodule=data)
     with pytest.raises(UserError, match="--model.frozen_dtype must be one of bfloat16, float16, got 'int8'"):
         cls(base=str(sd), lora_rank=4, frozen_dtype="int8", **fixed)
+
+
+def test_a_folder_saved_in_half_precision_loads_in_float32_unless_told(tmp_path):
+    # transformers 5 keeps a text encoder in the dtype it was saved in; prefdiff's weights are float32 unless
+    # --model.init_args.frozen_dtype says otherwise, the text encoders too.
+    from transformers import CLIPTextModel
+
+    folder = tiny_pipeline(tmp_path / "pipe")
+    encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
+    encoder.to(torch.bfloat16).save_pretrained(folder / "text_encoder")
+    assert {p.dtype for p in load_model(folder).parameters()} == {torch.float32}
+    assert {p.dtype for p in load_model(folder, dtype=torch.bfloat16).parameters()} == {torch.bfloat16}

@@ -55,7 +55,8 @@ def load_flow_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: to
 
     path = Path(path)
     layout = flow_layout(path)
-    options = {"use_safetensors": True, "local_files_only": True, **({"torch_dtype": dtype} if dtype else {})}
+    # float32 unless told: transformers 5 would otherwise keep each text encoder in the dtype it was saved in
+    options = {"use_safetensors": True, "local_files_only": True, "torch_dtype": dtype or torch.float32}
     sd3 = layout == SD3
     clip = CLIPTextModelWithProjection if sd3 else CLIPTextModel  # SD3 pools both CLIPs' projections
     t5 = "3" if sd3 else "2"

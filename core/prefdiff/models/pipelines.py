@@ -166,7 +166,8 @@ def load_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.d
     path = Path(path)
     layout = _unet_layout(path)
     sdxl = layout == "StableDiffusionXLPipeline"
-    options = {"use_safetensors": True, "local_files_only": True, **({"torch_dtype": dtype} if dtype else {})}
+    # float32 unless told: transformers 5 would otherwise keep each text encoder in the dtype it was saved in
+    options = {"use_safetensors": True, "local_files_only": True, "torch_dtype": dtype or torch.float32}
     with loading(path):
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **options)
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **options)
