@@ -88,7 +88,7 @@ def main() -> int:
                for name in ARMS}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     changed = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.splitlines()
-    clean = all(line[3:] == str(Path(args.out).resolve().relative_to(ROOT)) for line in changed)  # but this output
+    clean = all((ROOT / line[3:]).resolve() == Path(args.out).resolve() for line in changed)  # but this output
     record = {"command": " ".join(["benchmarks/frozen_dtype.py", *sys.argv[1:]]), "commit": commit, "clean": clean,
               "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
               "summary": summary, "ratio_bfloat16_to_float32": {

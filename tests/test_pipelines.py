@@ -313,6 +313,13 @@ def test_frozen_weights_in_bfloat16_train_a_float32_adapter(sd):
     with pytest.raises(UserError, match="--model.frozen_dtype must be one of bfloat16, float16, got 'int8'"):
         cls(base=str(sd), lora_rank=4, frozen_dtype="int8", **fixed)
 
+    # A full fine-tune trains the network itself: read in float32, not rounded to bfloat16 first.
+    sft, fixed = METHODS["sft"]
+    whole = sft(base=str(sd), lora_rank=0, frozen_dtype="bfloat16", **fixed).denoiser
+    reference = load_model(sd)
+    assert all(torch.equal(p, reference.net.get_parameter(n)) for n, p in whole.net.named_parameters())
+    assert {p.dtype for p in whole.codec.parameters()} == {torch.bfloat16}
+
 
 def test_a_folder_saved_in_half_precision_loads_in_float32_unless_told(tmp_path):
     # transformers 5 keeps a text encoder in the dtype it was saved in; prefdiff's weights are float32 unless

@@ -167,7 +167,8 @@ class AlignmentModule(pl.LightningModule):
         cond_module = get_manager().conditioner(name, **options) if name else None
         frozen = FROZEN_DTYPES[hp.frozen_dtype] if hp.frozen_dtype else None
         if hp.base is not None:
-            denoiser = load_model(hp.base, cond_module, dtype=frozen)
+            # A full fine-tune (lora_rank 0) trains the network itself: it is read in float32, not rounded.
+            denoiser = load_model(hp.base, cond_module, dtype=frozen if hp.lora_rank > 0 else None)
         else:
             denoiser = build_denoiser(ModelPreset(**hp.model), cond_module)
         denoiser.set_negative_prompt(hp.negative_prompt)
