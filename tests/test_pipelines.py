@@ -312,6 +312,9 @@ def test_frozen_weights_in_bfloat16_train_a_float32_adapter(sd):
         quiet_trainer(1).fit(module, datamodule=data)
     with pytest.raises(UserError, match="--model.frozen_dtype must be one of bfloat16, float16, got 'int8'"):
         cls(base=str(sd), lora_rank=4, frozen_dtype="int8", **fixed)
+    half = cls(base=str(sd), lora_rank=4, frozen_dtype="float16", **fixed)
+    with pytest.raises(UserError, match="--model.frozen_dtype float16 needs a GPU: on a CPU, torch's group norm"):
+        quiet_trainer(1, precision="bf16-mixed").fit(half, datamodule=data)
 
     # A full fine-tune trains the network itself: read in float32, not rounded to bfloat16 first.
     sft, fixed = METHODS["sft"]

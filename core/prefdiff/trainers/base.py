@@ -104,7 +104,8 @@ class AlignmentModule(pl.LightningModule):
         under a LoRA adapter, a pipeline's VAE and text encoders) in this dtype, read from the folder in
         it, and the trained ones in float32, as diffusers' LoRA scripts do with ``--mixed_precision``.
         Half the memory of the frozen weights; needs ``--trainer.precision bf16-mixed`` (or ``16-mixed``),
-        whose autocast runs each layer in half precision. None keeps every weight in float32.
+        whose autocast runs each layer in half precision; ``float16`` needs a GPU. None keeps every weight
+        in float32.
     :param gradient_checkpointing: recompute the network's block activations in backward (diffusers'
         ``enable_gradient_checkpointing``): less memory, more compute.
     """
@@ -366,6 +367,10 @@ class AlignmentModule(pl.LightningModule):
             raise UserError(f"--model.frozen_dtype {self.hparams.frozen_dtype} holds the frozen weights in half "
                             f"precision, which only autocast can mix with the float32 adapter; add "
                             f"--trainer.precision bf16-mixed (the Trainer's is {precision})")
+        if self.hparams.frozen_dtype == "float16" and precision is not None \
+                and self.trainer.strategy.root_device.type == "cpu":
+            raise UserError("--model.frozen_dtype float16 needs a GPU: on a CPU, torch's group norm cannot mix float16 "
+                            "weights with float32 activations; use --model.frozen_dtype bfloat16")
         # The attention kernel is a process-wide setting: forced for the run, restored at teardown.
         if self.hparams.sdpa_backend is not None and getattr(self, "_sdpa", None) is None:
             from torch.nn.attention import SDPBackend, sdpa_kernel
