@@ -268,6 +268,16 @@ def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path, family):
         assert apart <= 0.01 * sum(w.numel() for w in one.values()), apart
 
 
+def test_fit_holds_a_class_models_frozen_weights_in_bfloat16(tmp_path, capsys):
+    # The conditions check before training runs the model as training does (under autocast), not on
+    # float32 zeros against bfloat16 weights, which read as "the conditions do not fit".
+    from prefdiff.cli import main
+
+    code = main([str(a) for a in _tiny_fit_args(tmp_path, "--model.init_args.frozen_dtype", "bfloat16",
+                                                "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1")])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert {w.dtype for w in _adapter(tmp_path).values()} == {torch.float32}
+
 def test_empty_dataset(tmp_path):
     args = _tiny_fit_args(tmp_path)
     args[args.index("--data.dataset_options") + 1] = '{"resolution": 8, "size": 0}'
@@ -598,7 +608,7 @@ def test_ctrl_c_during_fit_is_one_line_and_exit_130(tmp_path, monkeypatch, capsy
 
 @pytest.mark.parametrize("argv, says", [(["--config", "c.yaml", "fit"], "checkpoints written so far are kept"),
                                         (["bench", "example"], "the output folder was left as it was"),
-                                        (["sample", "--out", "o"], "nothing was left half written")])
+                                        (["sample", "--out", "bench"], "nothing was left half written")])
 def test_the_interrupt_line_names_what_the_command_leaves(argv, says, monkeypatch, capsys):
     from prefdiff import cli
 

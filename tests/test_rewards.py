@@ -52,6 +52,8 @@ def test_nan_scores_of_nan_samples_blame_the_model_not_the_reward():
             manager.reward("mean")(samples)
         with pytest.raises(PluginError, match="reward 'nan'"):  # finite samples: the reward's own NaN
             manager.reward("nan")(torch.zeros(4, 3, 8, 8))
+        with pytest.raises(PluginError, match="reward 'nan'"):  # NaN scores of finite samples too: its own
+            manager.reward("nan")(samples)
 
 def test_a_reward_registered_differentiable_must_pass_gradients():
     with registered_plugin(BadRewards(), "bad-rewards") as manager:

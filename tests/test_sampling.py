@@ -251,6 +251,23 @@ def test_a_bfloat16_model_samples_as_the_float32_one_does(prediction_type):
     assert 0.4 < float(out.samples.float().std()) < 0.6
 
 
+def test_mixed_dtypes_promote_as_the_inputs_do():
+    # Under bf16 autocast a network returns bfloat16 beside a float32 x_t: the conversions and the step
+    # must give what the float32 output would, not round to bfloat16 (v-prediction amplifies it in x_0).
+    from prefdiff.sampling.ddim import add_noise, ddim_step, predict_x0, to_epsilon, training_target
+
+    scheduler = make_scheduler(prediction_type="v_prediction")
+    scheduler.set_timesteps(10)
+    x, t = randn(2, 3, 4), torch.tensor([901, 1])
+    output = randn(2, 3, 4, seed=1).to(torch.bfloat16)
+    for fn in (lambda o, x: to_epsilon(scheduler, o, x, t), lambda o, x: predict_x0(scheduler, x, o, t),
+               lambda o, x: add_noise(scheduler, x, t, o), lambda o, x: training_target(scheduler, x, o, t),
+               lambda o, x: ddim_step(scheduler, o, t, x, 1.0, noise=torch.zeros_like(x))[0]):
+        mixed, wide = fn(output, x), fn(output.float(), x)
+        assert mixed.dtype == torch.float32 and torch.equal(mixed, wide)
+        assert fn(output.float(), x.double()).dtype == torch.float64
+
+
 # ----------------------------------------------------------- gradients
 
 

@@ -45,9 +45,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
     finally:
         interrupted.restore()
-    command = next((word for word in argv if word in _AFTER_INTERRUPT), "")  # `prefdiff --config X fit` too
-    print(f"prefdiff: interrupted; {_AFTER_INTERRUPT.get(command, 'nothing was left half written')}", file=sys.stderr)
+    print(f"prefdiff: interrupted; {_AFTER_INTERRUPT.get(_command_of(argv), 'nothing was left half written')}",
+          file=sys.stderr)
     return 130
+
+
+def _command_of(argv: list[str]) -> str:
+    """The command word of ``argv``: the first word that is neither an option nor ``--config``'s value
+    (`prefdiff --config X fit`), never an option's value further on (`prefdiff sample --out bench`)."""
+    value = False
+    for word in argv:
+        if value:
+            value = False
+        elif word in ("-c", "--config"):
+            value = True
+        elif not word.startswith("-"):
+            return word
+    return ""
 
 
 #: What the interrupt line adds, per command: what survives and how to go on.

@@ -40,7 +40,8 @@ class Reward:
         except Exception as exc:
             raise PluginError(f"reward '{self.name}' (plugin '{self.plugin}') raised "
                               f"{type(exc).__name__}: {exc}") from exc
-        scores, info = check_reward_output(out, samples.shape[0], self.describe(), samples.device, samples)
+        scores, info = check_reward_output(out, samples.shape[0], self.describe(), samples.device,
+                                           finite_rows(samples))
         if self.differentiable and samples.requires_grad and torch.is_grad_enabled() and not scores.requires_grad:
             raise PluginError(f"{self.describe()} is registered with differentiable=True, but its scores carry "
                               f"no gradient; compute them with torch operations on the samples, or register "
@@ -51,11 +52,16 @@ class Reward:
         return f"reward '{self.name}' (plugin '{self.plugin}')"
 
 
+def finite_rows(samples: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: which samples hold no NaN or Inf (on their device; no host sync)."""
+    return torch.isfinite(samples.detach()).reshape(samples.shape[0], -1).all(dim=1)
+
+
 def check_reward_output(out: Any, batch: int, who: str, device: torch.device | None = None,
-                        samples: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                        samples_finite: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Return ``out`` if it meets the reward contract (scores on ``device`` if given), else raise
-    :class:`PluginError`; or :class:`UserError` when NaN or Inf scores come from NaN or Inf
-    ``samples``, which the model made, not the reward."""
+    :class:`PluginError`; or :class:`UserError` when every NaN or Inf score is that of a sample
+    the model made NaN or Inf (``samples_finite``, from :func:`finite_rows`), not the reward's."""
     fix = "return (scores, info) with scores a finite float tensor of shape [B]"
     if not (isinstance(out, tuple) and len(out) == 2):
         raise PluginError(f"{who} returned {type(out).__name__}, not a (scores, info) pair; {fix}")
@@ -72,8 +78,8 @@ def check_reward_output(out: Any, batch: int, who: str, device: torch.device | N
                           f"compute the scores on the samples' device")
     bad = ~torch.isfinite(scores.detach())
     if bad.any():
-        broken = 0 if samples is None else int((~torch.isfinite(samples.detach().reshape(batch, -1))).any(1).sum())
-        if broken:
+        if samples_finite is not None and not (bad & samples_finite.to(bad.device)).any():
+            broken = int((~samples_finite).sum())
             raise UserError(f"the model made {broken} sample(s) of {batch} holding NaN or Inf, and {who} scored "
                             f"them NaN or Inf: training diverged (lower --model.init_args.lr) or the model runs "
                             f"at a precision it cannot hold (train in 32-true or bf16-mixed)")

@@ -64,7 +64,7 @@ def add_noise(scheduler, x0: Tensor, t: int | Tensor, noise: Tensor) -> Tensor:
     :param noise: standard normal noise broadcastable to ``x0``.
     """
     alpha = _alpha_bar(scheduler, _batch_timesteps(t, x0), x0)
-    return (alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise).to(x0.dtype)
+    return (alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise).to(torch.promote_types(x0.dtype, noise.dtype))
 
 
 def predict_x0(scheduler, x_t: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
@@ -75,7 +75,7 @@ def predict_x0(scheduler, x_t: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
     :param t: timestep, an int or a LongTensor ``[B]``.
     """
     alpha = _alpha_bar(scheduler, _batch_timesteps(t, x_t), x_t)
-    return ((x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()).to(x_t.dtype)
+    return ((x_t - (1 - alpha).sqrt() * eps) / alpha.sqrt()).to(torch.promote_types(x_t.dtype, eps.dtype))
 
 
 DDIM_PREDICTIONS = ("epsilon", "v_prediction")
@@ -96,7 +96,7 @@ def to_epsilon(scheduler, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
     if scheduler.config.prediction_type == "epsilon":
         return output
     alpha = _alpha_bar(scheduler, _batch_timesteps(t, x_t), x_t)
-    return (alpha.sqrt() * output + (1 - alpha).sqrt() * x_t).to(output.dtype)
+    return (alpha.sqrt() * output + (1 - alpha).sqrt() * x_t).to(torch.promote_types(output.dtype, x_t.dtype))
 
 
 def training_target(scheduler, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
@@ -106,7 +106,7 @@ def training_target(scheduler, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     if scheduler.config.prediction_type == "epsilon":
         return noise
     alpha = _alpha_bar(scheduler, _batch_timesteps(t, x0), x0)
-    return (alpha.sqrt() * noise - (1 - alpha).sqrt() * x0).to(x0.dtype)
+    return (alpha.sqrt() * noise - (1 - alpha).sqrt() * x0).to(torch.promote_types(noise.dtype, x0.dtype))
 
 
 def _step_ratio(scheduler) -> int:
@@ -183,8 +183,10 @@ def ddim_step(
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     t = _batch_timesteps(t, x_t)
-    dtype = x_t.dtype  # the sample's; the step itself runs in compute_dtype, float32 at least
-    x_t, eps = x_t.to(compute_dtype(x_t)), eps.to(compute_dtype(x_t))
+    dtype = torch.promote_types(x_t.dtype, eps.dtype)  # the result's, as the inputs promote; the step runs in
+    # compute_dtype, float32 at least (a bfloat16 eps from autocast beside a float32 x_t gives float32)
+    x_t = x_t.to(torch.promote_types(dtype, torch.float32))
+    eps = eps.to(x_t.dtype)
     alpha_t = _alpha_bar(scheduler, t, x_t)
     alpha_prev = _alpha_bar(scheduler, t - _step_ratio(scheduler), x_t)
 

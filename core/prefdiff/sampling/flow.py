@@ -69,13 +69,13 @@ def noise_level_of(scheduler, t: Tensor | float) -> Tensor:
 def add_flow_noise(x0: Tensor, noise: Tensor, s: Tensor) -> Tensor:
     """``x_s = (1 - s) x_0 + s eps`` with ``s`` per row ``[B]`` or a scalar."""
     s = torch.as_tensor(s, device=x0.device, dtype=compute_dtype(x0)).reshape(-1, *([1] * (x0.dim() - 1)))
-    return ((1 - s) * x0 + s * noise).to(x0.dtype)
+    return ((1 - s) * x0 + s * noise).to(torch.promote_types(x0.dtype, noise.dtype))
 
 
 def predict_x0_flow(x_t: Tensor, v: Tensor, s: Tensor) -> Tensor:
     """The x_0 a velocity implies at noise level s: ``x_0 = x_s - s v``."""
     s = torch.as_tensor(s, device=x_t.device, dtype=compute_dtype(x_t)).reshape(-1, *([1] * (x_t.dim() - 1)))
-    return (x_t - s * v).to(x_t.dtype)
+    return (x_t - s * v).to(torch.promote_types(x_t.dtype, v.dtype))
 
 
 def check_noise_level(noise_level: float) -> None:
@@ -108,13 +108,14 @@ def flow_step(
     and 0 for a deterministic step; ``std`` is ``[B, 1, ...]``. The step runs in float32 at
     least, as diffusers' ``FlowMatchEulerDiscreteScheduler.step`` does: in bfloat16 the noise
     levels near 1 are 0.004 apart, as coarse as a step of a 50-step schedule is long.
-    ``x_prev`` comes back in ``x``'s dtype.
+    ``x_prev`` comes back in the dtype ``x`` and ``v`` promote to.
     """
     if kind not in SDE_KINDS:
         raise ValueError(f"kind must be one of {SDE_KINDS}, got {kind!r}")
     check_noise_level(noise_level)
-    dtype = x.dtype
-    x, v = x.to(compute_dtype(x)), v.to(compute_dtype(x))
+    dtype = torch.promote_types(x.dtype, v.dtype)  # the result's, as the inputs promote
+    x = x.to(torch.promote_types(dtype, torch.float32))
+    v = v.to(x.dtype)
     shape = (-1, *([1] * (x.dim() - 1)))
     s = torch.as_tensor(s, device=x.device, dtype=x.dtype).reshape(shape).expand(x.shape[0], *shape[1:])
     s_prev = torch.as_tensor(s_prev, device=x.device, dtype=x.dtype).reshape(shape).expand_as(s)

@@ -26,8 +26,8 @@ SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
 #: torch.compile's modes (reduce-overhead captures CUDA graphs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LORA_TARGETS = ("attention", "blocks")
-#: The Trainer precisions that autocast, or hold everything in half precision: what --model.frozen_dtype needs.
-HALF_PRECISIONS = ("bf16-mixed", "16-mixed", "bf16-true", "16-true")
+#: The Trainer precisions that autocast: what --model.frozen_dtype needs (the -true ones would cast the adapter too).
+AUTOCAST_PRECISIONS = ("bf16-mixed", "16-mixed")
 
 
 class TrainingData(Enum):
@@ -103,9 +103,9 @@ class AlignmentModule(pl.LightningModule):
     :param frozen_dtype: ``bfloat16`` or ``float16``: hold the weights that do not train (the base network
         under a LoRA adapter, a pipeline's VAE and text encoders) in this dtype, read from the folder in
         it, and the trained ones in float32, as diffusers' LoRA scripts do with ``--mixed_precision``.
-        Half the memory of the frozen weights; needs ``--trainer.precision bf16-mixed`` (or ``16-mixed``),
-        whose autocast runs each layer in half precision; ``float16`` needs a GPU. None keeps every weight
-        in float32.
+        Half the memory of the frozen weights; needs a LoRA adapter and ``--trainer.precision bf16-mixed``
+        (or ``16-mixed``), whose autocast runs each layer in half precision; ``float16`` needs a GPU. None
+        keeps every weight in float32.
     :param gradient_checkpointing: recompute the network's block activations in backward (diffusers'
         ``enable_gradient_checkpointing``): less memory, more compute.
     """
@@ -168,8 +168,7 @@ class AlignmentModule(pl.LightningModule):
         cond_module = get_manager().conditioner(name, **options) if name else None
         frozen = FROZEN_DTYPES[hp.frozen_dtype] if hp.frozen_dtype else None
         if hp.base is not None:
-            # A full fine-tune (lora_rank 0) trains the network itself: it is read in float32, not rounded.
-            denoiser = load_model(hp.base, cond_module, dtype=frozen if hp.lora_rank > 0 else None)
+            denoiser = load_model(hp.base, cond_module, dtype=frozen)
         else:
             denoiser = build_denoiser(ModelPreset(**hp.model), cond_module)
         denoiser.set_negative_prompt(hp.negative_prompt)
@@ -216,6 +215,10 @@ class AlignmentModule(pl.LightningModule):
             raise UserError(f"--model.compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{hp.compile_mode}'")
         if hp.frozen_dtype is not None and hp.frozen_dtype not in FROZEN_DTYPES:
             raise UserError(f"--model.frozen_dtype must be one of {', '.join(FROZEN_DTYPES)}, got '{hp.frozen_dtype}'")
+        if hp.frozen_dtype is not None and hp.lora_rank <= 0:
+            raise UserError("--model.frozen_dtype holds the weights under a LoRA adapter in half precision; a full "
+                            "fine-tune (--model.lora_rank 0) trains and writes every weight in float32: drop "
+                            "--model.frozen_dtype, or train an adapter with --model.lora_rank > 0")
 
     def _lora_target_names(self, net: torch.nn.Module) -> list[str]:
         """The layers of ``net`` that ``--model.lora_targets`` names (empty: the model's default targets)."""
@@ -292,7 +295,7 @@ class AlignmentModule(pl.LightningModule):
         the scores are checked against the reward contract as in-process ones are.
         """
         from prefdiff.data import select
-        from prefdiff.rewards import check_reward_output
+        from prefdiff.rewards import check_reward_output, finite_rows
         from prefdiff.sampling import concat_outputs
 
         reward = self.require_reward()
@@ -307,11 +310,12 @@ class AlignmentModule(pl.LightningModule):
                 outputs.append(out)
                 samples = self.denoiser.decode(out.samples)
                 if self.reward_workers_pool is not None:
-                    pending.append((self.reward_workers_pool.submit(samples, part), size, samples))
+                    pending.append((self.reward_workers_pool.submit(samples, part), size, finite_rows(samples)))
                 else:
                     scores.append(self.score(samples, part)[0])
-            for future, size, samples in pending:
-                part_scores, info = check_reward_output(future.result(), size, reward.describe(), samples=samples)
+            for future, size, finite in pending:
+                part_scores, info = check_reward_output(future.result(), size, reward.describe(),
+                                                        samples_finite=finite)
                 self.reward_queries += size
                 numbers = {k: v for k, v in info.items() if isinstance(v, (int, float))}
                 if numbers and self._trainer is not None:
@@ -363,7 +367,7 @@ class AlignmentModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         precision = str(self.trainer.precision) if self._trainer is not None else None
-        if self.hparams.frozen_dtype and precision not in (None, *HALF_PRECISIONS):
+        if self.hparams.frozen_dtype and precision not in (None, *AUTOCAST_PRECISIONS):
             raise UserError(f"--model.frozen_dtype {self.hparams.frozen_dtype} holds the frozen weights in half "
                             f"precision, which only autocast can mix with the float32 adapter; add "
                             f"--trainer.precision bf16-mixed (the Trainer's is {precision})")
