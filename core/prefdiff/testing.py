@@ -119,6 +119,32 @@ class RecipePlugin:
         register(self.recipe.domain, lambda quick: self.recipe)
 
 
+def drawn_figures(recipe, dataset_options: dict[str, Any], folder, *, split: str = "test",
+                  edit: tuple[str, ...] = ("--strength", "0.5")) -> tuple[Any, Any]:
+    """Run `prefdiff sample` and `prefdiff edit` on an untrained model of ``recipe``'s preset and
+    conditioner over its dataset; returns the two PNGs they drew (``samples.png``, ``edit.png``).
+
+    What a plugin's dataset ``draw`` method is tested with: the commands' exit codes are checked
+    here, the pictures are the test's to check.
+    """
+    from pathlib import Path
+
+    from prefdiff.cli import main
+    from prefdiff.models import save_model
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    conditioner = (get_manager().conditioner(recipe.conditioner, **recipe.conditioner_options)
+                   if recipe.conditioner else None)
+    save_model(build_denoiser(recipe.model, conditioner), folder / "model")
+    common = ["--model", str(folder / "model"), "--dataset", recipe.dataset, "--split", split, "--steps", "2"]
+    for key, value in dataset_options.items():
+        common += ["--dataset-option", f"{key}={value}"]
+    assert main(["sample", *common, "--n", "3", "--out", str(folder / "sample")]) == 0
+    assert main(["edit", *common, "--index", "0", *edit, "--out", str(folder / "edit")]) == 0
+    return folder / "sample" / "samples.png", folder / "edit" / "edit.png"
+
+
 # ------------------------------------------------------------ pipelines ----
 
 

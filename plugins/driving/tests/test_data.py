@@ -229,17 +229,9 @@ def test_the_benchmarks_dataroot_variables_are_named(dataroot, tmp_path, monkeyp
 def test_sample_and_edit_draw_the_scenes_on_their_maps(dataroot, tmp_path):
     from PIL import Image
 
-    from prefdiff.cli import main
-    from prefdiff.models import build_denoiser, save_model
+    from prefdiff.testing import drawn_figures
     from prefdiff_driving.recipe import driving_recipe
 
-    recipe = driving_recipe(quick=True)
-    torch.manual_seed(0)
-    conditioner = get_manager().conditioner(recipe.conditioner, **recipe.conditioner_options)
-    save_model(build_denoiser(recipe.model, conditioner), tmp_path / "model")
-    common = ["--model", str(tmp_path / "model"), "--dataset", "nuscenes_bev", "--dataset-option",
-              f"root={dataroot}", "--split", "test", "--steps", "2"]
-    assert main(["sample", *common, "--n", "3", "--out", str(tmp_path / "s")]) == 0
-    assert main(["edit", *common, "--index", "0", "--strength", "0.5", "--out", str(tmp_path / "e")]) == 0
-    with Image.open(tmp_path / "s/samples.png") as one_row, Image.open(tmp_path / "e/edit.png") as two_rows:
+    samples, edit = drawn_figures(driving_recipe(quick=True), {"root": dataroot}, tmp_path)
+    with Image.open(samples) as one_row, Image.open(edit) as two_rows:
         assert two_rows.height > 1.5 * one_row.height  # input and edited, each drawn on its map

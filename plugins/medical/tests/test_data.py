@@ -162,19 +162,10 @@ def test_a_bad_task_variable_is_named(tmp_path, monkeypatch):
 def test_sample_and_edit_draw_the_conditioning_masks_above_the_slices(small_task, tmp_path):
     from PIL import Image
 
-    from prefdiff.models import build_denoiser, save_model
-    from prefdiff.plugins import get_manager
+    from prefdiff.testing import drawn_figures
     from prefdiff_medical.recipe import medical_recipe
 
-    recipe = medical_recipe(quick=True)
-    torch.manual_seed(0)
-    conditioner = get_manager().conditioner(recipe.conditioner, **recipe.conditioner_options)
-    save_model(build_denoiser(recipe.model, conditioner), tmp_path / "model")
-    common = ["--model", str(tmp_path / "model"), "--dataset", "decathlon", "--dataset-option",
-              f"root={small_task}", "--split", "test", "--steps", "2"]
-    assert main(["sample", *common, "--n", "3", "--out", str(tmp_path / "s")]) == 0
-    assert main(["edit", *common, "--index", "0", "--strength", "0.5", "--out", str(tmp_path / "e")]) == 0
-    for png in (tmp_path / "s/samples.png", tmp_path / "e/edit.png"):
+    for png in drawn_figures(medical_recipe(quick=True), {"root": small_task}, tmp_path):
         with Image.open(png) as figure:
             pixels = np.asarray(figure.convert("RGB")).astype(int)
         # the samples are grey; only the masks' class colours make red differ from green

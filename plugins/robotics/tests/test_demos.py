@@ -185,16 +185,10 @@ def test_a_file_with_its_own_key_names_is_read_through_the_keys_option(demo_file
 def test_sample_and_edit_draw_the_trajectories_in_their_layouts(demo_file, tmp_path):
     from PIL import Image
 
-    from prefdiff.models import build_denoiser, save_model
+    from prefdiff.testing import drawn_figures
     from prefdiff_robotics.recipe import robotics_recipe
 
-    recipe = robotics_recipe(quick=True)
-    torch.manual_seed(0)
-    conditioner = get_manager().conditioner(recipe.conditioner, **recipe.conditioner_options)
-    save_model(build_denoiser(recipe.model, conditioner), tmp_path / "model")
-    common = ["--model", str(tmp_path / "model"), "--dataset", "robot_demos", "--dataset-option",
-              f"path={demo_file}", "--split", "test", "--steps", "2"]
-    assert main(["sample", *common, "--n", "3", "--out", str(tmp_path / "s")]) == 0
-    assert main(["edit", *common, "--index", "0", "--cond-from", "1", "--out", str(tmp_path / "e")]) == 0
-    with Image.open(tmp_path / "s/samples.png") as one_row, Image.open(tmp_path / "e/edit.png") as two_rows:
+    samples, edit = drawn_figures(robotics_recipe(quick=True), {"path": demo_file}, tmp_path,
+                                  edit=("--cond-from", "1"))
+    with Image.open(samples) as one_row, Image.open(edit) as two_rows:
         assert two_rows.height > 1.5 * one_row.height  # input and edited, each drawn in its layout
