@@ -474,6 +474,19 @@ def test_a_labelled_figure_is_wide_enough_for_its_title(tmp_path):
     dark = np.nonzero((top < 128).any(axis=0))[0]
     assert len(dark) and dark.max() < top.shape[1] - 4  # the title ends inside the figure, not cut at its edge
 
+def test_labelled_rows_of_different_lengths_show_every_image(tmp_path):
+    # `prefdiff sample --prompt A --prompt B --n 3`: two samples of A, one of B.
+    from PIL import Image
+
+    from prefdiff.viz import save_labelled_rows
+
+    save_labelled_rows({"A": -torch.ones(2, 3, 8, 8), "B": -torch.ones(1, 3, 8, 8)}, tmp_path / "rows.png")
+    with Image.open(tmp_path / "rows.png") as figure:
+        pixels = np.array(figure.convert("L"))
+    tile, gap, top = 8 * 3, 4, 4
+    last = pixels[:, -(tile + gap):-gap]  # the last column of tiles
+    assert (last[top:top + tile] == 0).all() and (last[top + tile + gap:top + 2 * tile + gap] == 255).all()
+
 def test_samples_without_a_figure_leave_no_earlier_figure_beside_them(tmp_path):
     from prefdiff.generate import _figure, _write
 

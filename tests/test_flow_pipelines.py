@@ -6,6 +6,7 @@ import math
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -253,6 +254,12 @@ def test_sample_command_on_an_sd3_folder(sd3, tmp_path):
     samples = load_file(str(tmp_path / "out" / "samples.safetensors"))["samples"]
     assert samples.shape == (4, 3, 16, 16) and torch.isfinite(samples).all()
     assert not torch.equal(samples[0], samples[1])
+    # The picture: one row per prompt, labelled with it, under a title (16 px tiles at scale 3).
+    from PIL import Image
+
+    with Image.open(tmp_path / "out" / "samples.png") as figure:
+        labels = np.array(figure.convert("L"))[28:, :40]
+    assert figure.height == 28 + 2 * (16 * 3 + 4) and (labels < 128).sum(axis=1).astype(bool).sum() > 10
     # --negative-prompt steers guidance away from it, as the pipeline's negative_prompt does.
     for name, negative in (("plain", []), ("steered", ["--negative-prompt", "a blurry photo"])):
         assert main(["sample", "--model", str(sd3), "--prompt", "a red cat", "--n", "1", "--steps", "3",

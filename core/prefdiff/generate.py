@@ -69,20 +69,33 @@ def _fits(denoiser, cond: Any, args: argparse.Namespace) -> None:
 
 def _figure(dataset: Any, rows: dict[str, torch.Tensor], cond: Any, title: str | None = None):
     """What draws ``rows`` into a PNG: the dataset's own ``draw`` (its conditions beside the samples:
-    masks, layouts, scenes), else a labelled image grid; ``None`` for samples that are not images."""
+    masks, layouts, scenes), else labelled image rows (one per prompt for prompted samples) or a grid;
+    ``None`` for samples that are not images."""
+    from prefdiff.viz import save_grid, save_labelled_rows
+
     draw = getattr(dataset, "draw", None)
     if callable(draw):
         return lambda png: draw(rows, cond, png)
     first = next(iter(rows.values()))
     if first.ndim != 4 or first.shape[1] not in (1, 3):
         return None
-    if len(rows) == 1:
-        from prefdiff.viz import save_grid
+    if len(rows) > 1:
+        return lambda png: save_labelled_rows(rows, png, title=title)
+    if isinstance(cond, (list, tuple)) and cond and all(isinstance(c, str) for c in cond):
+        return lambda png: save_labelled_rows(_by_prompt(first, cond), png, columns=len(cond),
+                                              title="one row per prompt")
+    return lambda png: save_grid(first, png)
 
-        return lambda png: save_grid(first, png)
-    from prefdiff.viz import save_labelled_rows
 
-    return lambda png: save_labelled_rows(rows, png, title=title)
+def _by_prompt(samples: torch.Tensor, prompts: list[str], width: int = 48) -> dict[str, torch.Tensor]:
+    """``samples`` grouped by their prompts, in first-seen order, each labelled by its prompt (cut to ``width``)."""
+    rows: dict[str, torch.Tensor] = {}
+    for prompt in dict.fromkeys(prompts):
+        label = prompt if len(prompt) <= width else prompt[:width - 1] + "\u2026"
+        while label in rows:  # two long prompts that begin alike
+            label += "'"
+        rows[label] = samples[[i for i, p in enumerate(prompts) if p == prompt]]
+    return rows
 
 
 def _write(samples: torch.Tensor, out: Path, name: str, figure=None) -> None:

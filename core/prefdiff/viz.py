@@ -38,7 +38,8 @@ def save_labelled_rows(rows: dict[str, torch.Tensor], path: str | Path, *, colum
     """Write one labelled row of images per entry of ``rows`` as one PNG.
 
     :param rows: row label -> images in [-1, 1], ``[B, 1 or 3, H, W]`` (grey rows are
-        shown in grey beside colour rows); the first ``columns`` of each are shown.
+        shown in grey beside colour rows); the first ``columns`` of each are shown, and a
+        row with fewer images leaves its last places empty.
     :param title: an optional line above the rows.
 
     The labels are drawn on the image itself, left of each row, so the figure
@@ -46,7 +47,7 @@ def save_labelled_rows(rows: dict[str, torch.Tensor], path: str | Path, *, colum
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    k = min(columns, *(len(v) for v in rows.values()))
+    k = min(columns, max(len(v) for v in rows.values()))
     tiles = [to_uint8(v[:k].detach().float().cpu().expand(-1, 3, -1, -1) if v.shape[1] == 1 else v[:k])
              for v in rows.values()]
     h, w = tiles[0].shape[1] * scale, tiles[0].shape[2] * scale
