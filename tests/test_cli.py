@@ -613,10 +613,16 @@ def test_ctrl_c_during_fit_is_one_line_and_exit_130(tmp_path, monkeypatch, capsy
     monkeypatch.syspath_prepend(str(tmp_path))
     ctrl_c = tmp_path / "ctrl_c.yaml"
     ctrl_c.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "sigint_callback.CtrlC"}]}}))
-    handler = signal.getsignal(signal.SIGINT)
-    assert fit_here(_family_config("sft", tmp_path), tmp_path / "run", "--config", ctrl_c) == 130
-    assert "prefdiff: interrupted; checkpoints written so far are kept" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is handler  # Lightning's SIG_IGN is not left behind
+    # A suite started in the background (`make test &`) inherits SIGINT ignored, which prefdiff keeps
+    # (test_a_ctrl_c_the_shell_ignores_stays_ignored); a terminal's Ctrl-C reaches a foreground run.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        handler = signal.getsignal(signal.SIGINT)
+        assert fit_here(_family_config("sft", tmp_path), tmp_path / "run", "--config", ctrl_c) == 130
+        assert "prefdiff: interrupted; checkpoints written so far are kept" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGINT) is handler  # Lightning's SIG_IGN is not left behind
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 @pytest.mark.parametrize("argv, says", [(["--config", "c.yaml", "fit"], "checkpoints written so far are kept"),
