@@ -817,3 +817,33 @@ def test_edit_an_image_file_towards_a_prompt_on_a_pipeline(tmp_path):
                  "--steps", "2", "--out", str(tmp_path / "e")]) == 0
     original, edited = load_file(str(tmp_path / "e" / "edit.safetensors"))["samples"]
     assert original.shape == edited.shape == (3, 16, 16) and not torch.allclose(original, edited)
+    # --guidance-scale reaches the edit (it was ignored), and --dtype bfloat16 edits about as float32 does.
+    assert main(["edit", "--model", str(pipe), "--image", str(tmp_path / "in.png"), "--prompt", "a red circle",
+                 "--steps", "2", "--guidance-scale", "5", "--out", str(tmp_path / "g")]) == 0
+    assert not torch.allclose(load_file(str(tmp_path / "g" / "edit.safetensors"))["samples"][1], edited)
+    assert main(["edit", "--model", str(pipe), "--image", str(tmp_path / "in.png"), "--prompt", "a red circle",
+                 "--steps", "2", "--dtype", "bfloat16", "--device", "cpu", "--out", str(tmp_path / "b")]) == 0
+    half = load_file(str(tmp_path / "b" / "edit.safetensors"))["samples"]
+    assert half.dtype == torch.float32 and (half[1] - edited).abs().mean() < 0.05
+
+
+def test_sample_runs_where_and_in_what_it_is_told(tmp_path, capsys):
+    from prefdiff.cli import main
+    from prefdiff.testing import tiny_pipeline
+
+    pipe = str(tiny_pipeline(tmp_path / "pipe"))
+    common = ["sample", "--model", pipe, "--prompt", "a red circle", "--n", "2", "--steps", "3"]
+    assert main([*common, "--out", str(tmp_path / "f")]) == 0
+    assert main([*common, "--dtype", "bfloat16", "--out", str(tmp_path / "b")]) == 0
+    full, half = (load_file(str(tmp_path / name / "samples.safetensors"))["samples"] for name in ("f", "b"))
+    assert half.dtype == torch.float32 and torch.isfinite(half).all() and not torch.equal(full, half)
+    assert (full - half).abs().mean() < 0.05  # bfloat16 weights, the sampler in float32
+    capsys.readouterr()
+    line = fit_user_error(capsys, *common, "--dtype", "float16", "--device", "cpu", "--out", tmp_path / "x")
+    assert "--dtype float16 needs a GPU" in line
+    line = fit_user_error(capsys, *common, "--device", "toaster", "--out", tmp_path / "x")
+    assert "--device toaster is not a device" in line
+    if not torch.cuda.is_available():
+        line = fit_user_error(capsys, *common, "--device", "cuda", "--out", tmp_path / "x")
+        assert "--device cuda: this machine has no CUDA device torch can use; pass --device cpu" in line
+    assert not (tmp_path / "x").exists()

@@ -35,8 +35,9 @@ def check_conditions_fit(denoiser, cond: Any, *, data: str, model: str, conditio
     try:
         with torch.autocast(next(denoiser.parameters()).device.type, dtype=half or torch.bfloat16,
                             enabled=half is not None):
-            denoiser(torch.zeros(1, *denoiser.sample_shape), torch.zeros(1, dtype=torch.long),
-                     select(cond, slice(0, 1)))
+            device = next(denoiser.parameters()).device
+            denoiser(torch.zeros(1, *denoiser.sample_shape, device=device), torch.zeros(1, dtype=torch.long,
+                     device=device), select(cond, slice(0, 1)))
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise UserError(f"the conditions of {data} do not fit the model {model} (conditioner "
                         f"{conditioner or 'none'}): {' '.join(str(exc).split())[:200]}; {fix}") from None

@@ -214,6 +214,10 @@ def _model_args(parser) -> None:
                         help="an option of the conditioner, over those the model was saved with (repeatable)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="the weights' dtype; bfloat16/float16 run the network under autocast with the "
+                             "sampler in float32 (half the memory; float16 needs a GPU)")
 
 
 def _plugin_commands() -> dict[str, dict[str, Any]]:

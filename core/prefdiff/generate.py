@@ -22,7 +22,33 @@ def _check_counts(args: argparse.Namespace) -> None:
         raise UserError(f"--n must be >= 1, got {args.n}")
 
 
-def _load_model(args: argparse.Namespace):
+#: --dtype -> the weights' dtype.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _placement(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """The device and weight dtype ``--device`` and ``--dtype`` ask for, or one line saying why not."""
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {args.device} is not a device; pass auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: this machine has no CUDA device torch can use; pass --device cpu")
+    dtype = DTYPES[args.dtype]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise UserError("--dtype float16 needs a GPU: on a CPU, torch's group norm cannot mix float16 weights with "
+                        "float32 activations; pass --dtype bfloat16")
+    return device, dtype
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    """The network in ``dtype`` under autocast, the sampler's arithmetic in float32 (as `--trainer.precision
+    bf16-mixed` trains); nothing for float32."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def _load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     from prefdiff.models import load_lora, load_model, saved_conditioner
     from prefdiff.options import parse_options
     from prefdiff.plugins import get_manager
@@ -37,12 +63,13 @@ def _load_model(args: argparse.Namespace):
         raise UserError("--conditioner-option needs --conditioner (the model records no conditioner)")
     args.conditioner = name
     conditioner = get_manager().conditioner(name, **options) if name else None
-    denoiser = load_model(args.model, conditioner)
+    # A pipeline is read in the dtype asked for; a prefdiff model folder is cast after loading.
+    denoiser = load_model(args.model, conditioner, dtype=None if dtype == torch.float32 else dtype)
     denoiser.set_negative_prompt(args.negative_prompt)
     denoiser.set_distilled_guidance(args.distilled_guidance, flag="--distilled-guidance")
     if args.lora:
         load_lora(denoiser, args.lora)
-    return denoiser.eval(), load_scheduler(args.model)
+    return denoiser.to(device=device, dtype=dtype).eval(), load_scheduler(args.model)
 
 
 def _dataset(args: argparse.Namespace):
@@ -121,8 +148,11 @@ def sample_to_folder(args: argparse.Namespace) -> int:
     from prefdiff.data import collate
     from prefdiff.sampling import sample
 
+    from lightning_fabric.utilities.apply_func import move_data_to_device
+
     _check_counts(args)
-    denoiser, scheduler = _load_model(args)
+    device, dtype = _placement(args)
+    denoiser, scheduler = _load_model(args, device, dtype)
     dataset = None
     if args.prompt:
         cond, n = [args.prompt[i % len(args.prompt)] for i in range(args.n)], args.n
@@ -132,14 +162,23 @@ def sample_to_folder(args: argparse.Namespace) -> int:
         if n < args.n:
             print(f"split '{args.split}' of dataset '{args.dataset}' holds {n} conditions: sampling {n}, not {args.n}")
         cond = collate([dataset[i] for i in range(n)])["cond"]
-    _fits(denoiser, cond, args)
+    here = move_data_to_device(cond, device)
+    _fits(denoiser, here, args)
     noise = torch.randn((n, *denoiser.sample_shape), generator=torch.Generator().manual_seed(args.seed))
-    uncond = denoiser.null_condition(cond) if args.guidance_scale != 1 else None
-    out = sample(denoiser, scheduler, noise, cond, num_steps=args.steps, eta=0.0,
-                 guidance_scale=args.guidance_scale, uncond=uncond, **denoiser.pinned(cond))
-    samples = denoiser.decode(out.samples)
+    uncond = denoiser.null_condition(here) if args.guidance_scale != 1 else None
+    with _autocast(device, dtype):
+        out = sample(denoiser, scheduler, noise.to(device), here, num_steps=args.steps, eta=0.0,
+                     guidance_scale=args.guidance_scale, uncond=uncond, **denoiser.pinned(here))
+        samples = denoiser.decode(out.samples).float().cpu()
     _write(samples, Path(args.out), "samples", _figure(dataset, {"samples": samples}, cond))
     return 0
+
+
+def _made(denoiser) -> torch.Tensor:
+    """One decoded sample of zeros, on the CPU in float32: the shape of what ``denoiser`` makes."""
+    param = next(denoiser.parameters())
+    with _autocast(param.device, param.dtype):
+        return denoiser.decode(torch.zeros(1, *denoiser.sample_shape, device=param.device)).float().cpu()
 
 
 def _read_image(path: str, like: torch.Tensor) -> torch.Tensor:
@@ -195,13 +234,16 @@ def edit(args: argparse.Namespace) -> int:
     from prefdiff.data import collate
     from prefdiff.editing import edit_samples
 
+    from lightning_fabric.utilities.apply_func import move_data_to_device
+
     _check_counts(args)
     if not 0 < args.strength <= 1:
         raise UserError(f"--strength must be in (0, 1], got {args.strength}")
-    denoiser, scheduler = _load_model(args)
+    device, dtype = _placement(args)
+    denoiser, scheduler = _load_model(args, device, dtype)
     dataset = None
     if args.image:
-        x0, cond = _read_image(args.image, denoiser.decode(torch.zeros(1, *denoiser.sample_shape))), None
+        x0, cond = _read_image(args.image, _made(denoiser)), None
         if args.dataset and not args.prompt:  # a class or mask model: the condition is a dataset item's
             dataset = _dataset(args)
             index = args.cond_from if args.cond_from is not None else args.index
@@ -217,7 +259,7 @@ def edit(args: argparse.Namespace) -> int:
         if "x0" not in item:
             raise UserError(f"dataset '{args.dataset}' has no samples (x0) to edit")
         x0, cond = item["x0"], item["cond"]
-        made = tuple(denoiser.decode(torch.zeros(1, *denoiser.sample_shape)).shape[1:])
+        made = tuple(_made(denoiser).shape[1:])
         if tuple(x0.shape[1:]) != made:
             raise UserError(f"dataset '{args.dataset}' gives samples of shape {tuple(x0.shape[1:])}, but the model "
                             f"in {args.model} makes {made}; pass the --dataset-option values it was trained with")
@@ -228,11 +270,15 @@ def edit(args: argparse.Namespace) -> int:
     if cond is None:
         raise UserError("--image needs the condition to edit the image towards: --prompt (text-to-image), or "
                         "--dataset with --cond-from N (a dataset item's condition: a class, a mask)")
-    _fits(denoiser, cond, args)
+    here = move_data_to_device(cond, device)
+    _fits(denoiser, here, args)
     generator = torch.Generator().manual_seed(args.seed)
     keep = _read_keep(args.mask, x0) if args.mask else None
-    edited = edit_samples(denoiser, scheduler, x0, cond, strength=1.0 if keep is not None else args.strength, keep=keep,
-                          num_steps=args.steps, generator=generator)
+    with _autocast(device, dtype):
+        edited = edit_samples(denoiser, scheduler, x0.to(device), here,
+                              strength=1.0 if keep is not None else args.strength,
+                              keep=None if keep is None else keep.to(device), num_steps=args.steps,
+                              generator=generator, guidance_scale=args.guidance_scale).float().cpu()
     towards = f"edited towards '{cond[0]}'" if args.prompt else None
     figure = _figure(dataset, {"input": x0, "edited": edited}, cond, title=towards)
     _write(torch.cat([x0, edited]), Path(args.out), "edit", figure)
