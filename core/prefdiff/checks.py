@@ -27,15 +27,14 @@ def check_conditions_fit(denoiser, cond: Any, *, data: str, model: str, conditio
     if isinstance(cond, (list, tuple)) and denoiser.preset.conditioning == "text":
         return  # prompts and a text encoder always fit; its forward is the costliest of all
     # Frozen weights held in half precision (--model.init_args.frozen_dtype) run under autocast, as in training.
+    device = next(denoiser.parameters()).device
     half = next((p.dtype for p in denoiser.parameters() if p.dtype in (torch.bfloat16, torch.float16)), None)
-    if half == torch.float16 and next(denoiser.parameters()).device.type == "cpu":
+    if half == torch.float16 and device.type == "cpu":
         return  # no float16 autocast here; the trainer's setup refuses float16 frozen weights on a CPU
     training = denoiser.training
     denoiser.eval()
     try:
-        with torch.autocast(next(denoiser.parameters()).device.type, dtype=half or torch.bfloat16,
-                            enabled=half is not None):
-            device = next(denoiser.parameters()).device
+        with torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=half is not None):
             denoiser(torch.zeros(1, *denoiser.sample_shape, device=device), torch.zeros(1, dtype=torch.long,
                      device=device), select(cond, slice(0, 1)))
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:

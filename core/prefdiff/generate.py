@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from prefdiff.errors import UserError
+from prefdiff.models.lora import FROZEN_DTYPES
 
 
 def _check_counts(args: argparse.Namespace) -> None:
@@ -22,8 +23,8 @@ def _check_counts(args: argparse.Namespace) -> None:
         raise UserError(f"--n must be >= 1, got {args.n}")
 
 
-#: --dtype -> the weights' dtype.
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: --dtype -> the weights' dtype: float32, or the half precisions frozen weights may take in training.
+DTYPES = {"float32": torch.float32, **FROZEN_DTYPES}
 
 
 def _placement(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:

@@ -319,6 +319,7 @@ _SIMPLE_TYPES = {int: "an integer", float: "a number", bool: "true or false", st
 def _mistyped_option(factory: Callable, options: dict[str, Any]) -> str | None:
     """"NAME must be an integer, got 'abc'" for the first option whose value does not fit the factory's
     annotation; only plain int, float, bool and str annotations (or ``X | None``) are judged."""
+    import types
     import typing
 
     target = factory.__init__ if inspect.isclass(factory) else factory
@@ -328,8 +329,8 @@ def _mistyped_option(factory: Callable, options: dict[str, Any]) -> str | None:
         return None
     for key, value in options.items():
         hint = hints.get(key)
-        allowed = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_origin(hint) in (
-            typing.Union, getattr(__import__("types"), "UnionType", None)) else [hint]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        allowed = [t for t in typing.get_args(hint) if t is not type(None)] if union else [hint]
         if len(allowed) != 1 or allowed[0] not in _SIMPLE_TYPES or (value is None and hint is not allowed[0]):
             continue
         wanted = allowed[0]

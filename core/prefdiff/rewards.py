@@ -41,7 +41,7 @@ class Reward:
             raise PluginError(f"reward '{self.name}' (plugin '{self.plugin}') raised "
                               f"{type(exc).__name__}: {exc}") from exc
         scores, info = check_reward_output(out, samples.shape[0], self.describe(), samples.device,
-                                           finite_rows(samples))
+                                           lambda: finite_rows(samples))
         if self.differentiable and samples.requires_grad and torch.is_grad_enabled() and not scores.requires_grad:
             raise PluginError(f"{self.describe()} is registered with differentiable=True, but its scores carry "
                               f"no gradient; compute them with torch operations on the samples, or register "
@@ -58,10 +58,11 @@ def finite_rows(samples: torch.Tensor) -> torch.Tensor:
 
 
 def check_reward_output(out: Any, batch: int, who: str, device: torch.device | None = None,
-                        samples_finite: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                        samples_finite: Callable[[], torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Return ``out`` if it meets the reward contract (scores on ``device`` if given), else raise
     :class:`PluginError`; or :class:`UserError` when every NaN or Inf score is that of a sample
-    the model made NaN or Inf (``samples_finite``, from :func:`finite_rows`), not the reward's."""
+    the model made NaN or Inf (``samples_finite()``: :func:`finite_rows`, asked only then), not the reward's."""
     fix = "return (scores, info) with scores a finite float tensor of shape [B]"
     if not (isinstance(out, tuple) and len(out) == 2):
         raise PluginError(f"{who} returned {type(out).__name__}, not a (scores, info) pair; {fix}")
@@ -78,8 +79,9 @@ def check_reward_output(out: Any, batch: int, who: str, device: torch.device | N
                           f"compute the scores on the samples' device")
     bad = ~torch.isfinite(scores.detach())
     if bad.any():
-        if samples_finite is not None and not (bad & samples_finite.to(bad.device)).any():
-            broken = int((~samples_finite).sum())
+        finite = None if samples_finite is None else samples_finite().to(bad.device)
+        if finite is not None and not (bad & finite).any():
+            broken = int((~finite).sum())
             raise UserError(f"the model made {broken} sample(s) of {batch} holding NaN or Inf, and {who} scored "
                             f"them NaN or Inf: training diverged (lower --model.init_args.lr) or the model runs "
                             f"at a precision it cannot hold (train in 32-true or bf16-mixed)")

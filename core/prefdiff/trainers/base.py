@@ -122,8 +122,8 @@ class AlignmentModule(pl.LightningModule):
                  sdpa_backend: str | None = None, compile: bool = False, compile_mode: str = "default",
                  fused_optimizer: bool = False,
                  gradient_checkpointing: bool = False,
-                 lora_init: str = "default", negative_prompt: str = "",
-                 distilled_guidance: float | None = None, frozen_dtype: str | None = None) -> None:  # pragma: no mutate block
+                 lora_init: str = "default", negative_prompt: str = "", distilled_guidance: float | None = None,
+                 frozen_dtype: str | None = None) -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
         if seed is None:
@@ -315,7 +315,7 @@ class AlignmentModule(pl.LightningModule):
                     scores.append(self.score(samples, part)[0])
             for future, size, finite in pending:
                 part_scores, info = check_reward_output(future.result(), size, reward.describe(),
-                                                        samples_finite=finite)
+                                                        samples_finite=lambda finite=finite: finite)
                 self.reward_queries += size
                 numbers = {k: v for k, v in info.items() if isinstance(v, (int, float))}
                 if numbers and self._trainer is not None:
