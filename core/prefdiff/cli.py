@@ -199,6 +199,9 @@ def _parser(plugin_commands: dict[str, dict[str, Any]]):
 def _model_args(parser) -> None:
     parser.add_argument("--model", required=True, help="a saved model folder, or a local diffusers pipeline folder")
     parser.add_argument("--lora", default=None, help="a LoRA adapter folder to apply")
+    parser.add_argument("--variant", default=None,
+                        help="a pipeline's weight variant to read (fp16, non_ema, ...; default: the plain weights, "
+                             "or a component's only variant)")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; text-to-image)")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1: none)")
     parser.add_argument("--negative-prompt", default="", help="the prompt guidance steers away from (text-to-image)")

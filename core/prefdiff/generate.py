@@ -65,7 +65,8 @@ def _load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     args.conditioner = name
     conditioner = get_manager().conditioner(name, **options) if name else None
     # A pipeline is read in the dtype asked for; a prefdiff model folder is cast after loading.
-    denoiser = load_model(args.model, conditioner, dtype=None if dtype == torch.float32 else dtype)
+    denoiser = load_model(args.model, conditioner, dtype=None if dtype == torch.float32 else dtype,
+                          variant=args.variant)
     denoiser.set_negative_prompt(args.negative_prompt)
     denoiser.set_distilled_guidance(args.distilled_guidance, flag="--distilled-guidance")
     if args.lora:

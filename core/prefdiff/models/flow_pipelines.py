@@ -31,7 +31,7 @@ import torch
 from prefdiff.errors import UserError
 from prefdiff.models.codec import VaeCodec
 from prefdiff.models.denoiser import Denoiser
-from prefdiff.models.pipelines import FLOW_LAYOUTS, has_part, loading, pipeline_layout, quiet_hub
+from prefdiff.models.pipelines import FLOW_LAYOUTS, has_part, loading, pipeline_layout, quiet_hub, read_options
 from prefdiff.models.presets import ModelPreset
 
 SD3, FLUX = "StableDiffusion3Pipeline", "FluxPipeline"
@@ -41,12 +41,15 @@ FLUX_GUIDANCE = 3.5
 """FluxPipeline's default ``guidance_scale``: the value a guidance-distilled FLUX (FLUX.1-dev) embeds."""
 
 
-def load_flow_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.dtype | None = None) -> Denoiser:
+def load_flow_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.dtype | None = None,
+                       variant: str | None = None) -> Denoiser:
     """The SD3 or FLUX folder at ``path`` as a :class:`Denoiser` (its transformer trains; VAE and text encoders
     are frozen).
 
     :param negative_prompt: the unconditional prompt of classifier-free guidance.
     :param dtype: load the weights in this dtype (default float32).
+    :param variant: read this weight variant where a component has it (as
+        :func:`~prefdiff.models.pipelines.load_pipeline`).
     """
     from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -55,23 +58,21 @@ def load_flow_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: to
 
     path = Path(path)
     layout = flow_layout(path)
-    # float32 unless told: transformers 5 would otherwise keep each text encoder in the dtype it was saved in
-    options = {"use_safetensors": True, "local_files_only": True, "torch_dtype": dtype or torch.float32}
+    options = read_options(path, layout, dtype, variant)
     sd3 = layout == SD3
     clip = CLIPTextModelWithProjection if sd3 else CLIPTextModel  # SD3 pools both CLIPs' projections
     t5 = "3" if sd3 else "2"
     with loading(path):
-        net = (SD3Transformer2DModel if sd3 else FluxTransformer2DModel).from_pretrained(
-            path, subfolder="transformer", **options)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **options)
+        net = (SD3Transformer2DModel if sd3 else FluxTransformer2DModel).from_pretrained(path, **options("transformer"))
+        vae = AutoencoderKL.from_pretrained(path, **options("vae"))
         tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)]
-        encoders = [clip.from_pretrained(path, subfolder="text_encoder", **options)]
+        encoders = [clip.from_pretrained(path, **options("text_encoder"))]
         if sd3:
             tokenizers.append(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True))
-            encoders.append(clip.from_pretrained(path, subfolder="text_encoder_2", **options))
+            encoders.append(clip.from_pretrained(path, **options("text_encoder_2")))
         if not sd3 or has_part(path, "text_encoder_3"):
             tokenizers.append(T5TokenizerFast.from_pretrained(path, subfolder=f"tokenizer_{t5}", local_files_only=True))
-            encoders.append(T5EncoderModel.from_pretrained(path, subfolder=f"text_encoder_{t5}", **options))
+            encoders.append(T5EncoderModel.from_pretrained(path, **options(f"text_encoder_{t5}")))
     length = MAX_SEQUENCE_LENGTH[layout]
     if sd3:
         conditioner = SD3PromptEncoder(tokenizers, encoders, joint_attention_dim=net.config.joint_attention_dim,

@@ -101,10 +101,11 @@ def saved_conditioner(directory: str | Path) -> tuple[str, dict] | None:
 
 
 def load_model(directory: str | Path, conditioner: nn.Module | None = None,
-               dtype: torch.dtype | None = None) -> Denoiser:
+               dtype: torch.dtype | None = None, variant: str | None = None) -> Denoiser:
     """Load what :func:`save_model` wrote, or a local diffusers pipeline folder; a clear error for a
     missing or foreign folder. ``dtype``: a pipeline's weights are read in it (``torch_dtype``: a large
-    transformer never sits in memory in float32); a prefdiff model folder loads in float32."""
+    transformer never sits in memory in float32); a prefdiff model folder loads in float32. ``variant``:
+    a pipeline's weight variant (``fp16``, ``non_ema``, ...; see :mod:`prefdiff.models.weights`)."""
     from safetensors.torch import load_file
 
     from prefdiff.models.flow_pipelines import load_flow_pipeline
@@ -121,7 +122,10 @@ def load_model(directory: str | Path, conditioner: nn.Module | None = None,
             raise UserError(f"{directory} is a text-to-image pipeline with its own text encoder; drop the "
                             f"conditioner (--conditioner / --model.conditioner)")
         load = load_flow_pipeline if pipeline_layout(directory) in FLOW_LAYOUTS else load_pipeline
-        return load(directory, dtype=dtype)
+        return load(directory, dtype=dtype, variant=variant)
+    if variant is not None:
+        raise UserError(f"a weight variant ('{variant}') is read from a diffusers pipeline folder; {directory} "
+                        f"is not one: drop the variant")
     meta_path = directory / MODEL_FILE
     if not meta_path.is_file():
         raise UserError(f"{directory} is not a prefdiff model folder (no {MODEL_FILE}) nor a diffusers "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +26,9 @@ from prefdiff.models.codec import VaeCodec
 from prefdiff.models.denoiser import Denoiser
 from prefdiff.models.part_widths import check_part_widths
 from prefdiff.models.presets import ModelPreset
+from prefdiff.models.weights import weights_variant
 
+log = logging.getLogger("prefdiff.models")
 INDEX = "model_index.json"
 
 #: pipeline class -> the components prefdiff needs from its folder.
@@ -152,11 +155,33 @@ def loading(path: Path) -> Iterator[None]:
                         f"weights and configs as `save_pretrained` writes them") from None
 
 
-def load_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.dtype | None = None) -> Denoiser:
+def read_options(path: Path, layout: str, dtype: torch.dtype | None, variant: str | None):
+    """``part -> from_pretrained`` keyword arguments: local safetensors only, in ``dtype`` (default float32:
+    transformers 5 would otherwise keep each text encoder in the dtype it was saved in), and the weight
+    variant :func:`~prefdiff.models.weights.weights_variant` picks for that component. Every component's
+    files are checked before any is read, and a variant read for want of plain weights is logged once."""
+    parts = [part for part in (*LAYOUTS[layout], *OPTIONAL.get(layout, ()))
+             if not part.startswith(("tokenizer", "scheduler")) and has_part(path, part)]
+    variants = {part: weights_variant(path / part, variant) for part in parts}
+    chosen = sorted({v for v in variants.values() if v is not None})
+    if chosen and variant is None:
+        log.info("%s: reading the %s weights of %s (no plain weights there)", path, " and ".join(chosen),
+                 ", ".join(part for part, v in variants.items() if v is not None))
+
+    def options(part: str) -> dict:
+        return {"subfolder": part, "use_safetensors": True, "local_files_only": True,
+                "torch_dtype": dtype or torch.float32, "variant": variants[part]}
+    return options
+
+
+def load_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.dtype | None = None,
+                  variant: str | None = None) -> Denoiser:
     """The pipeline at ``path`` as a :class:`Denoiser` (its UNet trains; VAE and text encoders are frozen).
 
     :param negative_prompt: the unconditional prompt of classifier-free guidance.
     :param dtype: load the weights in this dtype (default float32).
+    :param variant: read this weight variant (``fp16``, ``non_ema``, ...) where a component has it; None: the
+        plain weights, or a component's only variant.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -166,16 +191,15 @@ def load_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.d
     path = Path(path)
     layout = _unet_layout(path)
     sdxl = layout == "StableDiffusionXLPipeline"
-    # float32 unless told: transformers 5 would otherwise keep each text encoder in the dtype it was saved in
-    options = {"use_safetensors": True, "local_files_only": True, "torch_dtype": dtype or torch.float32}
+    options = read_options(path, layout, dtype, variant)
     with loading(path):
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **options)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **options)
+        unet = UNet2DConditionModel.from_pretrained(path, **options("unet"))
+        vae = AutoencoderKL.from_pretrained(path, **options("vae"))
         tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)]
-        encoders = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **options)]
+        encoders = [CLIPTextModel.from_pretrained(path, **options("text_encoder"))]
         if sdxl:
             tokenizers.append(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True))
-            encoders.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **options))
+            encoders.append(CLIPTextModelWithProjection.from_pretrained(path, **options("text_encoder_2")))
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     image_size = unet.config.sample_size * vae_scale
     conditioner = PromptEncoder(tokenizers, encoders, image_size=image_size, negative_prompt=negative_prompt)

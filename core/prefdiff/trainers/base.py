@@ -106,6 +106,9 @@ class AlignmentModule(pl.LightningModule):
         Half the memory of the frozen weights; needs a LoRA adapter and ``--trainer.precision bf16-mixed``
         (or ``16-mixed``), whose autocast runs each layer in half precision; ``float16`` needs a GPU. None
         keeps every weight in float32.
+    :param variant: the weight variant to read from a pipeline folder (``--model.base``): ``fp16``,
+        ``non_ema``, ... as ``from_pretrained(variant=...)``; a component without it reads its plain weights.
+        None: the plain weights, or a component's only variant (a folder downloaded with ``*fp16*`` only).
     :param gradient_checkpointing: recompute the network's block activations in backward (diffusers'
         ``enable_gradient_checkpointing``): less memory, more compute.
     """
@@ -123,7 +126,7 @@ class AlignmentModule(pl.LightningModule):
                  fused_optimizer: bool = False,
                  gradient_checkpointing: bool = False,
                  lora_init: str = "default", negative_prompt: str = "", distilled_guidance: float | None = None,
-                 frozen_dtype: str | None = None) -> None:  # pragma: no mutate block
+                 frozen_dtype: str | None = None, variant: str | None = None) -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
         if seed is None:
@@ -135,6 +138,9 @@ class AlignmentModule(pl.LightningModule):
             raise UserError(f"--model.scheduler builds a fresh model's scheduler, but a saved model "
                             f"(--model.base {base}) samples with its own scheduler/ folder; drop --model.scheduler, "
                             f"or edit {Path(base) / 'scheduler' / 'scheduler_config.json'}")
+        if base is None and variant is not None:
+            raise UserError(f"--model.variant ('{variant}') picks the weight files of a pipeline folder given as "
+                            f"--model.base; --model.model builds a fresh network: drop --model.variant")
         if num_steps < 1:
             raise UserError(f"--model.num_steps must be >= 1, got {num_steps}")
         if not 0.0 <= eta <= 1.0:
@@ -168,7 +174,7 @@ class AlignmentModule(pl.LightningModule):
         cond_module = get_manager().conditioner(name, **options) if name else None
         frozen = FROZEN_DTYPES[hp.frozen_dtype] if hp.frozen_dtype else None
         if hp.base is not None:
-            denoiser = load_model(hp.base, cond_module, dtype=frozen)
+            denoiser = load_model(hp.base, cond_module, dtype=frozen, variant=hp.variant)
         else:
             denoiser = build_denoiser(ModelPreset(**hp.model), cond_module)
         denoiser.set_negative_prompt(hp.negative_prompt)
