@@ -119,6 +119,31 @@ def test_the_pipeline_loads_through_the_seam(sd, sdxl):
     assert load_model(sd).prediction_type == "epsilon" and load_scheduler(sd).config.prediction_type == "epsilon"
 
 
+def test_the_latent_cache_keeps_to_its_budget(sd, caplog):
+    import logging
+
+    from prefdiff.trainers import PairModule
+
+    codec = load_model(sd).codec
+    encoded = []
+    codec.vae.encoder.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0]))
+    images = codec.decode(torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
+    codec.cache_mb = 2 * 4 * 8 * 8 * 4 / 2 ** 20  # room for two float32 latents of 4 x 8 x 8
+    with caplog.at_level(logging.INFO, logger="prefdiff"):
+        first = codec.encode(images)
+    assert "the latent cache is full (2 images, 0 MB)" in caplog.text
+    again = codec.encode(images)
+    assert encoded == [3, 1] and len(codec._cache) == 2  # the third image is encoded again, not cached
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    codec.cache_mb, codec._cache, codec._cached_bytes = 0, {}, 0
+    codec.encode(images)
+    codec.encode(images)
+    assert encoded == [3, 1, 3, 3] and not codec._cache
+    assert PairModule(base=str(sd), lora_rank=4, latent_cache_mb=1.5).denoiser.codec.cache_mb == 1.5
+    with pytest.raises(UserError, match=r"--model.latent_cache_mb must be >= 0 \(0: no cache\), got -1"):
+        PairModule(base=str(sd), lora_rank=4, latent_cache_mb=-1)
+
+
 def test_prompt_embeddings_are_computed_once_per_prompt(sd):
     encoder = load_model(sd).conditioner
     calls = []

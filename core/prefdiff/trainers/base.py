@@ -14,6 +14,7 @@ import torch
 
 from prefdiff.data import condition_count
 from prefdiff.errors import UserError
+from prefdiff.models.codec import CACHE_MB
 from prefdiff.models import (FROZEN_DTYPES, LORA_INITS, LoraOptions, ModelPreset, add_lora, build_denoiser,
                              default_lora_targets, hold_frozen_in, load_model, saved_conditioner)
 from prefdiff.plugins import get_manager
@@ -109,6 +110,9 @@ class AlignmentModule(pl.LightningModule):
     :param variant: the weight variant to read from a pipeline folder (``--model.base``): ``fp16``,
         ``non_ema``, ... as ``from_pretrained(variant=...)``; a component without it reads its plain weights.
         None: the plain weights, or a component's only variant (a folder downloaded with ``*fp16*`` only).
+    :param latent_cache_mb: host memory for the VAE latents of a latent model's training images, each
+        encoded once while they fit (pairs, SFT images); once full, later images are encoded each time
+        they are read. Per process.
     :param gradient_checkpointing: recompute the network's block activations in backward (diffusers'
         ``enable_gradient_checkpointing``): less memory, more compute.
     """
@@ -126,7 +130,8 @@ class AlignmentModule(pl.LightningModule):
                  fused_optimizer: bool = False,
                  gradient_checkpointing: bool = False,
                  lora_init: str = "default", negative_prompt: str = "", distilled_guidance: float | None = None,
-                 frozen_dtype: str | None = None, variant: str | None = None) -> None:  # pragma: no mutate block
+                 frozen_dtype: str | None = None, variant: str | None = None,
+                 latent_cache_mb: float = CACHE_MB) -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
         if seed is None:
@@ -147,6 +152,8 @@ class AlignmentModule(pl.LightningModule):
             raise UserError(f"--model.eta must be in [0, 1], got {eta}")
         if lr <= 0:
             raise UserError(f"--model.lr must be > 0, got {lr}")
+        if latent_cache_mb < 0:
+            raise UserError(f"--model.latent_cache_mb must be >= 0 (0: no cache), got {latent_cache_mb}")
         if sample_chunks < 1 or reward_workers < 0:
             raise UserError(f"--model.sample_chunks must be >= 1 and --model.reward_workers >= 0, got "
                             f"{sample_chunks} and {reward_workers}")
@@ -179,6 +186,8 @@ class AlignmentModule(pl.LightningModule):
             denoiser = build_denoiser(ModelPreset(**hp.model), cond_module)
         denoiser.set_negative_prompt(hp.negative_prompt)
         denoiser.set_distilled_guidance(hp.distilled_guidance, flag="--model.init_args.distilled_guidance")
+        if denoiser.codec.latent:
+            denoiser.codec.cache_mb = hp.latent_cache_mb
         if hp.lora_rank > 0:
             add_lora(denoiser, LoraOptions(r=hp.lora_rank, alpha=hp.lora_alpha or float(hp.lora_rank),
                                            target_modules=self._lora_target_names(denoiser.net),
