@@ -159,6 +159,21 @@ def test_pickapic_pairs_put_the_winner_first_and_drop_ties(tmp_path):
     assert Path(again.table.cache_files[0]["filename"]) == cache and cache.stat().st_mtime_ns == made
 
 
+def test_a_size_reads_only_the_shards_that_hold_it(tmp_path):
+    # Three shards of two decided pairs and a tie each: three pairs need the first two shards only.
+    for shard in range(3):
+        write_parquet(tmp_path / f"train-0000{shard}-of-00003.parquet", [
+            pickapic_row(f"s{shard} a", 1.0), pickapic_row(f"s{shard} tie", 0.5), pickapic_row(f"s{shard} b", 0.0)])
+    cache = str(tmp_path / "cache")
+    some = PickAPicPairs(tmp_path, resolution=4, size=3, cache_dir=cache)
+    assert [shard.name for shard in some.shards] == ["train-00000-of-00003.parquet", "train-00001-of-00003.parquet"]
+    assert [item["cond"] for item in some] == ["s0 a", "s0 b", "s1 a"]
+    assert len(PickAPicPairs(tmp_path, resolution=4, size=4, cache_dir=cache).shards) == 2
+    every = PickAPicPairs(tmp_path, resolution=4, size=50, cache_dir=cache)
+    assert len(every.shards) == 3 and len(every) == 6
+    assert [item["cond"] for item in every][:3] == ["s0 a", "s0 b", "s1 a"]
+
+
 def test_images_keep_their_aspect_and_are_centre_cropped(tmp_path):
     from PIL import Image
 

@@ -10,7 +10,9 @@ with the columns
 
 Shards are read through the ``datasets`` library, which converts them once
 into memory-mapped Arrow files under its cache folder (as big again as the
-shards; later runs reuse them). Ties are dropped: Diffusion-DPO needs a winner.
+shards; later runs reuse them). With ``size``, only the first shards that hold
+that many decided pairs are converted, so a slice of v2's 645 training shards
+(about 0.5 GB each) costs only its own share. Ties are dropped: Diffusion-DPO needs a winner.
 """
 
 from __future__ import annotations
@@ -75,12 +77,27 @@ def parquet_shards(folder: str | Path, split: str = "train") -> list[Path]:
     return shards
 
 
+def shards_holding(shards: list[Path], size: int) -> list[Path]:
+    """The first of ``shards`` that together hold ``size`` decided pairs (all of them when they hold fewer);
+    only each shard's ``label_0`` column is read."""
+    import pyarrow.parquet as pq
+
+    decided = 0
+    for count, shard in enumerate(shards, 1):
+        labels = pq.read_table(shard, columns=["label_0"]).column(0).to_numpy(zero_copy_only=False)
+        decided += int(np.count_nonzero(labels.astype(float) != 0.5))
+        if decided >= size:
+            return shards[:count]
+    return shards
+
+
 class PickAPicPairs(Dataset):
     """Decided Pick-a-Pic pairs as ``{"x_w", "x_l", "cond"}`` items, images in [-1, 1].
 
     :param path: the folder of parquet shards.
     :param split: ``train``, ``val`` (or ``validation``) or ``test`` shards.
-    :param size: keep at most this many decided pairs (None: all).
+    :param size: keep at most this many decided pairs, the first in shard order (None: all); only the
+        shards that hold them are read.
     :param resolution: images are resized (shorter side) and centre-cropped to this square.
     :param cache_dir: where ``datasets`` keeps its Arrow copy (default: the
         prefdiff cache, ``$PREFDIFF_CACHE/datasets``).
@@ -94,6 +111,8 @@ class PickAPicPairs(Dataset):
 
         self.folder, self.resolution = Path(path), check_resolution(resolution)
         self.shards = parquet_shards(self.folder, split)
+        if check_size(size) is not None:
+            self.shards = shards_holding(self.shards, size)
         table = datasets.load_dataset(
             "parquet", data_files=[str(s) for s in self.shards], split="train", columns=list(PICKAPIC_COLUMNS),
             cache_dir=str(cache_dir or cache_root() / "datasets"))
@@ -107,7 +126,7 @@ class PickAPicPairs(Dataset):
         if len(unknown):
             raise UserError(f"{self._where(int(unknown[0]))} has label_0 {labels[unknown[0]]}; Pick-a-Pic "
                             f"labels are 1 (image 0 won), 0 (image 1 won) or 0.5 (a tie)")
-        self.rows = np.flatnonzero(labels != 0.5)[:check_size(size)]
+        self.rows = np.flatnonzero(labels != 0.5)[:size]
         if len(self.rows) == 0:
             raise UserError(f"the {split} shards in {self.folder} hold only ties; Diffusion-DPO needs "
                             f"decided pairs (label_0 of 1 or 0)")
