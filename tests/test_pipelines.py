@@ -119,29 +119,38 @@ def test_the_pipeline_loads_through_the_seam(sd, sdxl):
     assert load_model(sd).prediction_type == "epsilon" and load_scheduler(sd).config.prediction_type == "epsilon"
 
 
-def test_the_latent_cache_keeps_to_its_budget(sd, caplog):
+def test_the_latent_and_prompt_caches_keep_to_their_budgets(sd, caplog):
     import logging
 
     from prefdiff.trainers import PairModule
 
-    codec = load_model(sd).codec
-    encoded = []
+    denoiser = load_model(sd)
+    codec, encoder = denoiser.codec, denoiser.conditioner
+    encoded, prompted = [], []
     codec.vae.encoder.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0]))
+    encoder.text_encoders[0].register_forward_hook(lambda module, args, out: prompted.append(1))
     images = codec.decode(torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
-    codec.cache_mb = 2 * 4 * 8 * 8 * 4 / 2 ** 20  # room for two float32 latents of 4 x 8 x 8
+    codec.cache.budget_mb = 2 * 4 * 8 * 8 * 4 / 2 ** 20  # room for two float32 latents of 4 x 8 x 8
+    encoder.cache.budget_mb = 32 * 32 * 4 / 2 ** 20  # one prompt's states: 32 tokens of width 32
     with caplog.at_level(logging.INFO, logger="prefdiff"):
         first = codec.encode(images)
-    assert "the latent cache is full (2 images, 0 MB)" in caplog.text
+        states = encoder(["a", "b"])["encoder_hidden_states"]
+    assert "the latent cache (--model.init_args.latent_cache_mb) is full (2 items, 0 MB)" in caplog.text
+    assert "the prompt-embedding cache (--model.init_args.prompt_cache_mb) is full (1 items" in caplog.text
     again = codec.encode(images)
-    assert encoded == [3, 1] and len(codec._cache) == 2  # the third image is encoded again, not cached
+    assert encoded == [3, 1] and len(codec.cache) == 2  # the third image is encoded again, not cached
     torch.testing.assert_close(again, first, rtol=0, atol=0)
-    codec.cache_mb, codec._cache, codec._cached_bytes = 0, {}, 0
+    torch.testing.assert_close(encoder(["a", "b"])["encoder_hidden_states"], states, rtol=0, atol=0)
+    assert len(prompted) == 3 and "a" in encoder.cache and "b" not in encoder.cache
+    codec.cache.budget_mb = 0
+    codec.cache.clear()
     codec.encode(images)
     codec.encode(images)
-    assert encoded == [3, 1, 3, 3] and not codec._cache
-    assert PairModule(base=str(sd), lora_rank=4, latent_cache_mb=1.5).denoiser.codec.cache_mb == 1.5
-    with pytest.raises(UserError, match=r"--model.latent_cache_mb must be >= 0 \(0: no cache\), got -1"):
-        PairModule(base=str(sd), lora_rank=4, latent_cache_mb=-1)
+    assert encoded == [3, 1, 3, 3] and not len(codec.cache)
+    module = PairModule(base=str(sd), lora_rank=4, latent_cache_mb=1.5, prompt_cache_mb=0)
+    assert (module.denoiser.codec.cache.budget_mb, module.denoiser.conditioner.cache.budget_mb) == (1.5, 0)
+    with pytest.raises(UserError, match=r"--model.prompt_cache_mb must be >= 0 \(0: no cache\), got -1"):
+        PairModule(base=str(sd), lora_rank=4, prompt_cache_mb=-1)
 
 
 def test_prompt_embeddings_are_computed_once_per_prompt(sd):

@@ -10,17 +10,12 @@ stays flat as the batch grows.
 from __future__ import annotations
 
 import hashlib
-import logging
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
-log = logging.getLogger("prefdiff.models")
-
-CACHE_MB = 8192
-"""Host memory the latent cache may hold by default: 131 thousand SD-1.5 latents at 512 px (64 KB each).
-Pick-a-Pic v2's 1.7 million training images would need 110 GB, and an unbounded cache would take it."""
+from prefdiff.models.memo import BUDGET_MB, BoundedMemo
 
 
 class IdentityCodec(nn.Module):
@@ -42,8 +37,9 @@ class VaeCodec(nn.Module):
 
     :param vae: the autoencoder; its parameters are frozen here.
     :param slice_size: images decoded (and encoded) per VAE call.
-    :param cache_mb: host memory for cached latents; once it is full, new images are encoded each time they
-        are read (0: no cache).
+    :param cache_mb: host memory for cached latents (a :class:`~prefdiff.models.memo.BoundedMemo`; 8 GB is
+        131 thousand SD-1.5 latents at 512 px); once it is full, new images are encoded each time they are
+        read (0: no cache).
 
     Latents are ``(mode of q(z|x) - shift_factor) * scaling_factor``, the
     convention of the Stable Diffusion, SD3 and FLUX pipelines (a missing
@@ -53,15 +49,13 @@ class VaeCodec(nn.Module):
 
     latent = True
 
-    def __init__(self, vae: nn.Module, slice_size: int = 8, cache_mb: float = CACHE_MB) -> None:
+    def __init__(self, vae: nn.Module, slice_size: int = 8, cache_mb: float = BUDGET_MB) -> None:
         super().__init__()
         self.vae = vae.requires_grad_(False).eval()
         self.scaling_factor = float(vae.config.scaling_factor)
         self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.slice_size = slice_size
-        self.cache_mb = cache_mb
-        self._cache: dict[str, torch.Tensor] = {}
-        self._cached_bytes, self._told_full = 0, False
+        self.cache = BoundedMemo(cache_mb, "latent cache (--model.init_args.latent_cache_mb)")
 
     def train(self, mode: bool = True) -> "VaeCodec":
         # Frozen: Lightning's module.train() must not switch the VAE out of eval mode.
@@ -74,7 +68,7 @@ class VaeCodec(nn.Module):
         while the cache has room (``cache_mb``)."""
         keys = [hashlib.blake2b(item.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
                 for item in x]
-        found = {i: self._cache[key] for i, key in enumerate(keys) if key in self._cache}
+        found = {i: self.cache[key] for i, key in enumerate(keys) if key in self.cache}
         missing = [i for i in range(len(keys)) if i not in found]
         dtype = next(self.vae.parameters()).dtype
         for start in range(0, len(missing), self.slice_size):
@@ -82,23 +76,8 @@ class VaeCodec(nn.Module):
             posterior = self.vae.encode(x[part].to(dtype)).latent_dist
             latents = (posterior.mode() - self.shift_factor) * self.scaling_factor
             for i, latent in zip(part, latents):
-                found[i] = self._keep(keys[i], latent.float())
+                found[i] = self.cache.keep(keys[i], latent.float())
         return torch.stack([found[i].to(x.device) for i in range(len(keys))]).to(dtype=x.dtype)
-
-    def _keep(self, key: str, latent: torch.Tensor) -> torch.Tensor:
-        """Cache ``latent`` under ``key`` while the budget allows: the first images read stay cached."""
-        if key in self._cache:  # the same image twice in one batch
-            return self._cache[key]
-        size = latent.numel() * latent.element_size()
-        if self._cached_bytes + size <= self.cache_mb * 2 ** 20:
-            self._cache[key] = latent.to("cpu", copy=True)  # host memory, and not a view of the batch
-            self._cached_bytes += size
-        elif self._cache and not self._told_full:
-            self._told_full = True
-            log.info("the latent cache is full (%d images, %.0f MB); later images are VAE-encoded each time they "
-                     "are read (--model.init_args.latent_cache_mb raises the budget)", len(self._cache),
-                     self._cached_bytes / 2 ** 20)
-        return latent
 
     def decode(self, z: torch.Tensor, *, checkpoint: bool = False) -> torch.Tensor:
         """Images in [-1, 1] (unclamped) for scaled latents; gradients flow when enabled.

@@ -1,6 +1,7 @@
 """The condition encoder of text-to-image pipelines: frozen tokenizer(s) and text encoder(s).
 
-A prompt is encoded once per process and cached; the encoders never train
+A prompt is encoded once per process and cached (up to a memory budget,
+:class:`~prefdiff.models.memo.BoundedMemo`); the encoders never train
 (they are frozen and stay in eval mode). The output is the denoising
 network's keyword arguments, the way each diffusers pipeline's
 ``encode_prompt`` builds them:
@@ -27,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prefdiff.models.memo import BUDGET_MB, BoundedMemo
+
 log = logging.getLogger("prefdiff.models")
 
 
@@ -38,13 +41,15 @@ class PromptEncoder(nn.Module):
     :param image_size: the pixel side of generated images (SDXL's time ids).
     :param negative_prompt: the unconditional prompt of classifier-free guidance.
     :param zeros_for_empty_prompt: SDXL's convention: the empty negative prompt is zeros.
+    :param cache_mb: host memory for the prompts' states (a :class:`~prefdiff.models.memo.BoundedMemo`); once
+        it is full, later prompts are encoded each time they are read (0: no cache).
     """
 
     encoder_counts: tuple[int, ...] = (1, 2)
     """How many text encoders the layout has."""
 
     def __init__(self, tokenizers: Sequence[Any], text_encoders: Sequence[nn.Module], *, image_size: int = 512,
-                 negative_prompt: str = "", zeros_for_empty_prompt: bool = True) -> None:
+                 negative_prompt: str = "", zeros_for_empty_prompt: bool = True, cache_mb: float = BUDGET_MB) -> None:
         super().__init__()
         if len(tokenizers) != len(text_encoders) or len(text_encoders) not in self.encoder_counts:
             counts = " or ".join(map(str, self.encoder_counts))
@@ -54,7 +59,7 @@ class PromptEncoder(nn.Module):
         self.image_size = image_size
         self.negative_prompt = negative_prompt
         self.zeros_for_empty_prompt = zeros_for_empty_prompt and self.is_sdxl
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.cache = BoundedMemo(cache_mb, "prompt-embedding cache (--model.init_args.prompt_cache_mb)")
         self._warned: set[str] = set()
 
     @property
@@ -78,8 +83,8 @@ class PromptEncoder(nn.Module):
             raise TypeError("pass a list of prompts, not one string")
         encoded = [self._encode(p) for p in prompts]
         device = device or next(self.text_encoders.parameters()).device
-        hidden = torch.stack([h for h, _ in encoded]).to(device=device, dtype=dtype)
-        pooled = None if encoded[0][1] is None else torch.stack([p for _, p in encoded]).to(device=device, dtype=dtype)
+        hidden = torch.stack([h.to(device) for h, _ in encoded]).to(dtype=dtype)
+        pooled = None if encoded[0][1] is None else torch.stack([p.to(device) for _, p in encoded]).to(dtype=dtype)
         return self._network_kwargs(hidden, pooled)
 
     def _network_kwargs(self, hidden: torch.Tensor, pooled: torch.Tensor | None) -> dict[str, Any]:
@@ -92,14 +97,13 @@ class PromptEncoder(nn.Module):
 
     @torch.no_grad()
     def _encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if prompt in self._cache:
-            return self._cache[prompt]
+        if prompt in self.cache:
+            return self.cache[prompt]
         hidden, pooled = self._encode_text(prompt)
-        hidden, pooled = hidden.float().cpu(), None if pooled is None else pooled.float().cpu()
+        hidden, pooled = hidden.float(), None if pooled is None else pooled.float()
         if self.zeros_for_empty_prompt and prompt == "":
             hidden, pooled = torch.zeros_like(hidden), torch.zeros_like(pooled)
-        self._cache[prompt] = (hidden, pooled)
-        return hidden, pooled
+        return self.cache.keep(prompt, (hidden, pooled))
 
     def _token_ids(self, tokenizer: Any, prompt: str, encoder: nn.Module, limit: int | None = None) -> torch.Tensor:
         """``[1, limit]`` ids padded to ``limit`` (default: the tokenizer's), truncated with a warning."""

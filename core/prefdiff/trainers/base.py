@@ -14,7 +14,7 @@ import torch
 
 from prefdiff.data import condition_count
 from prefdiff.errors import UserError
-from prefdiff.models.codec import CACHE_MB
+from prefdiff.models.memo import BUDGET_MB, BoundedMemo
 from prefdiff.models import (FROZEN_DTYPES, LORA_INITS, LoraOptions, ModelPreset, add_lora, build_denoiser,
                              default_lora_targets, hold_frozen_in, load_model, saved_conditioner)
 from prefdiff.plugins import get_manager
@@ -113,6 +113,7 @@ class AlignmentModule(pl.LightningModule):
     :param latent_cache_mb: host memory for the VAE latents of a latent model's training images, each
         encoded once while they fit (pairs, SFT images); once full, later images are encoded each time
         they are read. Per process.
+    :param prompt_cache_mb: the same for a pipeline's prompt embeddings (SD3's are 5.5 MB a prompt).
     :param gradient_checkpointing: recompute the network's block activations in backward (diffusers'
         ``enable_gradient_checkpointing``): less memory, more compute.
     """
@@ -130,8 +131,8 @@ class AlignmentModule(pl.LightningModule):
                  fused_optimizer: bool = False,
                  gradient_checkpointing: bool = False,
                  lora_init: str = "default", negative_prompt: str = "", distilled_guidance: float | None = None,
-                 frozen_dtype: str | None = None, variant: str | None = None,
-                 latent_cache_mb: float = CACHE_MB) -> None:  # pragma: no mutate block
+                 frozen_dtype: str | None = None, variant: str | None = None, latent_cache_mb: float = BUDGET_MB,
+                 prompt_cache_mb: float = BUDGET_MB) -> None:  # pragma: no mutate block
         super().__init__()
         self.save_hyperparameters()
         if seed is None:
@@ -152,8 +153,9 @@ class AlignmentModule(pl.LightningModule):
             raise UserError(f"--model.eta must be in [0, 1], got {eta}")
         if lr <= 0:
             raise UserError(f"--model.lr must be > 0, got {lr}")
-        if latent_cache_mb < 0:
-            raise UserError(f"--model.latent_cache_mb must be >= 0 (0: no cache), got {latent_cache_mb}")
+        for name, budget in (("latent_cache_mb", latent_cache_mb), ("prompt_cache_mb", prompt_cache_mb)):
+            if budget < 0:
+                raise UserError(f"--model.{name} must be >= 0 (0: no cache), got {budget}")
         if sample_chunks < 1 or reward_workers < 0:
             raise UserError(f"--model.sample_chunks must be >= 1 and --model.reward_workers >= 0, got "
                             f"{sample_chunks} and {reward_workers}")
@@ -186,8 +188,9 @@ class AlignmentModule(pl.LightningModule):
             denoiser = build_denoiser(ModelPreset(**hp.model), cond_module)
         denoiser.set_negative_prompt(hp.negative_prompt)
         denoiser.set_distilled_guidance(hp.distilled_guidance, flag="--model.init_args.distilled_guidance")
-        if denoiser.codec.latent:
-            denoiser.codec.cache_mb = hp.latent_cache_mb
+        for part, budget in ((denoiser.codec, hp.latent_cache_mb), (denoiser.conditioner, hp.prompt_cache_mb)):
+            if isinstance(getattr(part, "cache", None), BoundedMemo):
+                part.cache.budget_mb = budget
         if hp.lora_rank > 0:
             add_lora(denoiser, LoraOptions(r=hp.lora_rank, alpha=hp.lora_alpha or float(hp.lora_rank),
                                            target_modules=self._lora_target_names(denoiser.net),
