@@ -118,3 +118,13 @@ def test_a_variant_where_none_can_be_read_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError, match=r"--model.variant \('fp16'\) picks the weight files of a pipeline folder"):
         PairModule(model={"kind": "unet2d", "sample_size": 8}, variant="fp16")
+    # The module reads the variant it is given (not the folder's only one), and a prefdiff model folder has none.
+    with pytest.raises(UserError, match=r"fp16/unet has no 'bf16' weights"):
+        PairModule(base=str(tmp_path / "fp16"), variant="bf16", lora_rank=4)
+    from prefdiff.models import save_model
+    from prefdiff.testing import tiny_denoiser
+
+    save_model(tiny_denoiser(), tmp_path / "prefdiff-model")
+    with pytest.raises(UserError, match=r"a weight variant \('fp16'\) is read from a diffusers pipeline folder; "
+                                        r".*prefdiff-model is not one: drop the variant"):
+        load_model(tmp_path / "prefdiff-model", variant="fp16")
