@@ -88,6 +88,33 @@ def test_a_negative_prompt_guides_as_in_diffusers(which, request):
     assert (steered - ours("")).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("zeros", [True, False])
+def test_sdxl_guides_against_what_its_folder_says_the_empty_prompt_is(sdxl, zeros, tmp_path):
+    """SDXL's folder says whether the empty negative prompt is zeros (force_zeros_for_empty_prompt); by default
+    prefdiff's guidance must match the pipeline called with prompts alone, either way."""
+    import json
+    import shutil
+
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(sdxl, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "force_zeros_for_empty_prompt": zeros}))
+    denoiser, scheduler = load_model(folder), load_scheduler(folder)
+    latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = sample(denoiser, scheduler, latents, PROMPTS, num_steps=4, eta=0.0, guidance_scale=3.0,
+                      uncond=denoiser.null_condition(PROMPTS)).samples
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = pipe(prompt=PROMPTS, latents=latents.clone(), num_inference_steps=4, guidance_scale=3.0, eta=0.0,
+                      output_type="latent").images
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
 def test_the_trainers_take_a_negative_prompt_for_pipelines_only(sd):
     from prefdiff.testing import tiny_preset
     from prefdiff.trainers import PairModule

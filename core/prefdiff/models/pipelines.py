@@ -202,7 +202,10 @@ def load_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: torch.d
             encoders.append(CLIPTextModelWithProjection.from_pretrained(path, **options("text_encoder_2")))
     vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     image_size = unet.config.sample_size * vae_scale
-    conditioner = PromptEncoder(tokenizers, encoders, image_size=image_size, negative_prompt=negative_prompt)
+    # SDXL folders say whether the empty negative prompt is zeros (true but in the refiner's and some fine-tunes')
+    zeros = json.loads((path / INDEX).read_text()).get("force_zeros_for_empty_prompt", True)
+    conditioner = PromptEncoder(tokenizers, encoders, image_size=image_size, negative_prompt=negative_prompt,
+                                zeros_for_empty_prompt=zeros)
     cfg = unet.config
     preset = ModelPreset(kind="unet2d_condition", sample_size=cfg.sample_size, channels=cfg.in_channels,
                          conditioning="text", cross_attention_dim=cfg.cross_attention_dim,
@@ -244,7 +247,8 @@ def save_pipeline(denoiser: Denoiser, scheduler, directory: str | Path) -> Path:
              "text_encoder": encoder.text_encoders[0], "tokenizer": encoder.tokenizers[0]}
     if getattr(denoiser, "pipeline_class", "StableDiffusionPipeline") == "StableDiffusionXLPipeline":
         pipe = StableDiffusionXLPipeline(**parts, text_encoder_2=encoder.text_encoders[1],
-                                         tokenizer_2=encoder.tokenizers[1])
+                                         tokenizer_2=encoder.tokenizers[1],
+                                         force_zeros_for_empty_prompt=encoder.zeros_for_empty_prompt)
     else:
         pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
