@@ -32,6 +32,8 @@ BENCH = [WORKER, "bench", "{w}/out-bench", "{w}/cache-bench", "{w}/marker-bench"
 LABEL = ["label", "{w}/samples", "--port", "0"]
 REWARD = ["reward-model", "train", "{w}/pairs/pairs.jsonl", "--out", "{w}/out-reward", "--epochs", "1"]
 SEGMENTER = ["medical", "train-segmenter", "{w}/task-empty", "{w}/out-segmenter/seg.safetensors"]
+CONVERT = ["t2i", "convert-clip", "{w}/foreign.ckpt", "{w}/out-clip", "{w}/samples"]
+"""An open_clip checkpoint to a CLIP folder; every case fails before the tokenizer folder is read."""
 
 #: (command, class of bad input, arguments, what the one error line must name)
 BAD_INPUTS: list[tuple[str, str, tuple[str, ...], str]] = [
@@ -182,6 +184,15 @@ BAD_INPUTS: list[tuple[str, str, tuple[str, ...], str]] = [
     ("t2i make-data", "out-of-range number", ("t2i", "make-data", "{w}/out-shapes", "--resolution", "0"),
      "--resolution"),
     ("t2i make-data", "empty dataset", ("t2i", "make-data", "{w}/out-shapes", "--train", "0"), "--train"),
+
+    ("t2i convert-clip", "missing file", (*CONVERT[:2], "{w}/no-such.pt", *CONVERT[3:]), "no-such.pt"),
+    ("t2i convert-clip", "wrong type", (*CONVERT, "--text-head-width", "wide"), "wide"),
+    ("t2i convert-clip", "malformed YAML or JSON", (*CONVERT, "--config", "{w}/bad.yaml"), "bad.yaml"),
+    ("t2i convert-clip", "unknown name", (*CONVERT[:3], "{w}/nonempty", CONVERT[4]), "nonempty"),
+    ("t2i convert-clip", "out-of-range number", (*CONVERT, "--vision-head-width", "0"), "--vision-head-width"),
+    ("t2i convert-clip", "corrupt safetensors", (*CONVERT[:2], "{w}/torn.safetensors", *CONVERT[3:]),
+     "torn.safetensors"),
+    ("t2i convert-clip", "foreign checkpoint", (*CONVERT[:2], "{w}/foreign.ckpt", *CONVERT[3:]), "foreign.ckpt"),
 ]
 
 NOT_APPLICABLE = {
@@ -193,6 +204,7 @@ NOT_APPLICABLE = {
     "driving make-data": {"corrupt safetensors", "foreign checkpoint"},
     "robotics make-data": {"corrupt safetensors", "foreign checkpoint"},
     "t2i make-data": {"corrupt safetensors", "foreign checkpoint"},
+    "t2i convert-clip": {"empty dataset"},
 }
 """Classes of bad input a command takes no argument of (new-plugin reads no file, and so on)."""
 

@@ -54,6 +54,7 @@ def prefdiff_register_benchmarks(register):
 
 @hookimpl
 def prefdiff_register_commands(register):
-    from prefdiff_t2i.commands import make_data
+    from prefdiff_t2i.commands import convert_clip, make_data
 
     register("make-data", make_data)
+    register("convert-clip", convert_clip)

@@ -98,8 +98,8 @@ def hps_score(clip: str, scale: float = 100.0):
     fine-tuned CLIP-H/14 (``hpsv2.score`` returns the raw cosine, about 0.27; its benchmark tables
     report it times 100, about 27). The default follows the tables; ``scale=1`` gives ``hpsv2.score``.
 
-    :param clip: local folder of the HPS/HPSv2 checkpoint converted to a transformers CLIPModel,
-        with a CLIP tokenizer saved into it.
+    :param clip: local folder of the HPS/HPSv2 checkpoint converted to a transformers CLIPModel
+        with its tokenizer (``prefdiff t2i convert-clip``, :mod:`prefdiff_t2i.open_clip_convert`).
     :param scale: the factor on the cosine.
     """
     return _cosine_reward("hps_score", _ClipScorer(clip, tokenizer=True), lambda model: scale)
@@ -232,7 +232,8 @@ def _clip_folder(path: str) -> Path:
         raise UserError(f"reward option clip: {path} does not exist; {_CLIP_FIX}")
     if not folder.is_dir():
         raise UserError(f"reward option clip: {path} is a file, not a folder; {_CLIP_FIX} "
-                        f"(convert open_clip checkpoints such as HPSv2's first, see docs/text-to-image.md)")
+                        f"(an open_clip checkpoint such as HPSv2's becomes one with "
+                        f"`prefdiff t2i convert-clip CHECKPOINT OUT TOKENIZER_DIR`)")
     config = folder / "config.json"
     if not config.is_file():
         raise UserError(f"reward option clip: {path} is not a CLIP folder (no config.json); {_CLIP_FIX}")
@@ -271,22 +272,27 @@ class AestheticHead(torch.nn.Module):
         return self.layers(embeddings)
 
 
-def _load_head(path: str, width: int, clip: str) -> AestheticHead:
+def read_weights(path: str | Path, culprit: str, fix: str) -> Any:
+    """What a ``.safetensors``, ``.pt``, ``.pth`` or ``.bin`` file holds, read without running pickled code
+    (``torch.load(weights_only=True)``); a missing or unreadable file is one error starting with ``culprit``."""
     file = Path(path).expanduser()
-    fix = ("pass LAION's aesthetic head (sac+logos+ava1-l14-linearMSE.pth) or a .safetensors file "
-           "of the same state dict")
     if not file.is_file():
-        raise UserError(f"reward option head: {path} does not exist; {fix}")
+        raise UserError(f"{culprit} does not exist; {fix}")
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(file))
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            return load_file(str(file))
+        return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"reward option head: {path} could not be read ({type(exc).__name__}: {exc}); "
-                        f"{fix}") from None
+        first = " ".join(str(exc).split())[:200]
+        raise UserError(f"{culprit} could not be read ({type(exc).__name__}: {first}); {fix}") from None
+
+
+def _load_head(path: str, width: int, clip: str) -> AestheticHead:
+    fix = ("pass LAION's aesthetic head (sac+logos+ava1-l14-linearMSE.pth) or a .safetensors file "
+           "of the same state dict")
+    state = read_weights(path, f"reward option head: {path}", fix)
     first = state.get("layers.0.weight") if isinstance(state, dict) else None
     if not isinstance(first, torch.Tensor):
         raise UserError(f"reward option head: {path} is not the aesthetic head's state dict (no "
