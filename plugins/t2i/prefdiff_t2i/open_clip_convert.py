@@ -67,7 +67,7 @@ def convert_open_clip(checkpoint: str | Path, out: str | Path, tokenizer: str | 
     :param vision_head_width: the image tower's attention head width (default :data:`VISION_HEAD_WIDTH`, else 64).
     :param text_head_width: the text tower's attention head width.
     """
-    from transformers import CLIPModel, CLIPTokenizer
+    from transformers import CLIPModel
     from transformers.utils import logging as transformers_logging
 
     for option, width in (("--vision-head-width", vision_head_width), ("--text-head-width", text_head_width)):
@@ -77,11 +77,7 @@ def convert_open_clip(checkpoint: str | Path, out: str | Path, tokenizer: str | 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists; give convert-clip a new folder (nothing there is overwritten)")
     state = read_checkpoint(checkpoint)
-    try:
-        tok = CLIPTokenizer.from_pretrained(tokenizer, local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"--tokenizer {tokenizer}: no CLIP tokenizer there ({type(exc).__name__}); pass a folder "
-                        f"holding vocab.json and merges.txt, e.g. a Stable Diffusion 1.x pipeline's tokenizer/") from None
+    tok = read_tokenizer(tokenizer)
     config = clip_config(state, tok, quick_gelu=quick_gelu, vision_head_width=vision_head_width,
                          text_head_width=text_head_width, source=checkpoint)
     model = CLIPModel(config)
@@ -127,6 +123,22 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_tokenizer(folder: str | Path):
+    """The CLIP tokenizer saved in ``folder`` (``vocab.json`` and ``merges.txt``, or ``tokenizer.json``); transformers
+    5 would make an empty one of a folder without them."""
+    from transformers import CLIPTokenizer
+
+    fix = "pass a folder with vocab.json and merges.txt, e.g. a Stable Diffusion 1.x pipeline's tokenizer/"
+    path = Path(folder).expanduser()
+    if not ((path / "vocab.json").is_file() or (path / "tokenizer.json").is_file()):
+        raise UserError(f"tokenizer folder {folder} holds no CLIP tokenizer (no vocab.json or tokenizer.json); {fix}")
+    try:
+        return CLIPTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"tokenizer folder {folder} holds no readable CLIP tokenizer ({type(exc).__name__}); "
+                        f"{fix}") from None
+
+
 def clip_config(state: dict[str, torch.Tensor], tokenizer, *, quick_gelu: bool, vision_head_width: int | None,
                 text_head_width: int, source: str | Path):
     """The ``CLIPConfig`` the weights' shapes describe."""
@@ -134,7 +146,7 @@ def clip_config(state: dict[str, torch.Tensor], tokenizer, *, quick_gelu: bool, 
 
     vocab, text_width = state["token_embedding.weight"].shape
     if len(tokenizer) > vocab:
-        raise UserError(f"--tokenizer has {len(tokenizer)} tokens but {source} embeds only {vocab}; pass the "
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but {source} embeds only {vocab}; pass the "
                         f"tokenizer the checkpoint was trained with (OpenAI's CLIP BPE has 49408)")
     patch = state["visual.conv1.weight"].shape[-1]
     positions, vision_width = state["visual.positional_embedding"].shape

@@ -104,7 +104,9 @@ def test_the_command_writes_a_folder_the_rewards_read(tokenizer, tmp_path, capsy
     ("not_clip", r"is not a CLIP checkpoint in open_clip's layout \(no token_embedding.weight, positional_embedding"),
     ("extra", r"holds weights a plain CLIP ViT does not have \(visual.transformer.resblocks.0.ls_1.gamma\)"),
     ("pickle", r"could not be read \(UnpicklingError"),
-    ("tokenizer", r"--tokenizer has 514 tokens but .* embeds only 300"),
+    ("tokenizer", r"the tokenizer has 514 tokens but .* embeds only 300"),
+    ("no_tokenizer", r"tokenizer folder .* holds no CLIP tokenizer \(no vocab.json or tokenizer.json\); pass a "
+                     r"folder with vocab.json and merges.txt"),
     ("heads", r"the image tower is 48 wide, not a whole number of 64-wide heads; give its head width with "
               r"--vision-head-width"),
 ])
@@ -128,6 +130,9 @@ def test_bad_input_is_one_clear_error_with_exit_code_2(case, message, tokenizer,
         torch.save({"state_dict": state, "args": Path("x")}, checkpoint)
     elif case != "missing":
         torch.save(state, checkpoint)
+    if case == "no_tokenizer":
+        tokenizer = tmp_path / "empty"
+        tokenizer.mkdir()
     assert main(["t2i", "convert-clip", str(checkpoint), str(out), str(tokenizer), *heads]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("prefdiff: error: ")
