@@ -167,6 +167,9 @@ class _ClipScorer:
                             f"({type(exc).__name__}: {exc}); {_CLIP_FIX}") from None
         self.tokenizer = None
         if tokenizer:
+            if not has_tokenizer_files(folder):  # transformers 5 would load an empty vocabulary instead
+                raise UserError(f"reward option clip: {path} has no tokenizer (no vocab.json or tokenizer.json); "
+                                f"save the CLIP's tokenizer into it (CLIPProcessor or CLIPTokenizer.save_pretrained)")
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             except Exception as exc:
@@ -241,6 +244,11 @@ def _clip_folder(path: str) -> Path:
     if model_type != "clip":
         raise UserError(f"reward option clip: {path} holds a '{model_type}' model, not a CLIP; {_CLIP_FIX}")
     return folder
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether ``folder`` holds a saved CLIP tokenizer (``vocab.json`` and ``merges.txt``, or ``tokenizer.json``)."""
+    return (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file()
 
 
 def _normalisation(folder: Path) -> tuple[Sequence[float], Sequence[float]]:

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from prefdiff.api import UserError
-from prefdiff_t2i.clip_rewards import read_weights
+from prefdiff_t2i.clip_rewards import has_tokenizer_files, read_weights
 
 #: open_clip image towers whose heads are not 64 wide: width -> head width (ViT-H/14, ViT-g/14, ViT-bigG/14).
 VISION_HEAD_WIDTH = {1280: 80, 1408: 88, 1664: 104}
@@ -130,7 +130,7 @@ def read_tokenizer(folder: str | Path):
 
     fix = "pass a folder with vocab.json and merges.txt, e.g. a Stable Diffusion 1.x pipeline's tokenizer/"
     path = Path(folder).expanduser()
-    if not ((path / "vocab.json").is_file() or (path / "tokenizer.json").is_file()):
+    if not has_tokenizer_files(path):
         raise UserError(f"tokenizer folder {folder} holds no CLIP tokenizer (no vocab.json or tokenizer.json); {fix}")
     try:
         return CLIPTokenizer.from_pretrained(path, local_files_only=True)

@@ -243,6 +243,19 @@ def test_a_folder_without_a_clip_is_a_user_error(tmp_path):
         build("hps_score", clip=str(tmp_path / "weights.pt"))
 
 
+def test_a_clip_folder_without_its_tokenizer_is_a_user_error(clip_dir, head_file, tmp_path):
+    """CLIPModel.save_pretrained alone writes no tokenizer; transformers 5 would then read every prompt with an
+    empty vocabulary, and the text-image rewards would score nonsense without a word."""
+    bare = shutil.copytree(clip_dir, tmp_path / "clip")
+    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    for name in ("clip_score", "pickscore", "hps_score"):
+        with pytest.raises(UserError, match=r"^reward option clip: .* has no tokenizer \(no vocab.json or "
+                                            r"tokenizer.json\); save the CLIP's tokenizer into it"):
+            build(name, clip=str(bare))
+    build("aesthetic_score", clip=str(bare), head=str(head_file))  # needs none
+
+
 def test_head_errors_name_the_head_option(clip_dir, tmp_path):
     from safetensors.torch import save_file
 
