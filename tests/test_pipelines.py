@@ -208,7 +208,9 @@ def test_lora_goes_on_the_attention_projections(sd):
                            for t in targets)
 
 
-def test_exported_lora_reproduces_our_samples_in_diffusers(sd, tmp_path):
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_exported_lora_reproduces_our_samples_in_diffusers(which, request, tmp_path):
+    sd = request.getfixturevalue(which)  # SDXL's adapter is written in SD's layout, which its loader reads
     denoiser, scheduler = load_model(sd), load_scheduler(sd)
     add_lora(denoiser)
     with torch.no_grad():  # a trained adapter: any non-zero update
@@ -241,6 +243,15 @@ def test_bad_folders_get_one_clear_error(sd, tmp_path):
     shutil.rmtree(broken / "text_encoder")
     with pytest.raises(UserError, match="has no text_encoder/ .StableDiffusionPipeline needs unet, vae, text_encoder"):
         load_model(broken)
+    # A download that left the tokenizer's files out (transformers 5 would make an empty vocabulary of it)
+    untokenized = tmp_path / "no-tokenizer-files"
+    shutil.copytree(sd, untokenized)
+    for file in (untokenized / "tokenizer").iterdir():
+        file.unlink()
+    (untokenized / "tokenizer" / "vocab.json").write_text("{}")  # a BPE vocabulary without its merges.txt
+    with pytest.raises(UserError, match=r"no-tokenizer-files: its tokenizer/ holds no tokenizer files \(tokenizer.json, "
+                                        r"vocab.json with merges.txt, or spiece.model\); copy them too"):
+        load_model(untokenized)
 
 
 def test_a_scheduler_option_beside_a_saved_model_is_an_error_not_ignored(sd):

@@ -95,9 +95,24 @@ def pipeline_layout(path: str | Path) -> str:
         if index.get(part) not in (None, [None, None]) and not (path / part).is_dir():
             raise UserError(f"pipeline folder {path} has no {part}/ but its {INDEX} lists one; copy the whole "
                             f"pipeline, or set \"{part}\": [null, null] in {INDEX} to load it without")
+    for part in (*LAYOUTS[name], *OPTIONAL.get(name, ())):
+        if part.startswith("tokenizer") and has_part(path, part) and not has_tokenizer_files(path / part):
+            raise UserError(f"pipeline folder {path}: its {part}/ holds no tokenizer files ({TOKENIZER_FILES}); "
+                            f"copy them too (hf download ... --include \"*/*.json\" \"*/*.txt\" \"*/*.model\")")
     _check_family(path, name)
     check_part_widths(path, name)
     return name
+
+
+#: what a saved tokenizer folder holds: a fast tokenizer's file, CLIP's BPE files or T5's SentencePiece model.
+TOKENIZER_FILES = "tokenizer.json, vocab.json with merges.txt, or spiece.model"
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether ``folder`` holds a tokenizer (:data:`TOKENIZER_FILES`): transformers 5 makes an empty one of a
+    folder without, and a BPE vocabulary without its merges fails with a message that names neither."""
+    return ((folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file()
+            or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()))
 
 
 def _unet_layout(path: str | Path) -> str:
