@@ -201,6 +201,21 @@ def test_a_too_long_prompt_is_truncated_with_a_warning(sd, caplog, capfd):
     assert "indexing errors" not in caplog.text + "".join(capfd.readouterr())
 
 
+def test_sft_caption_dropout_turns_prompts_into_the_negative_prompt(sd):
+    """p_uncond on prompts (diffusers' --proportion_empty_prompts): a dropped prompt becomes the negative prompt,
+    the others stay as they were, and the step trains."""
+    from prefdiff.trainers import SFTModule
+
+    module = SFTModule(base=str(sd), lora_rank=4, p_uncond=0.5, negative_prompt="a blurry photo")
+    prompts = [f"{i} red circles" for i in range(64)]
+    out = module._drop_condition(prompts, torch.Generator().manual_seed(0))
+    dropped = (torch.rand(64, generator=torch.Generator().manual_seed(0)) < 0.5).tolist()  # one draw a prompt
+    assert out == ["a blurry photo" if d else p for p, d in zip(prompts, dropped)]
+    assert 16 < sum(dropped) < 48
+    loss = module.training_step({"x0": torch.rand(2, 3, 16, 16) * 2 - 1, "cond": PROMPTS}, 0)
+    assert torch.isfinite(loss)
+
+
 def test_lora_goes_on_the_attention_projections(sd):
     denoiser = add_lora(load_model(sd))
     targets = set(denoiser.lora_config.target_modules)

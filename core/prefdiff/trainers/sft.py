@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from prefdiff.data import condition_count
 from prefdiff.errors import UserError
 from prefdiff.losses import rwr_weights, sft_loss
 from prefdiff.trainers.base import AlignmentModule, TrainingData
@@ -56,11 +57,12 @@ class SFTModule(AlignmentModule):
 
     def _drop_condition(self, cond: Any, generator: torch.Generator) -> Any:
         null = self.denoiser.null_condition(cond)
-        first = cond if not isinstance(cond, dict) else next(iter(cond.values()))
-        draws = torch.rand(first.shape[0] * self.world_size, generator=generator)
+        draws = torch.rand(condition_count(cond) * self.world_size, generator=generator)
         drop = self.rank_share(draws) < self.hparams.p_uncond
 
-        def pick(c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        def pick(c: Any, n: Any) -> Any:
+            if isinstance(c, (list, tuple)):  # prompts: a dropped one becomes the negative prompt
+                return [n_i if d else c_i for c_i, n_i, d in zip(c, n, drop.tolist())]
             mask = drop.to(c.device).view(-1, *([1] * (c.ndim - 1)))
             return torch.where(mask, n, c)
 
