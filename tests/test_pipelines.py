@@ -115,6 +115,55 @@ def test_sdxl_guides_against_what_its_folder_says_the_empty_prompt_is(sdxl, zero
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
+def test_sdxl_conditions_on_a_training_images_size_and_crop_as_diffusers(sdxl):
+    """SDXL's micro-conditioning (Podell et al. 2023, sec. 2.2): a SizedPrompt's sizes reach the UNet as the
+    pipeline's original_size, crops_coords_top_left and target_size do, the negative prompt keeping them."""
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    from prefdiff.models.text import SizedPrompt
+
+    denoiser, scheduler = load_model(sdxl), load_scheduler(sdxl)
+    side = denoiser.conditioner.image_size
+    sized = [SizedPrompt(p, (24, 40), (3, 5), (side, side)) for p in PROMPTS]
+    latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
+
+    def ours(prompts):
+        with torch.no_grad():
+            return sample(denoiser, scheduler, latents, prompts, num_steps=4, eta=0.0, guidance_scale=3.0,
+                          uncond=denoiser.null_condition(prompts)).samples
+
+    pipe = DiffusionPipeline.from_pretrained(sdxl, local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    encoded, negative = denoiser.conditioner(PROMPTS), denoiser.conditioner(denoiser.null_condition(PROMPTS))
+    with torch.no_grad():
+        theirs = pipe(prompt_embeds=encoded["encoder_hidden_states"], negative_prompt_embeds=negative["encoder_hidden_states"],
+                      pooled_prompt_embeds=encoded["added_cond_kwargs"]["text_embeds"],
+                      negative_pooled_prompt_embeds=negative["added_cond_kwargs"]["text_embeds"],
+                      latents=latents.clone(), num_inference_steps=4, guidance_scale=3.0, eta=0.0, output_type="latent",
+                      original_size=(24, 40), crops_coords_top_left=(3, 5), target_size=(side, side)).images
+    torch.testing.assert_close(ours(sized), theirs, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ours(sized), ours(PROMPTS), atol=1e-4), "the sizes must reach the UNet"
+
+
+@pytest.mark.parametrize("trainer", ["PairModule", "SFTModule"])
+def test_sdxl_trains_on_each_images_own_size_and_crop(sdxl, trainer):
+    """The text-to-image readers give each image's original_size and crop_top_left; the losses on those images
+    pass them to SDXL's UNet (as diffusers' SDXL training scripts do), with the batch's size as the target."""
+    import prefdiff.trainers as trainers
+
+    module = getattr(trainers, trainer)(base=str(sdxl), lora_rank=4)
+    seen = []
+    module.denoiser.net.register_forward_pre_hook(
+        lambda net, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].tolist()), with_kwargs=True)
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    sizes = {"original_size": torch.tensor([[24, 40], [512, 384]]), "crop_top_left": torch.tensor([[3, 5], [0, 64]])}
+    batch = {"x_w": images, "x_l": images.flip(0)} if trainer == "PairModule" else {"x0": images}
+    module.training_step({**batch, "cond": PROMPTS, **sizes}, 0)
+    rows = [[24, 40, 3, 5, 16, 16], [512, 384, 0, 64, 16, 16]]
+    assert seen and all(ids == rows * (len(ids) // 2) for ids in seen), seen  # winners then losers, model and reference
+
+
 def test_the_trainers_take_a_negative_prompt_for_pipelines_only(sd):
     from prefdiff.testing import tiny_preset
     from prefdiff.trainers import PairModule

@@ -183,10 +183,17 @@ def test_images_keep_their_aspect_and_are_centre_cropped(tmp_path):
     buffer = io.BytesIO()
     bands.save(buffer, format="PNG")
     row = {**pickapic_row("bands", 1.0), "jpg_0": buffer.getvalue()}
-    write_parquet(tmp_path / "train-0.parquet", [row])
-    x_w = PickAPicPairs(tmp_path, resolution=8, cache_dir=str(tmp_path / "cache"))[0]["x_w"]
+    loser_first = {**row, "label_0": 0.0, "jpg_1": image_bytes(BLUE, (20, 30))}
+    write_parquet(tmp_path / "train-0.parquet", [row, loser_first])
+    pairs = PickAPicPairs(tmp_path, resolution=8, cache_dir=str(tmp_path / "cache"))
+    x_w = pairs[0]["x_w"]
     # The shorter side goes to 8 (48x16 -> 24x8) and the middle 8 columns, the red band, are kept.
     torch.testing.assert_close(x_w[:, :, 1:-1], rgb(RED).view(3, 1, 1).expand(3, 8, 6), atol=0.02, rtol=0)
+    # SDXL's size and crop conditioning of the pair: image 0's height and width as stored, and the crop's
+    # top-left corner in the resized image (as diffusers' SDXL Diffusion-DPO script, whichever image won)
+    for item in (pairs[0], pairs[1]):
+        assert item["original_size"].tolist() == [16, 48] and item["crop_top_left"].tolist() == [0, 8]
+    assert collate([pairs[0], pairs[1]])["original_size"].tolist() == [[16, 48], [16, 48]]
 
 
 def test_pickapic_shards_are_chosen_by_their_split_prefix(tmp_path):
@@ -285,6 +292,8 @@ def test_an_image_caption_folder_gives_sft_targets(tmp_path):
     item = splits["train"][0]
     index = int(names["train"][0][3:-4])
     assert item["cond"] == f"a img{index} picture" and item["x0"].shape == (3, 8, 8)
+    # 24x16 -> 12x8, the middle 8 columns: SDXL's size and crop conditioning of the image
+    assert item["original_size"].tolist() == [16, 24] and item["crop_top_left"].tolist() == [0, 2]
     torch.testing.assert_close(item["x0"], rgb(colours[index % 3]).view(3, 1, 1).expand(3, 8, 8))
     assert len(ImageCaptions(tmp_path, size=4)) == 4
 

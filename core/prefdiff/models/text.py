@@ -10,7 +10,9 @@ network's keyword arguments, the way each diffusers pipeline's
   of the CLIP text encoder;
 - SDXL: the penultimate hidden states of both encoders side by side, and
   ``added_cond_kwargs`` with the second encoder's pooled projection and the
-  six size/crop "time ids" (Podell et al. 2023, sec. 2.2);
+  six size/crop "time ids" (Podell et al. 2023, sec. 2.2): a
+  :class:`SizedPrompt`'s own for a training image, else the generated image's
+  size with no crop, as the pipeline's defaults;
 - SD3 (:class:`SD3PromptEncoder`): both CLIPs' penultimate states side by
   side, zero-padded to T5's width and followed by T5's states along the
   tokens; ``pooled_projections`` is both CLIPs' pooled projections (Esser et
@@ -31,6 +33,49 @@ from torch import nn
 from prefdiff.models.memo import BUDGET_MB, BoundedMemo
 
 log = logging.getLogger("prefdiff.models")
+
+
+class SizedPrompt(str):
+    """A prompt captioning a training image, with SDXL's micro-conditioning of that image (Podell et al. 2023,
+    sec. 2.2): the image's ``original_size`` before resizing, the ``crop_top_left`` of the crop taken from it and
+    the ``target_size`` it was trained at, all ``(height, width)``/``(top, left)`` in pixels. Anywhere else it is
+    the prompt string; only SDXL's encoder reads the sizes (:func:`sized_prompts` makes them from a batch).
+    """
+
+    original_size: tuple[int, int]
+    crop_top_left: tuple[int, int]
+    target_size: tuple[int, int]
+
+    def __new__(cls, text: str, original_size, crop_top_left, target_size) -> "SizedPrompt":
+        prompt = super().__new__(cls, text)
+        prompt.original_size = tuple(int(v) for v in original_size)
+        prompt.crop_top_left = tuple(int(v) for v in crop_top_left)
+        prompt.target_size = tuple(int(v) for v in target_size)
+        return prompt
+
+    def __reduce__(self):
+        return SizedPrompt, (str(self), self.original_size, self.crop_top_left, self.target_size)
+
+    def time_ids(self) -> tuple[int, ...]:
+        """SDXL's ``add_time_ids``: original size, crop's top-left corner, target size."""
+        return (*self.original_size, *self.crop_top_left, *self.target_size)
+
+    def like(self, text: str) -> "SizedPrompt":
+        """``text`` with this prompt's sizes (the negative prompt of a training image keeps them, as
+        StableDiffusionXLPipeline's ``negative_original_size`` defaults to ``original_size``)."""
+        return SizedPrompt(text, self.original_size, self.crop_top_left, self.target_size)
+
+
+def sized_prompts(prompts: Any, batch: dict[str, Any], images: torch.Tensor) -> Any:
+    """``prompts`` as :class:`SizedPrompt` s carrying ``batch["original_size"]`` and ``batch["crop_top_left"]``
+    (``[B, 2]``, as the text-to-image readers give them) and the size of ``images`` (``[B, 3, H, W]``, the
+    batch's pixels), for a loss on those images; ``prompts`` as they are when the batch has no sizes or the
+    conditions are not prompts."""
+    if "original_size" not in batch or not isinstance(prompts, (list, tuple)):
+        return prompts
+    target = tuple(images.shape[-2:])
+    return [SizedPrompt(p, size.tolist(), crop.tolist(), target)
+            for p, size, crop in zip(prompts, batch["original_size"], batch["crop_top_left"])]
 
 
 class PromptEncoder(nn.Module):
@@ -73,8 +118,10 @@ class PromptEncoder(nn.Module):
         return self
 
     def null_condition(self, prompts: Sequence[str]) -> list[str]:
-        """The unconditional prompts for classifier-free guidance (Ho & Salimans 2022)."""
-        return [self.negative_prompt] * len(prompts)
+        """The unconditional prompts for classifier-free guidance (Ho & Salimans 2022); a
+        :class:`SizedPrompt`'s keeps its sizes."""
+        return [p.like(self.negative_prompt) if isinstance(p, SizedPrompt) else self.negative_prompt
+                for p in prompts]
 
     def forward(self, prompts: Sequence[str], *, device: torch.device | None = None,
                 dtype: torch.dtype | None = None) -> dict[str, Any]:
@@ -85,15 +132,16 @@ class PromptEncoder(nn.Module):
         device = device or next(self.text_encoders.parameters()).device
         hidden = torch.stack([h.to(device) for h, _ in encoded]).to(dtype=dtype)
         pooled = None if encoded[0][1] is None else torch.stack([p.to(device) for _, p in encoded]).to(dtype=dtype)
-        return self._network_kwargs(hidden, pooled)
+        return self._network_kwargs(hidden, pooled, prompts)
 
-    def _network_kwargs(self, hidden: torch.Tensor, pooled: torch.Tensor | None) -> dict[str, Any]:
+    def _network_kwargs(self, hidden: torch.Tensor, pooled: torch.Tensor | None,
+                        prompts: Sequence[str]) -> dict[str, Any]:
         if not self.is_sdxl:
             return {"encoder_hidden_states": hidden}
-        size = float(self.image_size)
-        time_ids = torch.tensor([size, size, 0.0, 0.0, size, size], device=hidden.device, dtype=hidden.dtype)
-        return {"encoder_hidden_states": hidden,
-                "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids.expand(len(hidden), -1)}}
+        size = (self.image_size, self.image_size)
+        rows = [p.time_ids() if isinstance(p, SizedPrompt) else (*size, 0, 0, *size) for p in prompts]
+        time_ids = torch.tensor(rows, device=hidden.device, dtype=torch.float32).to(hidden.dtype)
+        return {"encoder_hidden_states": hidden, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
     @torch.no_grad()
     def _encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -148,7 +196,8 @@ class SD3PromptEncoder(PromptEncoder):
         self.max_sequence_length = max_sequence_length
         self.joint_attention_dim = joint_attention_dim
 
-    def _network_kwargs(self, hidden: torch.Tensor, pooled: torch.Tensor | None) -> dict[str, Any]:
+    def _network_kwargs(self, hidden: torch.Tensor, pooled: torch.Tensor | None,
+                        prompts: Sequence[str]) -> dict[str, Any]:
         return {"encoder_hidden_states": hidden, "pooled_projections": pooled}
 
     def _encode_text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +234,8 @@ class FluxPromptEncoder(PromptEncoder):
         super().__init__(tokenizers, text_encoders, negative_prompt=negative_prompt)
         self.max_sequence_length = max_sequence_length
 
-    def _network_kwargs(self, hidden: torch.Tensor, pooled: torch.Tensor | None) -> dict[str, Any]:
+    def _network_kwargs(self, hidden: torch.Tensor, pooled: torch.Tensor | None,
+                        prompts: Sequence[str]) -> dict[str, Any]:
         return {"encoder_hidden_states": hidden, "pooled_projections": pooled}
 
     def _encode_text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from prefdiff.durable import read_records
 from prefdiff.errors import UserError
-from prefdiff.textdata.images import check_resolution, read_image
+from prefdiff.textdata.images import check_resolution, geometry, read_image
 from prefdiff.textdata.splits import SPLIT_NAMES, TEXT_KEYS, check_size, check_split, hash_split, text_field
 
 METADATA = "metadata.jsonl"
@@ -59,7 +59,8 @@ def read_metadata(folder: Path) -> list[Entry]:
 
 
 class ImageCaptions(Dataset):
-    """Images with their captions as ``{"x0": [3, H, W] in [-1, 1], "cond": caption}`` items.
+    """Images with their captions as ``{"x0": [3, H, W] in [-1, 1], "cond": caption}`` items, with each image's
+    ``original_size`` and ``crop_top_left`` (SDXL's size and crop conditioning).
 
     :param root: the folder (see the module's docstring for its layout).
     :param split: ``train``, ``val`` (or ``validation``) or ``test``.
@@ -90,5 +91,5 @@ class ImageCaptions(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entries[index]
-        x0 = read_image(entry.image, self.resolution, f"{entry.image} (named on {entry.line})")
-        return {"x0": x0, "cond": entry.caption}
+        picture = read_image(entry.image, self.resolution, f"{entry.image} (named on {entry.line})")
+        return {"x0": picture.pixels, "cond": entry.caption, **geometry(picture)}

@@ -24,7 +24,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from prefdiff.errors import UserError
-from prefdiff.textdata.images import check_resolution, read_image
+from prefdiff.textdata.images import check_resolution, geometry, read_image
 from prefdiff.textdata.splits import SPLIT_NAMES, check_size, check_split
 
 PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
@@ -92,7 +92,8 @@ def shards_holding(shards: list[Path], size: int) -> list[Path]:
 
 
 class PickAPicPairs(Dataset):
-    """Decided Pick-a-Pic pairs as ``{"x_w", "x_l", "cond"}`` items, images in [-1, 1].
+    """Decided Pick-a-Pic pairs as ``{"x_w", "x_l", "cond"}`` items, images in [-1, 1], with image 0's
+    ``original_size`` and ``crop_top_left`` (SDXL's size and crop conditioning).
 
     :param path: the folder of parquet shards.
     :param split: ``train``, ``val`` (or ``validation``) or ``test`` shards.
@@ -156,5 +157,6 @@ class PickAPicPairs(Dataset):
             if not isinstance(data, bytes):
                 raise UserError(f"{column} of {self._where(row)} holds no image bytes ({type(data).__name__})")
             images.append(read_image(data, self.resolution, lambda column=column: f"{column} of {self._where(row)}"))
-        x_w, x_l = images if self.first_wins[index] else images[::-1]
-        return {"x_w": x_w, "x_l": x_l, "cond": record["caption"]}
+        x_w, x_l = (p.pixels for p in (images if self.first_wins[index] else images[::-1]))
+        # One size and crop a pair, image 0's, as diffusers' SDXL Diffusion-DPO script conditions both images
+        return {"x_w": x_w, "x_l": x_l, "cond": record["caption"], **geometry(images[0])}

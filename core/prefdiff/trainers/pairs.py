@@ -10,6 +10,7 @@ from prefdiff.data import concat
 from prefdiff.errors import UserError
 from prefdiff.losses import diffusion_dpo_loss, kto_loss, per_sample_mse
 from prefdiff.models import reference_mode
+from prefdiff.models.text import sized_prompts
 from prefdiff.sampling import noised, training_target
 from prefdiff.trainers.base import AlignmentModule, TrainingData
 
@@ -55,7 +56,8 @@ class PairModule(AlignmentModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # Pairs hold samples (images, trajectories); latent models train on their encodings.
-        x_w, x_l, cond = self.denoiser.encode(batch["x_w"]), self.denoiser.encode(batch["x_l"]), batch["cond"]
+        x_w, x_l = self.denoiser.encode(batch["x_w"]), self.denoiser.encode(batch["x_l"])
+        cond = sized_prompts(batch["cond"], batch, batch["x_w"])
         n = x_w.shape[0]
         # Winner and loser share the timestep and the noise (Wallace et al. 2023, sec. 4), drawn
         # for the global batch so DDP trains as one process would. In flow form the errors are

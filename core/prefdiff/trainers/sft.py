@@ -9,6 +9,7 @@ import torch
 from prefdiff.data import condition_count
 from prefdiff.errors import UserError
 from prefdiff.losses import rwr_weights, sft_loss
+from prefdiff.models.text import sized_prompts
 from prefdiff.trainers.base import AlignmentModule, TrainingData
 
 
@@ -41,7 +42,7 @@ class SFTModule(AlignmentModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         generator = self.step_generator(per_rank=False)
-        x0, cond = self.denoiser.encode(batch["x0"]), batch.get("cond")
+        x0, cond = self.denoiser.encode(batch["x0"]), sized_prompts(batch.get("cond"), batch, batch["x0"])
         x_t, t, target = self.add_noise(x0, generator)
         if self.hparams.p_uncond > 0 and cond is not None:
             cond = self._drop_condition(cond, generator)
