@@ -30,6 +30,11 @@ def sd3_no_t5(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sd35(tmp_path_factory):
+    return tiny_sd3_pipeline(tmp_path_factory.mktemp("sd35") / "pipe", sd35=True, seed=4)
+
+
+@pytest.fixture(scope="module")
 def flux(tmp_path_factory):
     return tiny_flux_pipeline(tmp_path_factory.mktemp("flux") / "pipe", seed=2)
 
@@ -84,8 +89,8 @@ def ours(folder, latents, guidance, denoiser=None):
                       guidance_scale=guidance, uncond=uncond).samples
 
 
-@pytest.mark.parametrize("which, guidance", [("sd3", 1.0), ("sd3", 3.0), ("sd3_no_t5", 3.0), ("flux", 1.0),
-                                             ("flux_undistilled", 3.0)])
+@pytest.mark.parametrize("which, guidance", [("sd3", 1.0), ("sd3", 3.0), ("sd3_no_t5", 3.0), ("sd35", 3.0),
+                                             ("flux", 1.0), ("flux_undistilled", 3.0)])
 def test_euler_ode_equals_the_diffusers_pipeline(which, guidance, request):
     folder = request.getfixturevalue(which)
     denoiser = load_model(folder)
@@ -165,7 +170,7 @@ def test_lora_goes_on_both_streams_attention(sd3, flux):
         assert {t.rsplit(".", 1)[-1] for t in targets} >= {"to_q", "add_q_proj", "to_add_out"}
 
 
-@pytest.mark.parametrize("which", ["sd3", "flux"])
+@pytest.mark.parametrize("which", ["sd3", "sd35", "flux"])
 def test_exported_lora_reproduces_our_samples_in_diffusers(which, request, tmp_path):
     folder = request.getfixturevalue(which)
     denoiser = add_lora(load_model(folder))

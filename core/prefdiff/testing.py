@@ -228,9 +228,12 @@ def _tiny_flow_parts(image_size: int, scaling_factor: float, shift_factor: float
     return vae, t5
 
 
-def tiny_sd3_pipeline(directory, *, seed: int = 0, image_size: int = 16, max_length: int = 32, t5: bool = True):
+def tiny_sd3_pipeline(directory, *, seed: int = 0, image_size: int = 16, max_length: int = 32, t5: bool = True,
+                      sd35: bool = False):
     """Write a tiny Stable Diffusion 3 pipeline (MMDiT, CLIP-L/G-shaped encoders, T5) with random weights
-    to ``directory``; ``t5=False`` leaves text_encoder_3 out, as SD3 folders may. Returns the folder."""
+    to ``directory``; ``t5=False`` leaves text_encoder_3 out, as SD3 folders may, and ``sd35=True`` gives the
+    transformer SD3.5-medium's MMDiT-X blocks (a second self-attention in the first block, RMS-normalised
+    queries and keys). Returns the folder."""
     from pathlib import Path
 
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
@@ -245,7 +248,8 @@ def tiny_sd3_pipeline(directory, *, seed: int = 0, image_size: int = 16, max_len
     # projection is both CLIPs' projections side by side.
     transformer = SD3Transformer2DModel(sample_size=image_size // 2, patch_size=2, in_channels=4, out_channels=4,
                                         num_layers=2, attention_head_dim=8, num_attention_heads=4,
-                                        joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64)
+                                        joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+                                        **({"dual_attention_layers": (0,), "qk_norm": "rms_norm"} if sd35 else {}))
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer=char_tokenizer(max_length),
