@@ -29,13 +29,26 @@ def sdxl(tmp_path_factory):
     return tiny_pipeline(tmp_path_factory.mktemp("sdxl") / "pipe", sdxl=True, seed=2)
 
 
-def diffusers_latents(folder, denoiser, prompts, latents, *, steps, guidance, lora=None):
-    """What diffusers' own pipeline samples from the same prompt embeddings and initial latents."""
+def ddim_pipeline(folder):
+    """The user's own pipeline, loaded by diffusers, sampling with DDIM as prefdiff does."""
     from diffusers import DDIMScheduler, DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def guided(denoiser, scheduler, latents, prompts):
+    """prefdiff's DDIM at eta 0 with guidance 3 against the denoiser's own unconditional prompts."""
+    with torch.no_grad():
+        return sample(denoiser, scheduler, latents, prompts, num_steps=4, eta=0.0, guidance_scale=3.0,
+                      uncond=denoiser.null_condition(prompts)).samples
+
+
+def diffusers_latents(folder, denoiser, prompts, latents, *, steps, guidance, lora=None):
+    """What diffusers' own pipeline samples from the same prompt embeddings and initial latents."""
+    pipe = ddim_pipeline(folder)
     if lora is not None:
         pipe.load_lora_weights(lora)
     encoded = denoiser.conditioner(prompts)
@@ -65,23 +78,16 @@ def test_ddim_at_eta_0_equals_the_diffusers_pipeline(which, guidance, request):
 
 @pytest.mark.parametrize("which", ["sd", "sdxl"])
 def test_a_negative_prompt_guides_as_in_diffusers(which, request):
-    from diffusers import DDIMScheduler, DiffusionPipeline
-
     folder = request.getfixturevalue(which)
     denoiser, scheduler = load_model(folder), load_scheduler(folder)
     latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
 
     def ours(negative):
         denoiser.set_negative_prompt(negative)
-        with torch.no_grad():
-            return sample(denoiser, scheduler, latents, PROMPTS, num_steps=4, eta=0.0, guidance_scale=3.0,
-                          uncond=denoiser.null_condition(PROMPTS)).samples
+        return guided(denoiser, scheduler, latents, PROMPTS)
 
-    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
-        theirs = pipe(prompt=PROMPTS, negative_prompt=["a blurry photo"] * 2, latents=latents.clone(),
+        theirs = ddim_pipeline(folder)(prompt=PROMPTS, negative_prompt=["a blurry photo"] * 2, latents=latents.clone(),
                       num_inference_steps=4, guidance_scale=3.0, eta=0.0, output_type="latent").images
     steered = ours("a blurry photo")
     torch.testing.assert_close(steered, theirs, atol=1e-5, rtol=1e-4)
@@ -95,8 +101,6 @@ def test_sdxl_guides_against_what_its_folder_says_the_empty_prompt_is(sdxl, zero
     import json
     import shutil
 
-    from diffusers import DDIMScheduler, DiffusionPipeline
-
     folder = tmp_path / "pipe"
     shutil.copytree(sdxl, folder)
     index = json.loads((folder / "model_index.json").read_text())
@@ -104,46 +108,32 @@ def test_sdxl_guides_against_what_its_folder_says_the_empty_prompt_is(sdxl, zero
     denoiser, scheduler = load_model(folder), load_scheduler(folder)
     latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ours = sample(denoiser, scheduler, latents, PROMPTS, num_steps=4, eta=0.0, guidance_scale=3.0,
-                      uncond=denoiser.null_condition(PROMPTS)).samples
-    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    with torch.no_grad():
-        theirs = pipe(prompt=PROMPTS, latents=latents.clone(), num_inference_steps=4, guidance_scale=3.0, eta=0.0,
-                      output_type="latent").images
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+        theirs = ddim_pipeline(folder)(prompt=PROMPTS, latents=latents.clone(), num_inference_steps=4,
+                                       guidance_scale=3.0, eta=0.0, output_type="latent").images
+    torch.testing.assert_close(guided(denoiser, scheduler, latents, PROMPTS), theirs, atol=1e-5, rtol=1e-4)
 
 
 def test_sdxl_conditions_on_a_training_images_size_and_crop_as_diffusers(sdxl):
     """SDXL's micro-conditioning (Podell et al. 2023, sec. 2.2): a SizedPrompt's sizes reach the UNet as the
     pipeline's original_size, crops_coords_top_left and target_size do, the negative prompt keeping them."""
-    from diffusers import DDIMScheduler, DiffusionPipeline
-
     from prefdiff.models.text import SizedPrompt
 
     denoiser, scheduler = load_model(sdxl), load_scheduler(sdxl)
     side = denoiser.conditioner.image_size
     sized = [SizedPrompt(p, (24, 40), (3, 5), (side, side)) for p in PROMPTS]
     latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
-
-    def ours(prompts):
-        with torch.no_grad():
-            return sample(denoiser, scheduler, latents, prompts, num_steps=4, eta=0.0, guidance_scale=3.0,
-                          uncond=denoiser.null_condition(prompts)).samples
-
-    pipe = DiffusionPipeline.from_pretrained(sdxl, local_files_only=True)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     encoded, negative = denoiser.conditioner(PROMPTS), denoiser.conditioner(denoiser.null_condition(PROMPTS))
     with torch.no_grad():
-        theirs = pipe(prompt_embeds=encoded["encoder_hidden_states"], negative_prompt_embeds=negative["encoder_hidden_states"],
-                      pooled_prompt_embeds=encoded["added_cond_kwargs"]["text_embeds"],
-                      negative_pooled_prompt_embeds=negative["added_cond_kwargs"]["text_embeds"],
-                      latents=latents.clone(), num_inference_steps=4, guidance_scale=3.0, eta=0.0, output_type="latent",
-                      original_size=(24, 40), crops_coords_top_left=(3, 5), target_size=(side, side)).images
-    torch.testing.assert_close(ours(sized), theirs, atol=1e-5, rtol=1e-4)
-    assert not torch.allclose(ours(sized), ours(PROMPTS), atol=1e-4), "the sizes must reach the UNet"
+        theirs = ddim_pipeline(sdxl)(
+            prompt_embeds=encoded["encoder_hidden_states"], negative_prompt_embeds=negative["encoder_hidden_states"],
+            pooled_prompt_embeds=encoded["added_cond_kwargs"]["text_embeds"],
+            negative_pooled_prompt_embeds=negative["added_cond_kwargs"]["text_embeds"],
+            latents=latents.clone(), num_inference_steps=4, guidance_scale=3.0, eta=0.0, output_type="latent",
+            original_size=(24, 40), crops_coords_top_left=(3, 5), target_size=(side, side)).images
+    ours = guided(denoiser, scheduler, latents, sized)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ours, guided(denoiser, scheduler, latents, PROMPTS), atol=1e-4), \
+        "the sizes must reach the UNet"
 
 
 @pytest.mark.parametrize("trainer", ["PairModule", "SFTModule"])
