@@ -187,6 +187,33 @@ def test_exported_lora_reproduces_our_samples_in_diffusers(which, request, tmp_p
     torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("which", ["sd3", "flux"])
+def test_a_lora_from_diffusers_training_scripts_loads_as_in_diffusers(which, request, tmp_path):
+    """pytorch_lora_weights.safetensors alone, as diffusers' SD3 and FLUX LoRA scripts write it (FLUX's with
+    per-module ``.alpha`` keys, as converted community LoRAs have them), loads into prefdiff as
+    pipeline.load_lora_weights loads it, and saves and reloads as prefdiff's own adapter."""
+    from safetensors.torch import load_file, save_file
+
+    from prefdiff.models import save_lora
+    from prefdiff.models.lora import load_lora
+    from prefdiff.testing import diffusers_lora
+
+    folder = request.getfixturevalue(which)
+    lora = diffusers_lora(folder, tmp_path / "lora", alpha=8)
+    if which == "flux":
+        state = load_file(str(lora / "pytorch_lora_weights.safetensors"))
+        alphas = {k.replace(".lora_A.weight", ".alpha"): torch.tensor(16.0) for k in state if ".lora_A." in k}
+        save_file({**state, **alphas}, str(lora / "pytorch_lora_weights.safetensors"))
+    denoiser, base = load_lora(load_model(folder), lora), load_model(folder)
+    latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(1))
+    mine = ours(folder, latents, 1.0, denoiser)
+    assert not torch.allclose(mine, ours(folder, latents, 1.0, base), atol=1e-4)
+    theirs = diffusers_latents(folder, base, latents, steps=4, guidance=1.0, lora=lora)
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+    save_lora(denoiser, tmp_path / "own")
+    torch.testing.assert_close(ours(folder, latents, 1.0, load_lora(load_model(folder), tmp_path / "own")), mine)
+
+
 def test_flow_dpo_loss_is_ln2_with_a_fresh_adapter(sd3):
     from prefdiff.trainers import PairModule
 

@@ -282,6 +282,67 @@ def test_exported_lora_reproduces_our_samples_in_diffusers(which, request, tmp_p
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
+def test_a_lora_from_diffusers_training_scripts_loads_as_in_diffusers(sd, tmp_path):
+    """A folder with diffusers' pytorch_lora_weights.safetensors alone loads into prefdiff as
+    pipeline.load_lora_weights loads it, and becomes prefdiff's adapter: the reference is the base."""
+    from prefdiff.models import reference_mode
+    from prefdiff.models.lora import load_lora
+    from prefdiff.testing import diffusers_lora
+
+    lora = diffusers_lora(sd, tmp_path / "dpo-lora", alpha=8)
+    assert [f.name for f in lora.iterdir()] == ["pytorch_lora_weights.safetensors"]
+    denoiser, scheduler, base = load_lora(load_model(sd), lora), load_scheduler(sd), load_model(sd)
+    latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = sample(denoiser, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples
+        plain = sample(base, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples
+        with reference_mode(denoiser):
+            reference = sample(denoiser, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples
+    theirs = diffusers_latents(sd, base, PROMPTS, latents, steps=4, guidance=1.0, lora=lora)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ours, plain, atol=1e-4)
+    torch.testing.assert_close(reference, plain)
+    trainable = {n for n, p in denoiser.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable) and denoiser.lora_config.r == 4
+    # prefdiff's own export read alone keeps its scale (alpha 8 over rank 4, in the file's metadata)
+    from prefdiff.models import LoraOptions
+
+    mine = add_lora(load_model(sd), LoraOptions(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in mine.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    save_lora_for_pipeline(mine, tmp_path / "export")
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "pytorch_lora_weights.safetensors").write_bytes(
+        (tmp_path / "export" / "pytorch_lora_weights.safetensors").read_bytes())
+    alone = load_lora(load_model(sd), tmp_path / "alone")
+    with torch.no_grad():
+        torch.testing.assert_close(sample(alone, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples,
+                                   sample(mine, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples)
+
+
+def test_a_diffusers_lora_that_prefdiff_cannot_load_is_one_clear_error(sd, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from prefdiff.models.lora import load_lora
+    from prefdiff.testing import tiny_denoiser
+
+    own = tmp_path / "own"
+    save_lora_for_pipeline(add_lora(load_model(sd)), own)
+    with pytest.raises(UserError, match=r"holds a LoRA in diffusers' layout .* this model is a prefdiff model"):
+        load_lora(tiny_denoiser(), own)
+    with pytest.raises(UserError, match="this model already carries a LoRA adapter"):
+        load_lora(add_lora(load_model(sd)), own)
+    state = load_file(str(own / "pytorch_lora_weights.safetensors"))
+    text = {**state, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 32),
+            "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(32, 4)}
+    (tmp_path / "te").mkdir()
+    save_file(text, str(tmp_path / "te" / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(UserError, match=r"adapts text_encoder too; prefdiff trains and loads adapters of the unet only"):
+        load_lora(load_model(sd), tmp_path / "te")
+
+
 def test_bad_folders_get_one_clear_error(sd, tmp_path):
     import shutil
 

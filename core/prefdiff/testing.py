@@ -259,6 +259,34 @@ def tiny_sd3_pipeline(directory, *, seed: int = 0, image_size: int = 16, max_len
     return Path(directory)
 
 
+def diffusers_lora(pipeline_dir, directory, *, alpha: float = 4, seed: int = 0):
+    """Write a rank-4 LoRA of the pipeline at ``pipeline_dir`` to ``directory`` the way diffusers' LoRA
+    training scripts do (the Diffusion-DPO example among them): ``add_adapter`` on its UNet or transformer
+    with a gaussian start, B drawn at random in place of training, saved by the pipeline class's
+    ``save_lora_weights`` (``pytorch_lora_weights.safetensors`` alone). Returns the folder."""
+    import json
+    from pathlib import Path
+
+    import diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    name = json.loads((Path(pipeline_dir) / "model_index.json").read_text())["_class_name"]
+    part = "unet" if name in ("StableDiffusionPipeline", "StableDiffusionXLPipeline") else "transformer"
+    network = getattr(diffusers, json.loads((Path(pipeline_dir) / part / "config.json").read_text())["_class_name"])
+    net = network.from_pretrained(pipeline_dir, subfolder=part)
+    net.add_adapter(LoraConfig(r=4, lora_alpha=alpha, init_lora_weights="gaussian",
+                               target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter_name, parameter in net.named_parameters():
+            if "lora_B" in parameter_name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    getattr(diffusers, name).save_lora_weights(save_directory=directory, safe_serialization=True,
+                                               **{f"{part}_lora_layers": get_peft_model_state_dict(net)})
+    return Path(directory)
+
+
 def tiny_flux_pipeline(directory, *, seed: int = 0, image_size: int = 16, max_length: int = 32,
                        guidance_embeds: bool = True):
     """Write a tiny FLUX pipeline (double- and single-stream blocks, CLIP pooled, T5) with random weights to

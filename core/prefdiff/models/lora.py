@@ -16,6 +16,8 @@ from prefdiff.models.denoiser import Denoiser
 
 LORA_WEIGHTS = "adapter_model.safetensors"
 LORA_CONFIG = "adapter_config.json"
+DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"
+"""The file ``pipeline.save_lora_weights`` writes: diffusers' training scripts' adapters, and prefdiff's export."""
 
 
 
@@ -165,7 +167,8 @@ def write_lora_files(denoiser: Denoiser, folder: Path) -> None:
 
 
 def load_lora(denoiser: Denoiser, directory: str | Path) -> Denoiser:
-    """Inject and load an adapter written by :func:`save_lora` (or by peft itself)."""
+    """Inject and load an adapter written by :func:`save_lora` (or by peft itself), or, for a pipeline, one
+    in diffusers' layout alone (:func:`load_diffusers_lora`)."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -175,6 +178,8 @@ def load_lora(denoiser: Denoiser, directory: str | Path) -> Denoiser:
         what = "is a file, not a folder" if directory.exists() else "does not exist"
         raise UserError(f"the LoRA adapter folder {directory} {what}; pass the `lora/` folder `prefdiff fit` "
                         f"printed at the end of its run (LoRA adapter: ...)")
+    if not (directory / LORA_CONFIG).is_file() and (directory / DIFFUSERS_LORA).is_file():
+        return load_diffusers_lora(denoiser, directory)
     try:
         config = LoraConfig(**{k: v for k, v in json.loads((directory / LORA_CONFIG).read_text()).items()
                                if k in LoraConfig.__dataclass_fields__})
@@ -197,6 +202,50 @@ def load_lora(denoiser: Denoiser, directory: str | Path) -> Denoiser:
     if getattr(result, "unexpected_keys", None):
         raise UserError(f"the LoRA adapter in {directory} is for another model "
                         f"(unexpected '{result.unexpected_keys[0]}')")
+    return denoiser
+
+
+def load_diffusers_lora(denoiser: Denoiser, directory: Path) -> Denoiser:
+    """Load the adapter in ``directory/pytorch_lora_weights.safetensors`` into a pipeline's network as
+    ``pipeline.load_lora_weights`` does (one written by diffusers' LoRA training scripts, among them the
+    Diffusion-DPO example, or by any tool in that layout; older layouts are converted by the pipeline class's
+    ``lora_state_dict``). The adapter becomes prefdiff's own: it samples, trains further and is the reference's
+    difference as one made by :func:`add_lora`."""
+    import diffusers
+
+    name = getattr(denoiser, "pipeline_class", None)
+    if name is None:
+        raise UserError(f"{directory} holds a LoRA in diffusers' layout ({DIFFUSERS_LORA}), which is for a "
+                        f"diffusers pipeline; this model is a prefdiff model: pass the lora/ folder `prefdiff fit` "
+                        f"wrote for it")
+    if has_lora(denoiser):
+        raise UserError(f"this model already carries a LoRA adapter; load {directory} into the model without one")
+    pipeline = getattr(diffusers, name)
+    prefix = "unet" if name in ("StableDiffusionPipeline", "StableDiffusionXLPipeline") else "transformer"
+    options = {"return_lora_metadata": True, **({"return_alphas": True} if name == "FluxPipeline" else {})}
+    try:
+        read = pipeline.lora_state_dict(str(directory), **options)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot read the LoRA in {directory / DIFFUSERS_LORA}: {' '.join(str(exc).split())[:200]}"
+                        ) from None
+    state, metadata = read[0], read[-1]
+    alphas = read[1] if len(read) == 3 else None
+    others = sorted({key.split(".")[0] for key in state if not key.startswith(f"{prefix}.")})
+    if others:
+        raise UserError(f"the LoRA in {directory} adapts {', '.join(others)} too; prefdiff trains and loads "
+                        f"adapters of the {prefix} only (its text encoders stay frozen)")
+    denoiser.requires_grad_(False)
+    denoiser.net.load_lora_adapter(state, prefix=prefix, network_alphas=alphas, metadata=metadata,
+                                   adapter_name="default")
+    if not has_lora(denoiser):
+        raise UserError(f"the LoRA in {directory} holds no weights of this {name}'s {prefix}; pass the adapter "
+                        f"trained on this model")
+    config = denoiser.lora_config = denoiser.net.peft_config["default"]
+    # Alphas read from a file (FLUX's ``.alpha`` keys) arrive as tensors; the config is saved as JSON.
+    config.lora_alpha = float(config.lora_alpha)
+    config.alpha_pattern = {k: float(v) for k, v in (config.alpha_pattern or {}).items()}
+    for module_name, parameter in denoiser.net.named_parameters():
+        parameter.requires_grad_(".lora_" in module_name)
     return denoiser
 
 
