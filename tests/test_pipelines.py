@@ -339,8 +339,14 @@ def test_a_diffusers_lora_that_prefdiff_cannot_load_is_one_clear_error(sd, tmp_p
             "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(32, 4)}
     (tmp_path / "te").mkdir()
     save_file(text, str(tmp_path / "te" / "pytorch_lora_weights.safetensors"))
-    with pytest.raises(UserError, match=r"adapts text_encoder too; prefdiff trains and loads adapters of the unet only"):
+    with pytest.raises(UserError, match=r"adapts text_encoder too; prefdiff trains and loads adapters of the unet "):
         load_lora(load_model(sd), tmp_path / "te")
+    (tmp_path / "other").mkdir()
+    nowhere = {"unet.nowhere.to_q.lora_A.weight": torch.zeros(4, 32),
+               "unet.nowhere.to_q.lora_B.weight": torch.zeros(32, 4)}
+    save_file(nowhere, str(tmp_path / "other" / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(UserError, match=r"does not fit this StableDiffusionPipeline's unet \(Target modules"):
+        load_lora(load_model(sd), tmp_path / "other")
 
 
 def test_bad_folders_get_one_clear_error(sd, tmp_path):
@@ -364,8 +370,8 @@ def test_bad_folders_get_one_clear_error(sd, tmp_path):
     for file in (untokenized / "tokenizer").iterdir():
         file.unlink()
     (untokenized / "tokenizer" / "vocab.json").write_text("{}")  # a BPE vocabulary without its merges.txt
-    with pytest.raises(UserError, match=r"no-tokenizer-files: its tokenizer/ holds no tokenizer files \(tokenizer.json, "
-                                        r"vocab.json with merges.txt, or spiece.model\); copy them too"):
+    with pytest.raises(UserError, match=r"no-tokenizer-files: its tokenizer/ holds no tokenizer files \(tokenizer.json,"
+                                        r" vocab.json with merges.txt, or spiece.model\); copy them too"):
         load_model(untokenized)
 
 

@@ -209,8 +209,8 @@ def load_diffusers_lora(denoiser: Denoiser, directory: Path) -> Denoiser:
     """Load the adapter in ``directory/pytorch_lora_weights.safetensors`` into a pipeline's network as
     ``pipeline.load_lora_weights`` does (one written by diffusers' LoRA training scripts, among them the
     Diffusion-DPO example, or by any tool in that layout; older layouts are converted by the pipeline class's
-    ``lora_state_dict``). The adapter becomes prefdiff's own: it samples, trains further and is the reference's
-    difference as one made by :func:`add_lora`."""
+    ``lora_state_dict``). The adapter becomes prefdiff's own, as one made by :func:`add_lora`: only its weights
+    train, and the reference is the network with it disabled."""
     import diffusers
 
     name = getattr(denoiser, "pipeline_class", None)
@@ -235,11 +235,13 @@ def load_diffusers_lora(denoiser: Denoiser, directory: Path) -> Denoiser:
         raise UserError(f"the LoRA in {directory} adapts {', '.join(others)} too; prefdiff trains and loads "
                         f"adapters of the {prefix} only (its text encoders stay frozen)")
     denoiser.requires_grad_(False)
-    denoiser.net.load_lora_adapter(state, prefix=prefix, network_alphas=alphas, metadata=metadata,
-                                   adapter_name="default")
-    if not has_lora(denoiser):
-        raise UserError(f"the LoRA in {directory} holds no weights of this {name}'s {prefix}; pass the adapter "
-                        f"trained on this model")
+    try:
+        denoiser.net.load_lora_adapter(state, prefix=prefix, network_alphas=alphas, metadata=metadata,
+                                       adapter_name="default")
+    except (ValueError, RuntimeError) as exc:  # peft: no such module; torch: a tensor of another shape
+        first = " ".join(str(exc).split())[:200]
+        raise UserError(f"the LoRA in {directory} does not fit this {name}'s {prefix} ({first}); pass the "
+                        f"adapter trained on this model") from None
     config = denoiser.lora_config = denoiser.net.peft_config["default"]
     # Alphas read from a file (FLUX's ``.alpha`` keys) arrive as tensors; the config is saved as JSON.
     config.lora_alpha = float(config.lora_alpha)
