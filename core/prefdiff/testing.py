@@ -271,8 +271,10 @@ def diffusers_lora(pipeline_dir, directory, *, alpha: float = 4, seed: int = 0):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
+    from prefdiff.models.pipelines import network_part
+
     name = json.loads((Path(pipeline_dir) / "model_index.json").read_text())["_class_name"]
-    part = "unet" if name in ("StableDiffusionPipeline", "StableDiffusionXLPipeline") else "transformer"
+    part = network_part(name)
     network = getattr(diffusers, json.loads((Path(pipeline_dir) / part / "config.json").read_text())["_class_name"])
     net = network.from_pretrained(pipeline_dir, subfolder=part)
     net.add_adapter(LoraConfig(r=4, lora_alpha=alpha, init_lora_weights="gaussian",

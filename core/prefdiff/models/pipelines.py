@@ -130,9 +130,14 @@ def has_part(path: str | Path, part: str) -> bool:
     return index.get(part) not in (None, [None, None]) and (Path(path) / part).is_dir()
 
 
+def network_part(layout: str) -> str:
+    """The folder (and LoRA key prefix) of a layout's denoising network: ``unet`` or ``transformer``."""
+    return "unet" if "unet" in LAYOUTS[layout] else "transformer"
+
+
 def _check_family(path: Path, layout: str) -> None:
     """The network must be the layout's and the scheduler of its family (flow matching or DDIM)."""
-    part = "unet" if "unet" in LAYOUTS[layout] else "transformer"
+    part = network_part(layout)
     network = _class_name(path / part / "config.json")
     scheduler = _class_name(path / "scheduler" / "scheduler_config.json")
     if network is not None and network != NETWORKS[layout]:
