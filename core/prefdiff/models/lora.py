@@ -213,8 +213,6 @@ def load_diffusers_lora(denoiser: Denoiser, directory: Path) -> Denoiser:
     train, and the reference is the network with it disabled."""
     import diffusers
 
-    from prefdiff.models.pipelines import network_part
-
     name = getattr(denoiser, "pipeline_class", None)
     if name is None:
         raise UserError(f"{directory} holds a LoRA in diffusers' layout ({DIFFUSERS_LORA}), which is for a "
@@ -223,7 +221,7 @@ def load_diffusers_lora(denoiser: Denoiser, directory: Path) -> Denoiser:
     if has_lora(denoiser):
         raise UserError(f"this model already carries a LoRA adapter; load {directory} into the model without one")
     pipeline = getattr(diffusers, name)
-    prefix = network_part(name)
+    prefix = "transformer" if denoiser.preset.kind == "transformer" else "unet"  # the pipeline's network part
     options = {"return_lora_metadata": True, **({"return_alphas": True} if name == "FluxPipeline" else {})}
     try:
         read = pipeline.lora_state_dict(str(directory), **options)
