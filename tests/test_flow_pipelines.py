@@ -119,6 +119,26 @@ def test_prompt_embeddings_are_the_pipelines_own(which, request):
         assert not mine["encoder_hidden_states"][:, 32:].any()
 
 
+@pytest.mark.parametrize("which", ["sd3", "flux"])
+def test_decoded_samples_are_the_diffusers_pipeline_images(which, request):
+    """The rewards score what the user's pipeline shows: prefdiff's decode of the pipeline's final latents is
+    the pipeline's own image (latents over the VAE's scaling_factor, plus its shift_factor)."""
+    folder = request.getfixturevalue(which)
+    denoiser, pipe = load_model(folder), diffusers_pipeline(folder)
+    latents = torch.randn((1, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
+    flux = type(pipe).__name__ == "FluxPipeline"
+    side = pipe.vae_scale_factor * denoiser.sample_shape[-1]
+    start = pipe._pack_latents(latents, *latents.shape) if flux else latents
+    with torch.no_grad():
+        final, images = (pipe(prompt=PROMPTS[:1], latents=start.clone(), num_inference_steps=2, height=side,
+                              width=side, output_type=kind).images for kind in ("latent", "pt"))
+        if flux:  # FluxPipeline returns its packed latents
+            final = pipe._unpack_latents(final, side, side, pipe.vae_scale_factor)
+        ours = denoiser.decode(final)
+    torch.testing.assert_close((ours / 2 + 0.5).clamp(0, 1), images, atol=1e-5, rtol=1e-4)
+    assert denoiser.codec.shift_factor != 0 and denoiser.codec.scaling_factor != 1  # a check that can fail
+
+
 def test_the_pipelines_load_through_the_seam(sd3, flux):
     from diffusers import FlowMatchEulerDiscreteScheduler
 

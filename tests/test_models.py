@@ -118,8 +118,12 @@ def test_save_and_load_roundtrip(tmp_path):
     torch.testing.assert_close(load_model(tmp_path / "m")(x, T, c), expected)
     # An adapter alone onto a plain base.
     save_lora(denoiser, tmp_path / "adapter")
-    base = tiny_denoiser()
-    torch.testing.assert_close(load_lora(base, tmp_path / "adapter")(x, T, c), expected)
+    loaded = load_lora(tiny_denoiser(), tmp_path / "adapter")
+    torch.testing.assert_close(loaded(x, T, c), expected)
+    assert all(p.requires_grad == (".lora_" in n) for n, p in loaded.named_parameters())  # only the adapter trains
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"^cannot read the LoRA adapter in .*empty"):
+        load_lora(tiny_denoiser(), tmp_path / "empty")
 
 
 def test_truncated_or_foreign_weights_are_user_errors(tmp_path):
@@ -139,15 +143,15 @@ def test_truncated_or_foreign_weights_are_user_errors(tmp_path):
         load_model(tmp_path)
 
 
-def test_stable_diffusion_lora_loads_with_diffusers(tmp_path):
-    from diffusers import UNet2DConditionModel
+SD_UNET = dict(kind="unet2d_condition", sample_size=8, channels=4, conditioning="cross_attention",
+               cross_attention_dim=16, block_out_channels=(16, 32))
 
-    preset = dict(kind="unet2d_condition", sample_size=8, channels=4, conditioning="cross_attention",
-                  cross_attention_dim=16, block_out_channels=(16, 32))
+
+def _sd_unet_with_lora(tmp_path):
+    """A pipeline folder holding only a tiny SD UNet, loaded with a perturbed LoRA; the folder too."""
     torch.manual_seed(0)
-    denoiser = build_denoiser(preset)
     pipeline = tmp_path / "pipe"
-    denoiser.net.save_pretrained(pipeline / "unet")
+    build_denoiser(SD_UNET).net.save_pretrained(pipeline / "unet")
     (pipeline / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     loaded = load_pipeline_unet(pipeline)
     add_lora(loaded, LoraOptions(r=4))
@@ -155,13 +159,52 @@ def test_stable_diffusion_lora_loads_with_diffusers(tmp_path):
         for p in loaded.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
+    return loaded, pipeline
+
+
+def test_stable_diffusion_lora_loads_with_diffusers(tmp_path, monkeypatch):
+    import tempfile
+
+    from diffusers import UNet2DConditionModel
+
+    loaded, pipeline = _sd_unet_with_lora(tmp_path)
+    # diffusers' writing goes to a scratch folder beside the adapter's, on its file system, never the
+    # system's temporary folder: the finished file then moves over the old one whole.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-temporary-folder-here"))
     save_lora_for_pipeline(loaded, tmp_path / "sd-lora")
+    monkeypatch.undo()
     x, ctx = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 16)
     expected = loaded(x, T[:1], ctx)
     unet = UNet2DConditionModel.from_pretrained(pipeline / "unet")
     unet.load_lora_adapter(str(tmp_path / "sd-lora"), prefix="unet",
                            weight_name="pytorch_lora_weights.safetensors")
     torch.testing.assert_close(unet(x, T[:1], encoder_hidden_states=ctx).sample, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_failed_export_is_one_error_and_leaves_the_adapter_written_before(tmp_path):
+    import resource
+    import signal
+
+    loaded, _ = _sd_unet_with_lora(tmp_path)
+    save_lora_for_pipeline(loaded, tmp_path / "sd-lora")
+    exported = tmp_path / "sd-lora/pytorch_lora_weights.safetensors"
+    before = exported.read_bytes()
+    with torch.no_grad():
+        for p in loaded.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    # A real write failure inside diffusers' saving: past 1000 bytes a write fails with EFBIG, as on a full disk.
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    try:
+        with pytest.raises(UserError, match=r"^could not write .*sd-lora: File too large; the folder is as it was "
+                                            r"before this write; free disk space or raise the file size limit"):
+            save_lora_for_pipeline(loaded, tmp_path / "sd-lora")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert exported.read_bytes() == before
 
 
 def test_preset_values_are_read_as_the_command_line_and_json_give_them():

@@ -185,6 +185,43 @@ def test_the_pipeline_loads_through_the_seam(sd, sdxl):
     assert load_model(sd).prediction_type == "epsilon" and load_scheduler(sd).config.prediction_type == "epsilon"
 
 
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_decoded_samples_are_the_diffusers_pipeline_images(which, request):
+    """The rewards score what the user's pipeline shows: prefdiff's decode of the pipeline's final latents is
+    the pipeline's own image (latents over the VAE's scaling_factor; SD has no shift_factor)."""
+    folder = request.getfixturevalue(which)
+    denoiser, pipe = load_model(folder), ddim_pipeline(folder)
+    latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        final, images = (pipe(prompt=PROMPTS, latents=latents.clone(), num_inference_steps=2, eta=0.0,
+                              output_type=kind).images for kind in ("latent", "pt"))
+        ours = denoiser.decode(final)
+    torch.testing.assert_close((ours / 2 + 0.5).clamp(0, 1), images, atol=1e-5, rtol=1e-4)
+    assert denoiser.codec.scaling_factor != 1.0 and (images - 0.5).abs().max() > 1e-3  # a check that can fail
+
+
+def test_the_vae_decodes_in_slices_in_its_own_dtype_and_stays_in_eval_mode(sd):
+    codec = load_model(sd).codec
+    latents = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = codec.decode(latents)
+        codec.slice_size = 2  # slices of 2, 2 and 1 latents
+        torch.testing.assert_close(codec.decode(latents), whole, rtol=0, atol=1e-6)
+        codec.vae.to(torch.bfloat16)  # the frozen VAE in bfloat16 (frozen_dtype), the latents in float32
+        half = codec.decode(latents)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, whole, atol=0.05, rtol=0.05)
+    codec.train()  # as Lightning's module.train() reaches it
+    assert not any(module.training for module in codec.modules())
+
+
+def test_sdxl_conditions_come_in_the_dtype_asked_for(sdxl):
+    encoded = load_model(sdxl).conditioner(PROMPTS, dtype=torch.bfloat16)
+    added = encoded["added_cond_kwargs"]
+    assert {t.dtype for t in (encoded["encoder_hidden_states"], added["text_embeds"], added["time_ids"])} == {
+        torch.bfloat16}
+
+
 def test_the_latent_and_prompt_caches_keep_to_their_budgets(sd, caplog):
     import logging
 
@@ -317,9 +354,18 @@ def test_a_lora_from_diffusers_training_scripts_loads_as_in_diffusers(sd, tmp_pa
     (tmp_path / "alone" / "pytorch_lora_weights.safetensors").write_bytes(
         (tmp_path / "export" / "pytorch_lora_weights.safetensors").read_bytes())
     alone = load_lora(load_model(sd), tmp_path / "alone")
+    # and prefdiff's own lora/ folder (peft's files) loads onto a pipeline with its VAE and text encoder frozen
+    from prefdiff.models import save_lora
+
+    save_lora(mine, tmp_path / "own")
+    own = load_lora(load_model(sd), tmp_path / "own")
+    assert {n for n, p in own.named_parameters() if p.requires_grad} == {
+        n for n, p in mine.named_parameters() if p.requires_grad}
     with torch.no_grad():
-        torch.testing.assert_close(sample(alone, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples,
-                                   sample(mine, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples)
+        expected = sample(mine, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples
+        for loaded in (alone, own):
+            torch.testing.assert_close(sample(loaded, scheduler, latents, PROMPTS, num_steps=4, eta=0.0).samples,
+                                       expected)
 
 
 def test_a_diffusers_lora_that_prefdiff_cannot_load_is_one_clear_error(sd, tmp_path):

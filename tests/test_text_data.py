@@ -94,16 +94,20 @@ def test_a_prompt_file_is_split_by_a_hash_of_each_prompt(tmp_path):
 
 
 def test_jsonl_prompts_keep_the_metadata_that_collates(tmp_path):
-    lines = [{"prompt": "a red circle", "id": 1, "category": "colour", "score": 0.5, "cond": "x", "tags": ["a"]},
-             {"caption": "a blue square", "id": 2, "category": "shape", "score": "high", "cond": "y"},
-             {"text": "two green triangles", "id": 3.5, "category": "count", "cond": "z"}]
+    lines = [{"prompt": "a red circle", "id": 1, "category": "colour", "score": 0.5, "cond": "x", "tags": ["a"],
+              "note": None},
+             {"caption": "a blue square", "id": 2, "category": "shape", "score": "high", "cond": "y", "tags": [],
+              "note": None},
+             {"text": "two green triangles", "id": 3.5, "category": "count", "cond": "z", "tags": ["b"],
+              "note": None}]
     path = tmp_path / "prompts.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     with pytest.raises(UserError):
         PromptList(path, split="train", size=0)
     items = [item for split in ("train", "val", "test") for item in PromptList(path, split=split)]
     assert sorted(item["cond"] for item in items) == ["a blue square", "a red circle", "two green triangles"]
-    # id (numbers), category (strings) and cond (strings) are on every line; score mixes kinds, tags is a list.
+    # id (numbers), category (strings) and cond (strings) are on every line; score mixes kinds; lists and
+    # nulls do not collate.
     assert all(set(item["meta"]) == {"category", "cond", "id"} for item in items)
     batch = collate(sorted(items, key=lambda item: item["meta"]["id"]))
     assert batch["cond"] == ["a red circle", "a blue square", "two green triangles"]
@@ -137,7 +141,7 @@ def test_the_builtin_plugin_registers_the_datasets(tmp_path):
 # ----------------------------------------------------------- Pick-a-Pic ----
 
 
-def test_pickapic_pairs_put_the_winner_first_and_drop_ties(tmp_path):
+def test_pickapic_pairs_put_the_winner_first_and_drop_ties(tmp_path, monkeypatch):
     # Image 0 is red and image 1 blue in every row, so the label alone decides the winner's colour.
     write_parquet(tmp_path / "data" / "train-00000-of-00001.parquet", [
         pickapic_row("zero won", 1.0), pickapic_row("a tie", 0.5), pickapic_row("one won", 0.0)])
@@ -157,6 +161,10 @@ def test_pickapic_pairs_put_the_winner_first_and_drop_ties(tmp_path):
     made = cache.stat().st_mtime_ns
     again = PickAPicPairs(tmp_path, resolution=8, cache_dir=str(tmp_path / "cache"))
     assert Path(again.table.cache_files[0]["filename"]) == cache and cache.stat().st_mtime_ns == made
+    # Without cache_dir the copy goes under the prefdiff cache, where `prefdiff bench` keeps its data.
+    monkeypatch.setenv("PREFDIFF_CACHE", str(tmp_path / "prefdiff-cache"))
+    default = Path(PickAPicPairs(tmp_path, resolution=8).table.cache_files[0]["filename"])
+    assert default.is_relative_to(tmp_path / "prefdiff-cache" / "datasets")
 
 
 def test_a_size_reads_only_the_shards_that_hold_it(tmp_path):

@@ -47,6 +47,11 @@ MODULES = {
     "prefdiff.data.mining": "core/prefdiff/data/mining.py",
     "prefdiff.bench.stats": "core/prefdiff/bench/stats.py",
     "prefdiff.bench.seeds": "core/prefdiff/bench/seeds.py",
+    "prefdiff.models.text": "core/prefdiff/models/text.py",
+    "prefdiff.models.codec": "core/prefdiff/models/codec.py",
+    "prefdiff.models.lora": "core/prefdiff/models/lora.py",
+    "prefdiff.textdata": "core/prefdiff/textdata/*",
+    "prefdiff_t2i.clip_rewards": "plugins/t2i/prefdiff_t2i/clip_rewards.py",
     "prefdiff_medical.rewards": "plugins/medical/prefdiff_medical/rewards.py",
     "prefdiff_driving.rewards": "plugins/driving/prefdiff_driving/rewards.py",
     "prefdiff_robotics.rewards": "plugins/robotics/prefdiff_robotics/rewards.py",
@@ -60,6 +65,11 @@ MODULE_TESTS = {
     "prefdiff.data.mining": ["tests/test_mining.py"],
     "prefdiff.bench.stats": ["tests/test_bench_stats.py"],
     "prefdiff.bench.seeds": ["tests/test_bench_seeds.py"],
+    "prefdiff.models.text": ["tests/test_pipelines.py", "tests/test_flow_pipelines.py"],
+    "prefdiff.models.codec": ["tests/test_pipelines.py", "tests/test_flow_pipelines.py", "tests/test_weights.py"],
+    "prefdiff.models.lora": ["tests/test_models.py", "tests/test_pipelines.py", "tests/test_flow_pipelines.py"],
+    "prefdiff.textdata": ["tests/test_text_data.py"],
+    "prefdiff_t2i.clip_rewards": ["plugins/t2i/tests/test_clip_rewards.py", "plugins/t2i/tests/test_open_clip_convert.py"],
     "prefdiff_medical.rewards": ["plugins/medical/tests/test_rewards.py"],
     "prefdiff_driving.rewards": ["plugins/driving/tests/test_rewards.py", "plugins/driving/tests/test_planner.py"],
     "prefdiff_robotics.rewards": ["plugins/robotics/tests/test_rewards.py"],
@@ -67,7 +77,7 @@ MODULE_TESTS = {
 
 PACKAGES = {"core/prefdiff": "prefdiff", "plugins/medical/prefdiff_medical": "prefdiff_medical",
             "plugins/driving/prefdiff_driving": "prefdiff_driving",
-            "plugins/robotics/prefdiff_robotics": "prefdiff_robotics"}
+            "plugins/robotics/prefdiff_robotics": "prefdiff_robotics", "plugins/t2i/prefdiff_t2i": "prefdiff_t2i"}
 
 
 def make_copy(modules: dict[str, str]) -> None:
@@ -83,7 +93,7 @@ def make_copy(modules: dict[str, str]) -> None:
     for source, package in PACKAGES.items():
         shutil.move(COPY / source, COPY / "src" / package)
     only = [pattern.replace("core/", "src/").replace("plugins/medical/", "src/").replace("plugins/driving/", "src/")
-            .replace("plugins/robotics/", "src/") for pattern in modules.values()]
+            .replace("plugins/robotics/", "src/").replace("plugins/t2i/", "src/") for pattern in modules.values()]
     config = {
         "source_paths": ["src"], "only_mutate": only,
         "also_copy": ["tests", "conftest.py", "plugins", "docs", "configs", "core"],

@@ -47,10 +47,14 @@ def render(mutants: dict, survivors: dict, review: dict) -> str:
     lines = [MARKER, "", "## Mutation testing: the sample per module", ""]
     if not mutants:
         return "\n".join(lines + ["No `make mutate` run is recorded yet.", ""])
-    runs = sorted({(e["commit"], e["clean"], e.get("sample_seed"), e["run_wall_s"]) for e in mutants.values()})
-    for commit, clean, seed, wall in runs:
+    def run_of(entry: dict) -> tuple:
+        return entry["commit"], entry["clean"], entry.get("sample_seed"), entry["run_wall_s"]
+
+    for run in sorted({run_of(e) for e in mutants.values()}):
+        commit, clean, seed, wall = run
+        modules = ", ".join(f"`{m}`" for m, e in mutants.items() if run_of(e) == run)
         lines.append(f"Run on commit `{commit}`{'' if clean else ' with uncommitted changes'}, sample seed {seed}, "
-                     f"{wall} s of wall clock.")
+                     f"{wall} s of wall clock: {modules}.")
     lines += ["", "A mutant is *detected* when a test fails on it or it times out. *No tests*: no test of the module's "
               "list runs the mutated function. The last two columns leave out the survivors judged equivalent "
               "and count those whose test was added since as detected; the target is "

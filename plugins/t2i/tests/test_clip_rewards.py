@@ -2,6 +2,7 @@
 formula recomputed here with CLIPModel's own get_image_features/get_text_features, the
 preprocessing against CLIPImageProcessor, and the errors for bad weight paths."""
 
+import json
 import shutil
 
 import pytest
@@ -153,9 +154,13 @@ def test_clip_score_is_the_scaled_cosine(clip_dir, images):
     torch.testing.assert_close(raw, cos, atol=1e-6, rtol=1e-5)
 
 
-def test_clip_score_without_preprocessor_config_uses_openai_statistics(clip_dir, images, tmp_path):
+@pytest.mark.parametrize("config", [None, {"crop_size": SIZE}])
+def test_clip_score_without_preprocessor_statistics_uses_openai_s(clip_dir, images, tmp_path, config):
+    """No preprocessor_config.json, or one without image_mean and image_std: OpenAI CLIP's statistics."""
     bare = shutil.copytree(clip_dir, tmp_path / "clip")
     (bare / "preprocessor_config.json").unlink()
+    if config is not None:
+        (bare / "preprocessor_config.json").write_text(json.dumps(config))
     cos, _ = cosines(bare, images, PROMPTS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     scores, _ = build("clip_score", clip=str(bare), scale=1.0)(images, PROMPTS)
     torch.testing.assert_close(scores, cos, atol=1e-6, rtol=1e-5)
@@ -204,12 +209,13 @@ def test_aesthetic_head_loads_from_the_original_pth(clip_dir, head_file, images,
     torch.testing.assert_close(from_pth, from_safetensors)
 
 
-def test_preprocess_matches_clip_image_processor():
-    """The differentiable torch preprocessing against transformers' PIL one on a smooth 8-bit image
-    (on noise PIL's 8-bit rounding between its horizontal and vertical passes differs more)."""
+@pytest.mark.parametrize("height, width", [(20, 28), (28, 20)])
+def test_preprocess_matches_clip_image_processor(height, width):
+    """The differentiable torch preprocessing against transformers' PIL one on a smooth 8-bit image, wide and
+    tall (on noise PIL's 8-bit rounding between its horizontal and vertical passes differs more)."""
     from transformers import CLIPImageProcessor
 
-    noise = torch.rand(1, 3, 20, 28, generator=torch.Generator().manual_seed(0)) * 255
+    noise = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)) * 255
     pixels = F.avg_pool2d(noise, 5, stride=1, padding=2, count_include_pad=False)[0].round().to(torch.uint8)
     processor = CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size=SIZE, image_mean=list(MEAN),
                                    image_std=list(STD))
@@ -219,7 +225,7 @@ def test_preprocess_matches_clip_image_processor():
     levels = (ours - expected).abs() * torch.tensor(STD).view(1, 3, 1, 1) * 255  # in 8-bit levels
     assert levels.max() < 1.5 and levels.mean() < 0.5, "more than PIL's rounding apart"
     # Beyond [-1, 1] a decoded sample is clamped, as an 8-bit image is.
-    overshoot = torch.linspace(-3, 3, 20 * 28).view(1, 1, 20, 28).expand(1, 3, -1, -1)
+    overshoot = torch.linspace(-3, 3, height * width).view(1, 1, height, width).expand(1, 3, -1, -1)
     torch.testing.assert_close(preprocess(overshoot, SIZE), preprocess(overshoot.clamp(-1, 1), SIZE))
     assert not torch.allclose(preprocess(overshoot, SIZE), preprocess(overshoot / 2, SIZE))
 
@@ -254,6 +260,43 @@ def test_a_clip_folder_without_its_tokenizer_is_a_user_error(clip_dir, head_file
                                             r"tokenizer.json\); save the CLIP's tokenizer into it"):
             build(name, clip=str(bare))
     build("aesthetic_score", clip=str(bare), head=str(head_file))  # needs none
+
+
+def test_a_clip_folder_with_a_vocabulary_and_merges_alone_scores_as_with_tokenizer_json(clip_dir, images, tmp_path):
+    """Tokenizers saved without tokenizer.json (vocab.json and merges.txt, as older transformers saved CLIP's)
+    are a tokenizer too."""
+    from transformers import AutoTokenizer
+
+    older = shutil.copytree(clip_dir, tmp_path / "clip")
+    vocabulary = AutoTokenizer.from_pretrained(clip_dir).get_vocab()
+    (older / "tokenizer.json").unlink()
+    (older / "vocab.json").write_text(json.dumps(vocabulary))
+    (older / "merges.txt").write_text("#version: 0.2\n")  # the character tokenizer has no merges
+    expected, _ = build("clip_score", clip=str(clip_dir))(images, PROMPTS)
+    scores, _ = build("clip_score", clip=str(older))(images, PROMPTS)
+    torch.testing.assert_close(scores, expected)
+
+
+class _RunsCode:
+    """Unpickling this makes a folder: the stand-in for a .pth file that runs code when it is loaded."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.folder,)
+
+
+def test_a_head_file_is_read_without_running_its_pickled_code(clip_dir, tmp_path, monkeypatch):
+    """A downloaded .pth never runs code, even where the environment tells torch.load to allow it."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    pth = tmp_path / "head.pth"
+    torch.save({**head_state(16), "extra": _RunsCode(tmp_path / "it-ran")}, pth)
+    with pytest.raises(UserError, match=r"^reward option head: .*head.pth could not be read \(UnpicklingError"):
+        build("aesthetic_score", clip=str(clip_dir), head=str(pth))
+    assert not (tmp_path / "it-ran").exists()
 
 
 def test_head_errors_name_the_head_option(clip_dir, tmp_path):
