@@ -122,7 +122,8 @@ def test_prompt_embeddings_are_the_pipelines_own(which, request):
 @pytest.mark.parametrize("which", ["sd3", "flux"])
 def test_decoded_samples_are_the_diffusers_pipeline_images(which, request):
     """The rewards score what the user's pipeline shows: prefdiff's decode of the pipeline's final latents is
-    the pipeline's own image (latents over the VAE's scaling_factor, plus its shift_factor)."""
+    the pipeline's own image (latents over the VAE's scaling_factor, plus its shift_factor), and encoding
+    inverts it."""
     folder = request.getfixturevalue(which)
     denoiser, pipe = load_model(folder), diffusers_pipeline(folder)
     latents = torch.randn((1, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
@@ -137,6 +138,12 @@ def test_decoded_samples_are_the_diffusers_pipeline_images(which, request):
         ours = denoiser.decode(final)
     torch.testing.assert_close((ours / 2 + 0.5).clamp(0, 1), images, atol=1e-5, rtol=1e-4)
     assert denoiser.codec.shift_factor != 0 and denoiser.codec.scaling_factor != 1  # a check that can fail
+    # The training images' latents are what this decode inverts: encoding then decoding is the VAE's own
+    # autoencoding (AutoencoderKL.forward, the posterior's mode), scale and shift undone.
+    pixels = images[:1] * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(denoiser.decode(denoiser.encode(pixels)), denoiser.codec.vae(pixels).sample,
+                                   atol=1e-5, rtol=1e-4)
 
 
 def test_the_pipelines_load_through_the_seam(sd3, flux):

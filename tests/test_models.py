@@ -91,6 +91,9 @@ def test_gaussian_lora_init_draws_a_with_std_one_over_rank(rank):
     assert a_default.std().item() < 0.5 / rank and b_default.abs().max() == 0
     with pytest.raises(UserError, match="--model.lora_init"):
         LoraOptions(init="pissa")
+    assert LoraOptions(r=1).r == 1  # rank 1 is a LoRA too; 0 is none
+    with pytest.raises(UserError, match=r"--lora.r must be > 0, got 0"):
+        LoraOptions(r=0)
 
 
 def _perturbed_lora(seed=0):
@@ -121,6 +124,12 @@ def test_save_and_load_roundtrip(tmp_path):
     loaded = load_lora(tiny_denoiser(), tmp_path / "adapter")
     torch.testing.assert_close(loaded(x, T, c), expected)
     assert all(p.requires_grad == (".lora_" in n) for n, p in loaded.named_parameters())  # only the adapter trains
+    with pytest.raises(UserError, match=r"^the LoRA adapter folder .*nowhere does not exist; pass the `lora/`"):
+        load_lora(tiny_denoiser(), tmp_path / "nowhere")
+    with pytest.raises(UserError, match=r"^the LoRA adapter folder .*adapter_config.json is a file, not a folder"):
+        load_lora(tiny_denoiser(), tmp_path / "adapter" / "adapter_config.json")
+    with pytest.raises(UserError, match=r"^the LoRA adapter in .*adapter is for another model \(size mismatch for "):
+        load_lora(tiny_denoiser(block_out_channels=(32, 64)), tmp_path / "adapter")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"^cannot read the LoRA adapter in .*empty"):
         load_lora(tiny_denoiser(), tmp_path / "empty")
@@ -171,12 +180,12 @@ def test_stable_diffusion_lora_loads_with_diffusers(tmp_path, monkeypatch):
     # diffusers' writing goes to a scratch folder beside the adapter's, on its file system, never the
     # system's temporary folder: the finished file then moves over the old one whole.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-temporary-folder-here"))
-    save_lora_for_pipeline(loaded, tmp_path / "sd-lora")
+    save_lora_for_pipeline(loaded, tmp_path / "exports" / "sd-lora")  # its parent made too
     monkeypatch.undo()
     x, ctx = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 16)
     expected = loaded(x, T[:1], ctx)
     unet = UNet2DConditionModel.from_pretrained(pipeline / "unet")
-    unet.load_lora_adapter(str(tmp_path / "sd-lora"), prefix="unet",
+    unet.load_lora_adapter(str(tmp_path / "exports" / "sd-lora"), prefix="unet",
                            weight_name="pytorch_lora_weights.safetensors")
     torch.testing.assert_close(unet(x, T[:1], encoder_hidden_states=ctx).sample, expected, atol=1e-5, rtol=1e-4)
 

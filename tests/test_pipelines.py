@@ -136,6 +136,20 @@ def test_sdxl_conditions_on_a_training_images_size_and_crop_as_diffusers(sdxl):
         "the sizes must reach the UNet"
 
 
+def test_sized_prompts_keep_their_text_and_sizes_through_pickling():
+    """DataLoader workers and DDP ranks pass conditions pickled."""
+    import pickle
+
+    from prefdiff.models.text import sized_prompts
+
+    batch = {"original_size": torch.tensor([[24, 40], [512, 384]]), "crop_top_left": torch.tensor([[3, 5], [0, 64]])}
+    images = torch.zeros(2, 3, 16, 16)
+    rows = [(24, 40, 3, 5, 16, 16), (512, 384, 0, 64, 16, 16)]
+    for sized in (sized_prompts(PROMPTS, batch, images), pickle.loads(pickle.dumps(sized_prompts(PROMPTS, batch, images)))):
+        assert [str(p) for p in sized] == PROMPTS and [p.time_ids() for p in sized] == rows
+    assert sized_prompts(PROMPTS, {}, images) is PROMPTS
+
+
 @pytest.mark.parametrize("trainer", ["PairModule", "SFTModule"])
 def test_sdxl_trains_on_each_images_own_size_and_crop(sdxl, trainer):
     """The text-to-image readers give each image's original_size and crop_top_left; the losses on those images
@@ -188,7 +202,8 @@ def test_the_pipeline_loads_through_the_seam(sd, sdxl):
 @pytest.mark.parametrize("which", ["sd", "sdxl"])
 def test_decoded_samples_are_the_diffusers_pipeline_images(which, request):
     """The rewards score what the user's pipeline shows: prefdiff's decode of the pipeline's final latents is
-    the pipeline's own image (latents over the VAE's scaling_factor; SD has no shift_factor)."""
+    the pipeline's own image (latents over the VAE's scaling_factor; SD has no shift_factor), and encoding
+    inverts it."""
     folder = request.getfixturevalue(which)
     denoiser, pipe = load_model(folder), ddim_pipeline(folder)
     latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
@@ -198,6 +213,12 @@ def test_decoded_samples_are_the_diffusers_pipeline_images(which, request):
         ours = denoiser.decode(final)
     torch.testing.assert_close((ours / 2 + 0.5).clamp(0, 1), images, atol=1e-5, rtol=1e-4)
     assert denoiser.codec.scaling_factor != 1.0 and (images - 0.5).abs().max() > 1e-3  # a check that can fail
+    # The training images' latents are what this decode inverts: encoding then decoding is the VAE's own
+    # autoencoding (AutoencoderKL.forward, the posterior's mode), scale and shift undone.
+    pixels = images[:1] * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(denoiser.decode(denoiser.encode(pixels)), denoiser.codec.vae(pixels).sample,
+                                   atol=1e-5, rtol=1e-4)
 
 
 def test_the_vae_decodes_in_slices_in_its_own_dtype_and_stays_in_eval_mode(sd):

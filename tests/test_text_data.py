@@ -167,6 +167,29 @@ def test_pickapic_pairs_put_the_winner_first_and_drop_ties(tmp_path, monkeypatch
     assert default.is_relative_to(tmp_path / "prefdiff-cache" / "datasets")
 
 
+def test_pickapic_shards_with_image_columns_read_as_byte_columns(tmp_path):
+    """Shards saved by `datasets` with its Image feature (a struct of bytes and path) read as Pick-a-Pic's own
+    binary columns do."""
+    import datasets
+
+    rows = [pickapic_row("zero won", 1.0), pickapic_row("one won", 0.0)]
+    write_parquet(tmp_path / "bytes" / "train-0.parquet", rows)
+    features = datasets.Features({"caption": datasets.Value("string"), "jpg_0": datasets.Image(),
+                                  "jpg_1": datasets.Image(), "label_0": datasets.Value("float64")})
+    images = datasets.Dataset.from_dict(
+        {"caption": [r["caption"] for r in rows], "label_0": [r["label_0"] for r in rows],
+         **{c: [{"bytes": r[c], "path": None} for r in rows] for c in ("jpg_0", "jpg_1")}}, features=features)
+    (tmp_path / "images").mkdir()
+    images.to_parquet(str(tmp_path / "images" / "train-0.parquet"))
+    plain, featured = (PickAPicPairs(tmp_path / name, resolution=8, cache_dir=str(tmp_path / "cache"))
+                       for name in ("bytes", "images"))
+    assert len(plain) == len(featured) == 2
+    for mine, theirs in zip(plain, featured):
+        assert mine["cond"] == theirs["cond"]
+        torch.testing.assert_close(mine["x_w"], theirs["x_w"], rtol=0, atol=0)
+        torch.testing.assert_close(mine["x_l"], theirs["x_l"], rtol=0, atol=0)
+
+
 def test_a_size_reads_only_the_shards_that_hold_it(tmp_path):
     # Three shards of two decided pairs and a tie each: three pairs need the first two shards only.
     for shard in range(3):
@@ -288,6 +311,13 @@ def write_captions(folder, names_colours, key="text"):
         lines.append(json.dumps({"file_name": name, key: f"a {name.split('.')[0]} picture"}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def test_a_caption_that_is_not_text_is_one_clear_error(tmp_path):
+    folder = write_captions(tmp_path / "images", [("a.png", RED)])
+    (folder / "metadata.jsonl").write_text('{"file_name": "a.png", "text": 5}\n')
+    with pytest.raises(UserError, match=r"metadata.jsonl:1 needs a string file_name and a string caption"):
+        ImageCaptions(folder, resolution=8)
 
 
 def test_an_image_caption_folder_gives_sft_targets(tmp_path):

@@ -53,7 +53,7 @@ def render(mutants: dict, survivors: dict, review: dict) -> str:
     for run in sorted({run_of(e) for e in mutants.values()}):
         commit, clean, seed, wall = run
         modules = ", ".join(f"`{m}`" for m, e in mutants.items() if run_of(e) == run)
-        lines.append(f"Run on commit `{commit}`{'' if clean else ' with uncommitted changes'}, sample seed {seed}, "
+        lines.append(f"- Run on commit `{commit}`{'' if clean else ' with uncommitted changes'}, sample seed {seed}, "
                      f"{wall} s of wall clock: {modules}.")
     lines += ["", "A mutant is *detected* when a test fails on it or it times out. *No tests*: no test of the module's "
               "list runs the mutated function. The last two columns leave out the survivors judged equivalent "

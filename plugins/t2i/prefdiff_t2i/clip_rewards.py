@@ -55,7 +55,7 @@ def aesthetic_score(clip: str, head: str):
 
     def reward(samples: torch.Tensor, conditions: Any = None):
         model.follow(samples)
-        scores = mlp(model.image_embeddings(samples)).squeeze(-1)
+        scores = mlp(model.image_embeddings(samples)).squeeze(-1).to(samples.dtype)
         return scores, {"aesthetic_score": scores.detach().float().mean().item()}
 
     return reward
@@ -111,7 +111,7 @@ def _cosine_reward(name: str, model: _ClipScorer, factor):
     def reward(samples: torch.Tensor, conditions: Sequence[str]):
         model.follow(samples)
         cos = (model.image_embeddings(samples) * model.text_embeddings(conditions, len(samples))).sum(-1)
-        scores = factor(model) * cos
+        scores = (factor(model) * cos).to(samples.dtype)
         return scores, {name: scores.detach().float().mean().item()}
 
     return reward
@@ -134,8 +134,9 @@ def preprocess(samples: torch.Tensor, size: int, mean: Sequence[float] = OPENAI_
     if min(h, w) != size:
         short, long = min(h, w), max(h, w)
         new_long = int(size * long / short)
-        x = F.interpolate(x, size=(size, new_long) if h <= w else (new_long, size), mode="bicubic",
-                          antialias=True, align_corners=False)
+        # In float32 (torch's antialiased bicubic has no bfloat16 kernel on the CPU), back in the samples' dtype.
+        x = F.interpolate(x.float(), size=(size, new_long) if h <= w else (new_long, size), mode="bicubic",
+                          antialias=True, align_corners=False).to(x.dtype)
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
     x = x[..., top:top + size, left:left + size]
@@ -150,8 +151,10 @@ def preprocess(samples: torch.Tensor, size: int, mean: Sequence[float] = OPENAI_
 class _ClipScorer:
     """A frozen CLIPModel (and its tokenizer) with per-prompt text embeddings cached.
 
-    It moves itself, and the modules :meth:`add` gives it, to the samples' device and dtype on
-    the first call and again whenever they change.
+    It moves itself, and the modules :meth:`add` gives it, to the samples' device on the first
+    call and again whenever it changes. It computes in the dtype it was loaded in (float32):
+    samples of another dtype are cast in and the rewards cast their scores back, so a bfloat16
+    call never rounds the weights or the cached prompt embeddings that later float32 calls use.
     """
 
     def __init__(self, path: str, *, tokenizer: bool = False) -> None:
@@ -180,30 +183,28 @@ class _ClipScorer:
         self.mean, self.std = _normalisation(folder)
         self.width = self.clip.config.projection_dim
         self.max_length = self.clip.config.text_config.max_position_embeddings
-        self.place: tuple[torch.device, torch.dtype] | None = None
+        self.dtype = self.clip.dtype
+        self.device: torch.device | None = None
         self.texts: dict[str, torch.Tensor] = {}
         self.modules: list[torch.nn.Module] = []
         self.add(self.clip)
 
     def add(self, module: torch.nn.Module) -> None:
-        """Freeze ``module`` in eval mode (no dropout) and move it with the CLIP."""
-        module.eval().requires_grad_(False)
-        if self.place is not None:
-            module.to(*self.place)
+        """Freeze ``module`` in eval mode (no dropout) and move it with the CLIP, in the CLIP's dtype."""
+        module.eval().requires_grad_(False).to(device=self.device, dtype=self.dtype)
         self.modules.append(module)
 
     def follow(self, samples: torch.Tensor) -> None:
-        """Move every module to the samples' device and dtype if they are elsewhere."""
-        place = (samples.device, samples.dtype)
-        if place != self.place:
+        """Move every module to the samples' device if they are elsewhere."""
+        if samples.device != self.device:
             for module in self.modules:
-                module.to(device=samples.device, dtype=samples.dtype)
-            self.place = place
-            self.texts.clear()  # cached embeddings live on the old device and dtype
+                module.to(device=samples.device)
+            self.device = samples.device
+            self.texts.clear()  # cached embeddings live on the old device
 
     def image_embeddings(self, samples: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings ``[B, projection_dim]``, differentiable w.r.t. the samples."""
-        pixels = preprocess(samples, self.size, self.mean, self.std)
+        pixels = preprocess(samples.to(self.dtype), self.size, self.mean, self.std)
         pooled = self.clip.vision_model(pixel_values=pixels).pooler_output
         return F.normalize(self.clip.visual_projection(pooled), dim=-1)
 
@@ -224,7 +225,7 @@ class _ClipScorer:
     def _encode(self, prompt: str) -> torch.Tensor:
         # One prompt at a time, without padding: its embedding cannot depend on the batch.
         tokens = self.tokenizer(prompt, truncation=True, max_length=self.max_length, return_tensors="pt")
-        ids = tokens["input_ids"].to(self.place[0])
+        ids = tokens["input_ids"].to(self.device)
         pooled = self.clip.text_model(input_ids=ids).pooler_output
         return F.normalize(self.clip.text_projection(pooled), dim=-1)[0]
 

@@ -120,6 +120,9 @@ def test_scores_follow_the_samples_dtype_and_back(clip_dir, images):
     double = check_reward(reward, PROMPTS, images.double())
     assert double.dtype == torch.float64
     torch.testing.assert_close(double.float(), single, atol=1e-4, rtol=1e-4)
+    half = check_reward(reward, PROMPTS, images.bfloat16())  # a bfloat16 VAE's samples, on the CPU too
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), single, atol=1.0, rtol=0.02)
     again, _ = reward(images, PROMPTS)  # the cached text embeddings move back too
     assert again.dtype == torch.float32
     torch.testing.assert_close(again, single)
@@ -228,6 +231,8 @@ def test_preprocess_matches_clip_image_processor(height, width):
     overshoot = torch.linspace(-3, 3, height * width).view(1, 1, height, width).expand(1, 3, -1, -1)
     torch.testing.assert_close(preprocess(overshoot, SIZE), preprocess(overshoot.clamp(-1, 1), SIZE))
     assert not torch.allclose(preprocess(overshoot, SIZE), preprocess(overshoot / 2, SIZE))
+    # In the samples' dtype: a bfloat16 CLIP takes bfloat16 pixels.
+    assert preprocess(overshoot.bfloat16(), SIZE, MEAN, STD).dtype == torch.bfloat16
 
 
 # ------------------------------------------------------------ errors ----
@@ -305,8 +310,8 @@ def test_head_errors_name_the_head_option(clip_dir, tmp_path):
     with pytest.raises(UserError, match="reward option head: .* does not exist"):
         build("aesthetic_score", clip=str(clip_dir), head=str(tmp_path / "head.pth"))
     save_file(head_state(768), str(tmp_path / "vit-l.safetensors"))
-    with pytest.raises(UserError, match=r"reward option head: .* takes 768-dim embeddings but the CLIP .* gives "
-                                        r"16-dim ones"):
+    with pytest.raises(UserError, match=rf"reward option head: .* takes 768-dim embeddings but the CLIP at "
+                                        rf"{clip_dir} gives 16-dim ones"):
         build("aesthetic_score", clip=str(clip_dir), head=str(tmp_path / "vit-l.safetensors"))
 
 
