@@ -44,6 +44,15 @@ def flux_undistilled(tmp_path_factory):
     return tiny_flux_pipeline(tmp_path_factory.mktemp("flux-cfg") / "pipe", guidance_embeds=False, seed=3)
 
 
+@pytest.fixture(scope="module")
+def flux_schnell(flux_undistilled, tmp_path_factory):
+    """FLUX.1-schnell's layout: no guidance embedding and a fixed schedule (no dynamic shifting, shift 1)."""
+    folder = shutil.copytree(flux_undistilled, tmp_path_factory.mktemp("flux-schnell") / "pipe")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "use_dynamic_shifting": False, "shift": 1.0}))
+    return folder
+
+
 def diffusers_pipeline(folder, lora=None):
     """The user's own pipeline, loaded by diffusers (an SD3 folder without T5 needs the two Nones)."""
     from diffusers import DiffusionPipeline
@@ -90,7 +99,7 @@ def ours(folder, latents, guidance, denoiser=None):
 
 
 @pytest.mark.parametrize("which, guidance", [("sd3", 1.0), ("sd3", 3.0), ("sd3_no_t5", 3.0), ("sd35", 3.0),
-                                             ("flux", 1.0), ("flux_undistilled", 3.0)])
+                                             ("flux", 1.0), ("flux_undistilled", 3.0), ("flux_schnell", 1.0)])
 def test_euler_ode_equals_the_diffusers_pipeline(which, guidance, request):
     folder = request.getfixturevalue(which)
     denoiser = load_model(folder)
@@ -144,6 +153,42 @@ def test_decoded_samples_are_the_diffusers_pipeline_images(which, request):
     with torch.no_grad():
         torch.testing.assert_close(denoiser.decode(denoiser.encode(pixels)), denoiser.codec.vae(pixels).sample,
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_flow_sdedit_of_latents_equals_the_diffusers_img2img_pipeline(sd3):
+    """Flow SDEdit against StableDiffusion3Img2ImgPipeline handed the same latents and noise: the same start
+    sigma, noising ((1 - s) x + s eps) and Euler steps, at 0.5 of 4 steps."""
+    from diffusers import StableDiffusion3Img2ImgPipeline
+
+    from prefdiff.sampling import sdedit
+
+    denoiser, scheduler = load_model(sd3), load_scheduler(sd3)
+    latents = denoiser.encode(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    pipe = StableDiffusion3Img2ImgPipeline.from_pretrained(sd3, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    encoded = denoiser.conditioner(PROMPTS)
+    with torch.no_grad():
+        ours = sdedit(denoiser, scheduler, latents, PROMPTS, 0.5, num_steps=4,
+                      generator=torch.Generator().manual_seed(3))
+        theirs = pipe(prompt_embeds=encoded["encoder_hidden_states"],
+                      pooled_prompt_embeds=encoded["pooled_projections"], image=latents.clone(), strength=0.5, num_inference_steps=4, guidance_scale=1.0,
+                      output_type="latent", generator=torch.Generator().manual_seed(3)).images
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert (ours - latents).abs().max() > 1e-2  # the edit moved the latents
+
+
+def test_a_component_the_index_leaves_out_is_not_loaded_and_a_bad_scheduler_is_one_error(sd3, tmp_path):
+    """As diffusers reads a folder: T5 whose entry in model_index.json is null stays out, even when its folder
+    is there; a scheduler folder without its config is one error naming the pipeline's folder."""
+    from prefdiff.models.pipelines import INDEX
+
+    folder = shutil.copytree(sd3, tmp_path / "pipe")
+    index = json.loads((folder / INDEX).read_text())
+    (folder / INDEX).write_text(json.dumps({**index, "text_encoder_3": [None, None], "tokenizer_3": [None, None]}))
+    assert len(load_model(folder).conditioner.text_encoders) == 2 and (folder / "text_encoder_3").is_dir()
+    (folder / "scheduler" / "scheduler_config.json").unlink()
+    with pytest.raises(UserError, match=rf"^cannot load the pipeline in {folder}: "):
+        load_scheduler(folder)
 
 
 def test_the_pipelines_load_through_the_seam(sd3, flux):
@@ -389,6 +434,10 @@ def test_distilled_guidance_is_the_flux_pipelines_guidance_scale(flux, sd3, tmp_
     with pytest.raises(UserError, match="--model.init_args.distilled_guidance needs a guidance-distilled FLUX.*"
                                         "StableDiffusion3Pipeline has none.*--guidance-scale"):
         PolicyGradientModule(base=str(sd3), lora_rank=2, reward="smoothness", distilled_guidance=7.0)
+    from prefdiff.testing import tiny_denoiser
+
+    with pytest.raises(UserError, match="distilled_guidance needs a guidance-distilled FLUX .* this unet2d model has"):
+        tiny_denoiser().set_distilled_guidance(7.0)  # a prefdiff model, not a pipeline
     assert main(["sample", "--model", str(sd3), "--prompt", "a cat", "--n", "1", "--steps", "2",
                  "--distilled-guidance", "7", "--out", str(tmp_path / "sd3")]) == 2
     assert not (tmp_path / "sd3").exists()

@@ -34,6 +34,24 @@ def test_builders_predict_noise_of_input_shape(preset, x, cond):
     assert denoiser(x, T, cond).shape == x.shape
     null = denoiser.null_condition(cond)
     assert denoiser(x, T, null).shape == x.shape
+    if preset.get("conditioning") == "class":  # the extra class index the UNet keeps for "no class"
+        assert null.tolist() == [preset["num_classes"]] * 2
+    with torch.no_grad():  # one timestep for the whole batch
+        torch.testing.assert_close(denoiser(x, T[1], cond), denoiser(x, T[1].expand(2), cond))
+
+
+def test_controlnet_residuals_reach_the_unet():
+    torch.manual_seed(0)
+    denoiser = build_denoiser(dict(kind="unet2d_condition", sample_size=8, channels=4, conditioning="controlnet",
+                                   cond_channels=1, cross_attention_dim=16, block_out_channels=(16, 32)))
+    with torch.no_grad():  # ControlNet's zero convolutions start at zero; a trained one's do not
+        for p in denoiser.controlnet.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        shaped = denoiser(x, T, {"context": context, "image": torch.randn(2, 1, 8, 8)})
+        blank = denoiser(x, T, {"context": context, "image": torch.zeros(2, 1, 8, 8)})
+    assert (shaped - blank).abs().max() > 1e-3
 
 
 def test_monai_denoiser():

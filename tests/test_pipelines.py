@@ -145,7 +145,8 @@ def test_sized_prompts_keep_their_text_and_sizes_through_pickling():
     batch = {"original_size": torch.tensor([[24, 40], [512, 384]]), "crop_top_left": torch.tensor([[3, 5], [0, 64]])}
     images = torch.zeros(2, 3, 16, 16)
     rows = [(24, 40, 3, 5, 16, 16), (512, 384, 0, 64, 16, 16)]
-    for sized in (sized_prompts(PROMPTS, batch, images), pickle.loads(pickle.dumps(sized_prompts(PROMPTS, batch, images)))):
+    made = sized_prompts(PROMPTS, batch, images)
+    for sized in (made, pickle.loads(pickle.dumps(made))):
         assert [str(p) for p in sized] == PROMPTS and [p.time_ids() for p in sized] == rows
     assert sized_prompts(PROMPTS, {}, images) is PROMPTS
 
@@ -219,6 +220,52 @@ def test_decoded_samples_are_the_diffusers_pipeline_images(which, request):
     with torch.no_grad():
         torch.testing.assert_close(denoiser.decode(denoiser.encode(pixels)), denoiser.codec.vae(pixels).sample,
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_sdedit_of_latents_equals_the_diffusers_img2img_pipeline(sd):
+    """Latent SDEdit against StableDiffusionImg2ImgPipeline handed the same latents (its `image` may be latents)
+    and the same noise: the same start step, noising and DDIM steps (at a strength where prefdiff's rounding
+    and the pipeline's truncation agree: 0.5 of 4 steps)."""
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    from prefdiff.sampling import sdedit
+
+    denoiser, scheduler = load_model(sd), load_scheduler(sd)
+    latents = denoiser.encode(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(sd, local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ours = sdedit(denoiser, scheduler, latents, PROMPTS, 0.5, num_steps=4, eta=0.0,
+                      generator=torch.Generator().manual_seed(3))
+        theirs = pipe(prompt_embeds=denoiser.conditioner(PROMPTS)["encoder_hidden_states"], image=latents.clone(),
+                      strength=0.5, num_inference_steps=4, guidance_scale=1.0, eta=0.0, output_type="latent",
+                      generator=torch.Generator().manual_seed(3)).images
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert (ours - latents).abs().max() > 1e-2  # the edit moved the latents
+
+
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_saved_pipelines_load_and_sample_the_same(which, request, tmp_path):
+    """`save_model` writes an SD or SDXL denoiser as a diffusers pipeline folder (a base, never with its LoRA)."""
+    import json
+
+    from prefdiff.models import save_model
+
+    folder = request.getfixturevalue(which)
+    denoiser, scheduler = load_model(folder), load_scheduler(folder)
+    saved = save_model(denoiser, tmp_path / "saved", scheduler)
+    index = json.loads((saved / "model_index.json").read_text())
+    assert index["_class_name"] == denoiser.pipeline_class
+    if which == "sd":
+        assert index["requires_safety_checker"] is False and index["safety_checker"] == [None, None]
+    else:
+        assert index["force_zeros_for_empty_prompt"] is True
+    latents = torch.randn((2, *denoiser.sample_shape), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(guided(load_model(saved), load_scheduler(saved), latents, PROMPTS),
+                               guided(denoiser, scheduler, latents, PROMPTS), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="save the base pipeline before adding LoRA"):
+        save_model(add_lora(denoiser), tmp_path / "with-lora", scheduler)
 
 
 def test_the_vae_decodes_in_slices_in_its_own_dtype_and_stays_in_eval_mode(sd):
