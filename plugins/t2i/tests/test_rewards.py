@@ -74,6 +74,8 @@ def test_the_judge_scores_attributes_exactly():
         "colour": True, "shape": True, "count": False}
     assert faithfulness.caption_checks(logits, centres, ["one blue circle"])[0] == {
         "colour": False, "shape": True, "count": False}
+    assert faithfulness.caption_checks(logits, centres, ["two red squares"])[0] == {
+        "colour": True, "shape": False, "count": False}  # red is there, but no square
     p = faithfulness.caption_probability(logits.expand(2, -1, -1), centres.expand(2, -1, -1),
                                          ["two red circles", "one blue square"])
     torch.testing.assert_close(p, torch.tensor([1.0, 0.0]), atol=1e-6, rtol=0)
@@ -86,6 +88,12 @@ def test_the_judge_scores_attributes_exactly():
     right = faithfulness.caption_checks(logits, centres, ["a red circle right of a blue square"])[0]
     assert left == {"object": True, "object2": True, "position": True}
     assert right == {"object": True, "object2": True, "position": False}
+    # Exactly on the diagonal neither "left of" nor "above" holds (describe() calls it no relation).
+    diagonal = centres.clone()
+    diagonal[0, k], diagonal[0, q] = torch.tensor([0.25, 0.25]), torch.tensor([0.75, 0.75])
+    for relation in ("left of", "above"):
+        checks = faithfulness.caption_checks(logits, diagonal, [f"a red circle {relation} a blue square"])[0]
+        assert checks == {"object": True, "object2": True, "position": False}, relation
     soft = faithfulness.caption_probability(logits.expand(2, -1, -1), centres.expand(2, -1, -1),
                                             ["a red circle left of a blue square", "a red circle above a blue square"])
     assert soft[0] > 0.99 and 0.6 < soft[1] < 0.7  # both objects there, the relation wrong

@@ -18,6 +18,19 @@ def test_every_caption_parses_back_to_the_scene_it_was_drawn_for():
         assert pixels.shape == (32, 32, 3) and pixels.max() > 150  # the objects are drawn
 
 
+@pytest.mark.parametrize("shape", world.SHAPES)
+def test_each_shape_is_drawn_as_itself(shape):
+    """A red object of size 16 centred in the 32 px image: pixels at least half covered are lit."""
+    lit = world.draw([{"colour": "red", "shape": shape, "x": 16.0, "y": 16.0, "size": 16.0}])[..., 0] > 130
+    widths = lit.sum(axis=1)
+    corner = lit[22, 22]  # 6-7 px from the centre on both axes: outside the circle (radius 8), inside the square
+    if shape == "triangle":
+        assert widths[9] + 6 <= widths[20] and not lit[4].any()  # narrow near the apex, wide near the base
+    else:
+        assert abs(int(widths[10]) - int(widths[21])) <= 1  # as wide above the centre as below it
+        assert corner == (shape == "square")
+
+
 def test_describe_reads_positions_not_the_template():
     a = {"colour": "red", "shape": "circle", "x": 8.0, "y": 16.0, "size": 8.0}
     b = {"colour": "blue", "shape": "square", "x": 24.0, "y": 17.0, "size": 8.0}
@@ -51,6 +64,31 @@ def test_held_out_combinations_never_reach_training():
     assert {p["count"] for p in train if p["task"] == "counting"} == {1, 2, 3}
     assert {p["relation"] for p in train if p["task"] == "position"} == set(world.RELATIONS)
     assert {p["task"] for p in splits["test"][:2]} == {"counting", "position"}
+    # The split is a pure function of its seed: computed again, it is the one every process uses.
+    assert world._held_out() == world._HELD
+
+
+def test_a_counting_scene_always_shows_its_count():
+    """When an object finds no room (about once in a thousand three-object scenes) the scene starts over."""
+    rng = random.Random(0)
+    three = next(p for p in world.all_prompts() if p["task"] == "counting" and p["count"] == 3)
+    for _ in range(3000):
+        objects = world.scene_for(three, rng)
+        assert objects is not None and len(objects) == 3 and world.describe(objects) == three
+
+
+def test_random_scenes_hold_zero_to_max_count_separate_objects():
+    """The recogniser's training scenes: every count from none to MAX_COUNT, kinds of the world, no overlaps."""
+    from itertools import combinations
+
+    rng = random.Random(0)
+    scenes = [world.random_scene(rng) for _ in range(300)]
+    assert {len(objects) for objects in scenes} == set(range(world.MAX_COUNT + 1))
+    for objects in scenes:
+        assert all((o["colour"], o["shape"]) in world.KINDS for o in objects)
+        for a, b in combinations(objects, 2):  # centres rounded to 0.01 px
+            gap = ((a["x"] - b["x"]) ** 2 + (a["y"] - b["y"]) ** 2) ** 0.5
+            assert gap >= (a["size"] + b["size"]) / 2 + 2 - 0.02
 
 
 def test_the_tokenizer_makes_each_caption_word_one_token():
