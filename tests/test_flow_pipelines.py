@@ -171,8 +171,9 @@ def test_flow_sdedit_of_latents_equals_the_diffusers_img2img_pipeline(sd3):
         ours = sdedit(denoiser, scheduler, latents, PROMPTS, 0.5, num_steps=4,
                       generator=torch.Generator().manual_seed(3))
         theirs = pipe(prompt_embeds=encoded["encoder_hidden_states"],
-                      pooled_prompt_embeds=encoded["pooled_projections"], image=latents.clone(), strength=0.5, num_inference_steps=4, guidance_scale=1.0,
-                      output_type="latent", generator=torch.Generator().manual_seed(3)).images
+                      pooled_prompt_embeds=encoded["pooled_projections"], image=latents.clone(), strength=0.5,
+                      num_inference_steps=4, guidance_scale=1.0, output_type="latent",
+                      generator=torch.Generator().manual_seed(3)).images
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
     assert (ours - latents).abs().max() > 1e-2  # the edit moved the latents
 
@@ -244,8 +245,10 @@ def test_lora_goes_on_both_streams_attention(sd3, flux):
 
 @pytest.mark.parametrize("which", ["sd3", "sd35", "flux"])
 def test_exported_lora_reproduces_our_samples_in_diffusers(which, request, tmp_path):
+    from prefdiff.models import LoraOptions
+
     folder = request.getfixturevalue(which)
-    denoiser = add_lora(load_model(folder))
+    denoiser = add_lora(load_model(folder), LoraOptions(r=4, alpha=8))  # the scale alpha / r travels in the file
     with torch.no_grad():  # a trained adapter: any non-zero update
         for name, p in denoiser.named_parameters():
             if "lora_B" in name:

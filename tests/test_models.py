@@ -148,6 +148,16 @@ def test_save_and_load_roundtrip(tmp_path):
         load_lora(tiny_denoiser(), tmp_path / "adapter" / "adapter_config.json")
     with pytest.raises(UserError, match=r"^the LoRA adapter in .*adapter is for another model \(size mismatch for "):
         load_lora(tiny_denoiser(block_out_channels=(32, 64)), tmp_path / "adapter")
+    from safetensors.torch import load_file, save_file
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "adapter_config.json").write_bytes((tmp_path / "adapter" / "adapter_config.json").read_bytes())
+    state = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    save_file({**state, "base_model.model.elsewhere.to_q.lora_A.weight": torch.zeros(4, 8)},
+              str(foreign / "adapter_model.safetensors"))
+    with pytest.raises(UserError, match=r"^the LoRA adapter in .*foreign is for another model \(unexpected 'elsewhere"):
+        load_lora(tiny_denoiser(), foreign)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"^cannot read the LoRA adapter in .*empty"):
         load_lora(tiny_denoiser(), tmp_path / "empty")

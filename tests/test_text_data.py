@@ -320,6 +320,23 @@ def test_a_caption_that_is_not_text_is_one_clear_error(tmp_path):
         ImageCaptions(folder, resolution=8)
 
 
+def test_an_image_is_resized_bilinearly_on_its_shorter_side_and_centre_cropped(tmp_path):
+    """As diffusers' text-to-image and Diffusion-DPO scripts prepare images (transforms.Resize, bilinear, and
+    CenterCrop), written out here with PIL; and a 1-pixel resolution is still a resolution."""
+    import numpy as np
+    from PIL import Image
+
+    from prefdiff.textdata.images import check_resolution, read_image
+
+    noise = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)  # 16 high, 24 wide
+    Image.fromarray(noise).save(tmp_path / "wide.png")
+    picture = read_image(tmp_path / "wide.png", 8, "wide.png")
+    resized = np.asarray(Image.fromarray(noise).resize((12, 8), Image.BILINEAR))[:, 2:10]
+    torch.testing.assert_close(picture.pixels, torch.from_numpy(resized.copy()).permute(2, 0, 1).float() / 127.5 - 1)
+    assert picture.original_size == (16, 24) and picture.crop_top_left == (0, 2)
+    assert check_resolution(1) == 1
+
+
 def test_an_image_caption_folder_gives_sft_targets(tmp_path):
     colours = [RED, GREEN, BLUE]
     write_captions(tmp_path, [(f"img{i}.png", colours[i % 3]) for i in range(60)], key="caption")

@@ -128,6 +128,26 @@ def test_scores_follow_the_samples_dtype_and_back(clip_dir, images):
     torch.testing.assert_close(again, single)
 
 
+def test_the_aesthetic_score_follows_the_samples_dtype(clip_dir, head_file, images):
+    reward = build("aesthetic_score", clip=str(clip_dir), head=str(head_file))
+    single, _ = reward(images, None)
+    half = check_reward(reward, None, images.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), single, atol=0.05, rtol=0.02)
+
+
+def test_prompts_are_cut_to_the_text_encoders_positions_whatever_the_tokenizer_says(clip_dir, images, tmp_path):
+    """A tokenizer saved without its limit (model_max_length 1e30, as some conversions leave it) still gets
+    prompts cut to the text encoder's positions, as CLIP's own 77-token limit cuts them."""
+    loose = shutil.copytree(clip_dir, tmp_path / "clip")
+    config = loose / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": int(1e30)}))
+    long = "a red square " * 10  # 130 characters, one token each: past the 32 positions
+    scores, _ = build("clip_score", clip=str(loose))(images[:1], [long])
+    expected, _ = build("clip_score", clip=str(clip_dir))(images[:1], [long])
+    torch.testing.assert_close(scores, expected)
+
+
 def test_each_prompt_is_encoded_once(clip_dir, images, monkeypatch):
     from transformers.models.clip import modeling_clip
 
