@@ -45,6 +45,17 @@ def flux_undistilled(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sd3_dynamic(sd3, tmp_path_factory):
+    """An SD3 folder whose scheduler shifts with the resolution (use_dynamic_shifting), at non-default bounds."""
+    folder = shutil.copytree(sd3, tmp_path_factory.mktemp("sd3-dynamic") / "pipe")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "use_dynamic_shifting": True,
+                                  "base_shift": 0.3, "max_shift": 1.5, "base_image_seq_len": 4,
+                                  "max_image_seq_len": 64}))  # its 16 image tokens in between
+    return folder
+
+
+@pytest.fixture(scope="module")
 def flux_schnell(flux_undistilled, tmp_path_factory):
     """FLUX.1-schnell's layout: no guidance embedding and a fixed schedule (no dynamic shifting, shift 1)."""
     folder = shutil.copytree(flux_undistilled, tmp_path_factory.mktemp("flux-schnell") / "pipe")
@@ -99,7 +110,8 @@ def ours(folder, latents, guidance, denoiser=None):
 
 
 @pytest.mark.parametrize("which, guidance", [("sd3", 1.0), ("sd3", 3.0), ("sd3_no_t5", 3.0), ("sd35", 3.0),
-                                             ("flux", 1.0), ("flux_undistilled", 3.0), ("flux_schnell", 1.0)])
+                                             ("sd3_dynamic", 1.0), ("flux", 1.0), ("flux_undistilled", 3.0),
+                                             ("flux_schnell", 1.0)])
 def test_euler_ode_equals_the_diffusers_pipeline(which, guidance, request):
     folder = request.getfixturevalue(which)
     denoiser = load_model(folder)

@@ -58,6 +58,23 @@ def test_monai_denoiser():
     denoiser = build_denoiser(dict(kind="monai", sample_size=8, channels=1, conditioning="concat",
                                    cond_channels=1, block_out_channels=(8, 16)))
     assert denoiser(torch.randn(2, 1, 8, 8), T, torch.randn(2, 1, 8, 8)).shape == (2, 1, 8, 8)
+    assert denoiser.frozen_parts() == []  # pixel space, a trained conditioner: nothing is loaded frozen
+    torch.manual_seed(0)
+    attending = build_denoiser(dict(kind="monai", sample_size=8, channels=1, conditioning="cross_attention",
+                                    cross_attention_dim=4, block_out_channels=(8, 16), attention=True))
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():  # MONAI starts its output and attention projections at zero
+        for p in attending.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        a, b = (attending(x, T, torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(s))) for s in (1, 2))
+    assert a.shape == x.shape and (a - b).abs().max() > 1e-5  # the context reaches the attention
+    classed = build_denoiser(dict(kind="monai", sample_size=8, channels=1, conditioning="class", num_classes=3,
+                                  block_out_channels=(8, 16)))
+    with torch.no_grad():
+        for p in classed.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        a, b = (classed(x, T, torch.tensor(labels)) for labels in ([0, 1], [2, 2]))
+    assert (a - b).abs().max() > 1e-5  # the class reaches the network
 
 
 def test_bad_preset_is_a_user_error():

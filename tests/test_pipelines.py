@@ -290,6 +290,22 @@ def test_sdxl_conditions_come_in_the_dtype_asked_for(sdxl):
         torch.bfloat16}
 
 
+def test_a_tokenizer_saved_as_vocabulary_and_merges_loads_as_one_saved_as_tokenizer_json(sd, tmp_path):
+    """Older SD folders hold tokenizer/vocab.json and merges.txt, not tokenizer.json."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    older = shutil.copytree(sd, tmp_path / "pipe")
+    vocabulary = AutoTokenizer.from_pretrained(sd / "tokenizer").get_vocab()
+    (older / "tokenizer" / "tokenizer.json").unlink()
+    (older / "tokenizer" / "vocab.json").write_text(json.dumps(vocabulary))
+    (older / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")  # the character tokenizer has no merges
+    expected = load_model(sd).conditioner(PROMPTS)["encoder_hidden_states"]
+    torch.testing.assert_close(load_model(older).conditioner(PROMPTS)["encoder_hidden_states"], expected)
+
+
 def test_the_latent_and_prompt_caches_keep_to_their_budgets(sd, caplog):
     import logging
 
