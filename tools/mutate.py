@@ -91,6 +91,14 @@ PACKAGES = {"core/prefdiff": "prefdiff", "plugins/medical/prefdiff_medical": "pr
             "plugins/robotics/prefdiff_robotics": "prefdiff_robotics", "plugins/t2i/prefdiff_t2i": "prefdiff_t2i"}
 
 
+def in_copy(pattern: str) -> str:
+    """A source path of the tree as the copy has it: its package moved under ``src/``."""
+    for source, package in PACKAGES.items():
+        if pattern.startswith(source + "/"):
+            return f"src/{package}/" + pattern.removeprefix(source + "/")
+    raise ValueError(f"{pattern} is in none of the packages {', '.join(PACKAGES)}")
+
+
 def make_copy(modules: dict[str, str]) -> None:
     """The tracked and new files of the tree, packages moved to src/, mutmut configured to mutate ``modules``."""
     shutil.rmtree(COPY, ignore_errors=True)
@@ -103,8 +111,7 @@ def make_copy(modules: dict[str, str]) -> None:
             shutil.copy2(ROOT / rel, target)
     for source, package in PACKAGES.items():
         shutil.move(COPY / source, COPY / "src" / package)
-    only = [pattern.replace("core/", "src/").replace("plugins/medical/", "src/").replace("plugins/driving/", "src/")
-            .replace("plugins/robotics/", "src/").replace("plugins/t2i/", "src/") for pattern in modules.values()]
+    only = [in_copy(pattern) for pattern in modules.values()]
     config = {
         "source_paths": ["src"], "only_mutate": only,
         "also_copy": ["tests", "conftest.py", "plugins", "docs", "configs", "core"],
