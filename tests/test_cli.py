@@ -172,6 +172,21 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, family):
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("family", ["sft", "ddpo"])
+def test_a_run_stopped_mid_epoch_and_resumed_matches_an_uninterrupted_run(tmp_path, family):
+    # Stopped by --trainer.max_steps one step into epoch 1 (of 2 steps), then extended with --ckpt_path last:
+    # the resumed epoch must take its second batch, not start the epoch's shuffle again.
+    config = _family_config(family, tmp_path)
+    assert fit_here(config, tmp_path / "straight") == 0
+    assert fit_here(config, tmp_path / "stopped", "--trainer.max_steps", 3) == 0
+    checkpoint = torch.load(next((tmp_path / "stopped").rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 3)
+    assert fit_here(config, tmp_path / "stopped", "--ckpt_path", "last") == 0
+    expected, got = _adapter(tmp_path / "straight"), _adapter(tmp_path / "stopped")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+
+
 def test_fit_keeps_a_checkpoint_of_every_finished_epoch(tmp_path, monkeypatch):
     import pytorch_lightning as pl
 
@@ -417,6 +432,7 @@ class DrawnData:
     @hookimpl
     def prefdiff_register_datasets(self, register):
         register("drawn", DrawnData.Items)
+        register("drawn_inputs", DrawnData.WithInputs)
 
     class Items(list):
         def __init__(self, split="train"):
@@ -424,6 +440,11 @@ class DrawnData:
 
         def draw(self, rows, cond, png_path):
             DrawnData.drawn.append(({k: v.clone() for k, v in rows.items()}, cond.clone()))
+            Path(png_path).write_bytes(b"drawn")
+
+    class WithInputs(Items):
+        def draw(self, rows, cond, png_path, input_cond=None):
+            DrawnData.drawn.append((list(rows), cond.clone(), input_cond))
             Path(png_path).write_bytes(b"drawn")
 
 
@@ -445,6 +466,15 @@ def test_sample_and_edit_draw_with_the_datasets_own_figure(tmp_path, capsys):
     written = load_file(str(tmp_path / "e/edit.safetensors"))["samples"]
     torch.testing.assert_close(torch.cat(list(edit_rows.values())), written)
     assert (tmp_path / "s/samples.png").read_bytes() == b"drawn"
+    # a draw that takes input_cond gets the input item's own condition when --cond-from changed it
+    DrawnData.drawn.clear()
+    common[common.index("drawn")] = "drawn_inputs"
+    with registered_plugin(DrawnData(), "drawn-data"):
+        assert main(["edit", *common, "--index", "1", "--cond-from", "2", "--out", str(tmp_path / "e2")]) == 0
+        assert main(["edit", *common, "--index", "1", "--out", str(tmp_path / "e3")]) == 0
+    (rows, cond, inputs), (_, same, none) = DrawnData.drawn
+    assert rows == ["input", "edited"] and torch.equal(cond, torch.tensor([2])) and torch.equal(inputs, torch.tensor([1]))
+    assert torch.equal(same, torch.tensor([1])) and none is None
 
 
 def test_edit_without_a_drawing_dataset_labels_before_and_after(tmp_path):

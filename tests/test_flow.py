@@ -106,6 +106,22 @@ def test_step_log_prob_is_normals(kind):
     assert float(std.flatten()[0]) == pytest.approx(expected_std, rel=1e-6)
 
 
+def test_cps_marks_its_last_step_deterministic():
+    # CPS's std is s' sin(a pi/2), 0 onto s' = 0: that step has no log-prob, so it is not a step to train
+    # (flow_grpo trains num_steps - 1 steps), and it is the Euler step the ODE takes.
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(2, 3, 8, 8, generator=g)
+    out = sampling.sample(velocity_model, scheduler, noise, None, num_steps=4, eta=0.7, sde="cps", generator=g,
+                          return_trajectory=True)
+    assert out.stochastic.tolist() == [True, True, True, False]
+    assert (out.log_probs[:, :3] != 0).all() and (out.log_probs[:, 3] == 0).all()
+    last = out.latents[:, 3] - scheduler.sigmas[3] * velocity_model(out.latents[:, 3], out.timesteps[3].expand(2), None)
+    torch.testing.assert_close(out.samples, last)
+    sde = sampling.sample(velocity_model, scheduler, noise, None, num_steps=4, eta=0.7, generator=g)
+    assert sde.stochastic.tolist() == [True] * 4  # Flow-GRPO's SDE still draws onto s' = 0
+
+
 def test_recomputed_log_probs_reproduce_the_sampled_ones_and_the_window_is_respected():
     scheduler = FlowMatchEulerDiscreteScheduler()
     g = torch.Generator().manual_seed(2)
@@ -246,14 +262,87 @@ def test_flow_only_options_on_a_ddim_model_are_one_clear_error(tmp_path):
     from prefdiff.trainers import PolicyGradientModule
 
     preset = {**TINY_FLOW, "prediction_type": "epsilon"}
-    with pytest.raises(UserError, match="--model.sde and --model.sde_window are flow-matching options"):
-        PolicyGradientModule(model=preset, conditioner="class_label", sde_window=[0, 1])
+    for option in ({"sde_window": [0, 1]}, {"sde_window_size": 2}):
+        with pytest.raises(UserError, match="--model.sde, --model.sde_window and --model.sde_window_size are "
+                                            "flow-matching options"):
+            PolicyGradientModule(model=preset, conditioner="class_label", **option)
     with pytest.raises(UserError, match="'beta_schedule' is a DDIM option, but this is a flow-matching model"):
         PolicyGradientModule(model=TINY_FLOW, conditioner="class_label", scheduler={"beta_schedule": "linear"})
     with pytest.raises(UserError, match="--model.eta must be in \\[0, 1\\], got 2"):
         PolicyGradientModule(model=TINY_FLOW, conditioner="class_label", eta=2.0)
     with pytest.raises(UserError, match="--model.sde_window must be"):
         PolicyGradientModule(model=TINY_FLOW, conditioner="class_label", num_steps=4, sde_window=[3, 9])
+    with pytest.raises(UserError, match=r"--model.sde_window_size must be in \[1, 2\] \(the steps of "
+                                        r"--model.sde_window\), got 3"):
+        PolicyGradientModule(model=TINY_FLOW, conditioner="class_label", num_steps=4, sde_window=[1, 3],
+                             sde_window_size=3)
+    with pytest.raises(UserError, match=r"--model.sde_window_size must be in \[1, 4\]"):
+        PolicyGradientModule(model=TINY_FLOW, conditioner="class_label", num_steps=4, sde_window_size=0)
+
+
+def test_logit_normal_training_levels_are_sd3s_shifted_draws():
+    # Esser et al. 2024: s = sigmoid(n), n ~ N(0, 1), then the scheduler's shift, written out here.
+    from prefdiff.errors import UserError
+    from prefdiff.trainers import PairModule
+
+    module = PairModule(model=TINY_FLOW, conditioner="class_label", scheduler={"shift": 3.0},
+                        timestep_sampling="logit_normal")
+    x0 = torch.zeros(4000, 1)
+    t, eps = module.draw_training_noise(x0, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    u = torch.sigmoid(torch.randn(4000, generator=g))
+    torch.testing.assert_close(t, 1000 * 3 * u / (1 + 2 * u))
+    torch.testing.assert_close(eps, torch.randn(4000, 1, generator=g))
+    assert abs(float(t.median()) - 750) < 15  # shift(0.5) = 0.75: most draws at high noise
+    uniform = PairModule(model=TINY_FLOW, conditioner="class_label", scheduler={"shift": 3.0})
+    t, _ = uniform.draw_training_noise(x0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(t, 1000 * torch.rand(4000, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(UserError, match="--model.timestep_sampling must be one of uniform, logit_normal, got 'lognorm'"):
+        PairModule(model=TINY_FLOW, conditioner="class_label", timestep_sampling="lognorm")
+    with pytest.raises(UserError, match="--model.timestep_sampling logit_normal is a flow-matching option"):
+        PairModule(model={**TINY_FLOW, "prediction_type": "epsilon"}, conditioner="class_label",
+                   timestep_sampling="logit_normal")
+
+
+def test_the_shift_of_training_levels_is_the_schedulers_own():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from prefdiff.sampling import shifted
+
+    static = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    # its training sigmas (before set_timesteps) are the shifted grid
+    torch.testing.assert_close(shifted(static, torch.linspace(1, 0.001, 1000)), static.sigmas, atol=1e-6, rtol=0)
+    dynamic = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    assert torch.equal(shifted(dynamic, torch.tensor([0.5])), torch.tensor([0.5]))
+
+
+def test_a_window_size_draws_one_window_a_batch_inside_the_range(flow_base, monkeypatch):
+    # Flow-GRPO-Fast: each batch trains `size` consecutive SDE steps placed at random in the range;
+    # the chunks of one batch share its window, and over batches the window moves.
+    from prefdiff.datamodule import PrefDataModule
+    from prefdiff.quiet import quiet_trainer
+    from prefdiff.trainers import PolicyGradientModule
+
+    module = PolicyGradientModule(base=flow_base, conditioner="class_label", method="grpo", reward="smoothness",
+                                  samples_per_condition=2, num_steps=6, eta=0.7, sde_window=[1, 5],
+                                  sde_window_size=2, sample_chunks=2, lora_rank=4)
+    calls = []
+    original = module.run_sampler
+    monkeypatch.setattr(module, "run_sampler", lambda *a, **kw: calls.append(kw["sde_window"]) or original(*a, **kw))
+    trained = []
+    chooser = module.trainable_steps
+    monkeypatch.setattr(module, "trainable_steps",
+                        lambda out, *a: trained.append(out.stochastic.nonzero().flatten().tolist()) or chooser(out, *a))
+    items = [{"cond": torch.tensor(i % 4)} for i in range(2)]
+    quiet_trainer(8).fit(module, datamodule=PrefDataModule.from_datasets(items, batch_size=2))
+    batches = [calls[i:i + 2] for i in range(0, len(calls), 2)]
+    assert len(batches) == 8 and all(a == b for a, b in batches)
+    windows = [a for a, _ in batches]
+    assert all(1 <= first and first + 2 == end <= 5 for first, end in windows)
+    assert len(set(windows)) > 1
+    assert trained == [list(range(*w)) for w in windows]
+    g = torch.Generator().manual_seed(0)
+    assert {module.draw_sde_window(g)["sde_window"] for _ in range(100)} == {(1, 3), (2, 4), (3, 5)}
 
 
 # ------------------------------------------------------- options and plumbing ----

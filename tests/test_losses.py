@@ -286,6 +286,23 @@ def test_d3po_matches_formula():
     assert_close(metrics["implicit_acc"], t(mean([1.0 if x > 0 else 0.5 if x == 0 else 0.0 for x in logits])))
 
 
+def test_d3po_a_tied_pair_adds_log_2_and_no_gradient():
+    lw, ll, ref = t([-1.0, -2.0, -0.5], requires_grad=True), t([-1.5, -1.0, -3.0]), t([-1.2, -1.8, -0.7])
+    beta = 0.3
+    loss, _ = losses.d3po_loss(lw, ll, ref, ref, beta, decided=torch.tensor([True, False, True]))
+    logits = [beta * ((a - c) - (b - d)) for a, b, c, d in zip([-1.0, -2.0, -0.5], [-1.5, -1.0, -3.0],
+                                                                 [-1.2, -1.8, -0.7], [-1.2, -1.8, -0.7])]
+    assert_close(loss, t(mean([-log_sigmoid(logits[0]), math.log(2.0), -log_sigmoid(logits[2])])))
+    loss.backward()
+    assert lw.grad[1] == 0 and lw.grad[0] < 0 and lw.grad[2] < 0
+    # [B, T] log-probs of several steps: the pair's mask covers all of its steps
+    many = t([[-1.0, -2.0], [-0.5, -0.3]], requires_grad=True)
+    loss, _ = losses.d3po_loss(many, many.detach() - 1, many.detach(), many.detach(), beta,
+                               decided=torch.tensor([False, True]))
+    loss.backward()
+    assert (many.grad[0] == 0).all() and (many.grad[1] < 0).all()
+
+
 def test_d3po_gradient_raises_winner_log_prob():
     logp_w = t([-1.0, -2.0], requires_grad=True)
     logp_l = t([-1.0, -2.0], requires_grad=True)

@@ -176,8 +176,17 @@ def test_save_and_load_roundtrip(tmp_path):
     with pytest.raises(UserError, match=r"^the LoRA adapter in .*foreign is for another model \(unexpected 'elsewhere"):
         load_lora(tiny_denoiser(), foreign)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match=r"^cannot read the LoRA adapter in .*empty"):
+    with pytest.raises(UserError, match=r"^.*empty holds no LoRA adapter \(adapter_config.json and "
+                                        r"adapter_model.safetensors, or diffusers' pytorch_lora_weights"
+                                        r".safetensors\); pass the `lora/` folder"):
         load_lora(tiny_denoiser(), tmp_path / "empty")
+    # the folder above lora/ (a run's version_N): the message names the adapter below it
+    with pytest.raises(UserError, match=r"^.*m holds no LoRA adapter .*; adapters below it: .*m/lora; pass"):
+        load_lora(tiny_denoiser(), tmp_path / "m")
+    (tmp_path / "half").mkdir()  # a config without its weights: a broken adapter, to re-save
+    (tmp_path / "half" / "adapter_config.json").write_bytes((tmp_path / "adapter" / "adapter_config.json").read_bytes())
+    with pytest.raises(UserError, match=r"^cannot read the LoRA adapter in .*half: .*; re-save it"):
+        load_lora(tiny_denoiser(), tmp_path / "half")
 
 
 def test_truncated_or_foreign_weights_are_user_errors(tmp_path):

@@ -36,6 +36,30 @@ def test_allow_list_limits_loading(monkeypatch):
     assert "no such plugin is installed" in missing.errors[0]
 
 
+def test_an_unknown_name_says_which_installed_plugins_the_allow_list_left_out(monkeypatch):
+    monkeypatch.setenv("PREFDIFF_PLUGINS", "example")
+    with pytest.raises(UserError, match=r"unknown benchmark 'medical'; known benchmarks: example; PREFDIFF_PLUGINS "
+                                        r"leaves out the installed plugin\(s\) .*medical.*: add the one that provides "
+                                        r"it, or unset PREFDIFF_PLUGINS"):
+        PluginManager().entry("benchmarks", "medical")
+    monkeypatch.delenv("PREFDIFF_PLUGINS")
+    with pytest.raises(UserError) as unknown:
+        PluginManager().entry("benchmarks", "nowhere")
+    assert "PREFDIFF_PLUGINS" not in str(unknown.value)
+
+
+def test_a_reward_registered_as_the_function_itself_is_told_to_register_a_factory():
+    def brightness(samples, conditions=None):
+        return samples.flatten(1).mean(1), {}
+
+    with registered_plugin(_plugin(prefdiff_register_rewards=lambda register: register("bright", brightness)),
+                           "direct") as manager:
+        with pytest.raises(UserError, match=r"^reward 'bright' \(plugin 'direct'\) was registered as the reward "
+                                            r"function itself; register a factory that returns it, e.g. "
+                                            r"register\('bright', lambda: brightness\)$"):
+            manager.reward("bright")
+
+
 def test_unknown_name_lists_known_ones():
     with pytest.raises(UserError, match="unknown reward .nope.; known rewards: .*jpeg_compressibility"):
         get_manager().reward("nope")
@@ -125,8 +149,10 @@ def test_entry_point_plugins_load_and_import_errors_are_isolated(tmp_path, monke
                 register("good_reward", lambda: (lambda s, c: (s.flatten(1).mean(1), {})))
         """,
         "badplug": "raise ImportError('missing dependency xyz')\n",
+        "needsdep": "import not_installed_dependency\n",
     }.items():
         installed(tmp_path, name, body, f"{name} = {name}", version="1.2.3")
+    installed(tmp_path, "typoplug", "", "typoplug = tyopplug")  # the entry point misspells its module
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         manager = PluginManager()
@@ -134,10 +160,19 @@ def test_entry_point_plugins_load_and_import_errors_are_isolated(tmp_path, monke
         assert info["goodplug"].version == "1.2.3"
         assert info["goodplug"].registered["rewards"] == ["good_reward"]
         assert "import failed: ImportError: missing dependency xyz" in info["badplug"].errors[0]
+        assert info["typoplug"].errors == [
+            "import failed: ModuleNotFoundError: No module named 'tyopplug'; its entry point 'typoplug' under "
+            "[project.entry-points.prefdiff] in pyproject.toml names module 'tyopplug', which its package does "
+            "not install: fix the name there and reinstall the package"]
+        # a module the plugin itself imports is a missing dependency, not a misspelt entry point
+        assert info["needsdep"].errors == ["import failed: ModuleNotFoundError: No module named "
+                                           "'not_installed_dependency'"]
         assert "jpeg_compressibility" in manager.names("rewards")
+        with pytest.raises(UserError, match="plugins that failed to load and may provide it: 'badplug' .*'needsdep'"):
+            manager.reward("typo_reward")
     finally:
-        sys.modules.pop("goodplug", None)
-        sys.modules.pop("badplug", None)
+        for name in ("goodplug", "badplug", "needsdep", "typoplug"):
+            sys.modules.pop(name, None)
 
 
 def test_plugins_that_claim_a_taken_name_or_module_are_reported_not_fatal(tmp_path, monkeypatch):
@@ -170,6 +205,9 @@ def test_plugins_that_claim_a_taken_name_or_module_are_reported_not_fatal(tmp_pa
         assert info["twob"].errors == ["not loaded: its module is plugin 'twoa' already; point one entry "
                                        "point at each plugin module"]
         assert "mine_reward" not in manager.names("rewards") and f"{other}_reward" not in manager.names("rewards")
+        with pytest.raises(UserError) as unknown:  # plugins that lost a name clash did load: not "failed to load"
+            manager.reward("nothing_like_it")
+        assert "failed to load" not in str(unknown.value)
     finally:
         for module in entry_points:
             sys.modules.pop(module, None)
@@ -181,12 +219,15 @@ def test_a_factory_missing_an_option_names_where_options_go():
             return lambda s, c: (s.flatten(1).mean(1), {})
 
         register("needs_path", needs_path)
+        # a wrapper whose signature says nothing: the factory inside raises TypeError when called
+        register("wrapped", lambda **options: needs_path(**options))
 
     with registered_plugin(_plugin(prefdiff_register_rewards=rewards), "optioned") as manager:
-        with pytest.raises(UserError, match=r"reward 'needs_path' \(plugin 'optioned'\) rejected its options \[\] "
-                                            r"\(prefdiff fit: --model.init_args.reward_options '\{key: value\}'\): "
-                                            r".*'path'"):
-            manager.reward("needs_path")
+        for name in ("needs_path", "wrapped"):
+            with pytest.raises(UserError, match=rf"reward '{name}' \(plugin 'optioned'\) rejected its options \[\] "
+                                                r"\(prefdiff fit: --model.init_args.reward_options '\{key: value\}'\): "
+                                                r".*'path'"):
+                manager.reward(name)
 
 
 def test_a_plugin_whose_hooks_lack_hookimpl_is_told_it_registers_nothing():

@@ -31,6 +31,10 @@ def test_bad_names_and_occupied_folders(tmp_path):
     (tmp_path / "full/file").write_text("x")
     with pytest.raises(UserError, match="not empty"):
         new_plugin("fine", tmp_path / "full")
+    for taken in ("example", "medical"):  # a built-in, an installed field plugin: one of the two would not load
+        with pytest.raises(UserError, match=f"plugin name '{taken}' is taken by an installed plugin"):
+            new_plugin(taken, tmp_path / taken)
+        assert not (tmp_path / taken).exists()
 
 
 def test_generated_plugin_installs_lists_and_passes_its_tests(tmp_path):

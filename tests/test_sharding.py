@@ -50,10 +50,14 @@ def one_process(config: Path, root: Path, epochs: int) -> dict[str, torch.Tensor
     return load_file(str(next(root.rglob("model/net/*.safetensors"))))
 
 
-def assert_same_training(two: dict[str, torch.Tensor], one: dict[str, torch.Tensor]) -> None:
+def assert_same_training(two: dict[str, torch.Tensor], one: dict[str, torch.Tensor], steps: int) -> None:
+    """The same weights but where Adam turned a rounding-noise gradient into a step: at most 1 in 1000
+    weights may differ by more than 5e-4, none by more than lr (0.01) a step (on an AMD EPYC one weight
+    of 13824 moved 1.1e-3 apart after 2 steps; sharding the batch wrongly moves most of them)."""
     assert two.keys() == one.keys()
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=0, atol=5e-4)
+    diff = torch.cat([(two[key] - one[key]).abs().flatten() for key in one])
+    assert float((diff > 5e-4).float().mean()) <= 1e-3, f"{int((diff > 5e-4).sum())} of {diff.numel()} weights differ"
+    assert float(diff.max()) <= 0.01 * steps
 
 
 def test_two_fsdp_processes_train_and_resume_as_one_process_after_a_kill(tmp_path):
@@ -75,14 +79,14 @@ def test_two_fsdp_processes_train_and_resume_as_one_process_after_a_kill(tmp_pat
     assert all(type(v) is torch.Tensor for v in state.values())  # one whole checkpoint, not shards
     after_one = one_process(config, tmp_path / "one-epoch", 1)
     assert_same_training({k.removeprefix("denoiser.net."): v for k, v in state.items()
-                          if k.startswith("denoiser.net.")}, after_one)
+                          if k.startswith("denoiser.net.")}, after_one, steps=2)
 
     resumed = fit("--config", config, "--trainer.default_root_dir", tmp_path / "two", *fsdp, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     two = load_file(str(next((tmp_path / "two").rglob("model/net/*.safetensors"))))  # gathered and exported
     after_two = one_process(config, tmp_path / "two-epochs", 2)
     assert max(float((after_two[k] - after_one[k]).abs().max()) for k in after_one) > 1e-2  # epoch 2 trained
-    assert_same_training(two, after_two)
+    assert_same_training(two, after_two, steps=4)
 
 
 class FakeMesh:

@@ -149,6 +149,43 @@ def test_d3po_prefers_the_trajectory_with_the_higher_reward(monkeypatch):
     assert informative >= 2
 
 
+class HalfBright:
+    """A pass/fail reward: 1 where a sample's mean is above 0. Pairs of one outcome tie."""
+
+    @hookimpl
+    def prefdiff_register_rewards(self, register):
+        register("half_bright", lambda: lambda samples, cond: ((samples.flatten(1).mean(1) > 0).float(), {}))
+
+
+def test_d3po_pairs_that_tie_have_no_winner_and_give_no_gradient(monkeypatch):
+    with registered_plugin(HalfBright(), "half-bright-plugin"):
+        module = build("d3po", reward="half_bright")
+        scored = record(monkeypatch, module, "score")
+        losses = record(monkeypatch, online_pairs, "d3po_loss")
+        fit(module, conditions(4), batch=4)
+    rewards = scored[0]["returned"][0].view(-1, 2)
+    ties = rewards[:, 0] == rewards[:, 1]
+    assert ties.any()  # pass/fail rewards tie often: 4 pairs, not all decided (seed 0)
+    for call in losses:
+        assert torch.equal(call["decided"], ~ties)
+    # A tie adds log 2 and nothing to learn from, whichever of its two is handed as the winner.
+    logp = torch.randn(4, requires_grad=True)
+    loss, _ = online_pairs.d3po_loss(logp, torch.zeros(4), torch.zeros(4), torch.zeros(4), 1.0, None, ~ties)
+    loss.backward()
+    assert (logp.grad[ties] == 0).all() and (logp.grad[~ties] != 0).all()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_d3po_pairs_start_from_one_noise_as_the_authors_sample_them(monkeypatch, shared):
+    module = build("d3po", reward="smoothness", shared_noise=shared)
+    sampled = record(monkeypatch, module, "run_sampler")
+    fit(module, conditions(2))
+    starts = sampled[0]["returned"].latents[:, 0]  # conditions c0, c0, c1, c1: pairs are consecutive rows
+    assert torch.equal(starts[0], starts[1]) == shared and torch.equal(starts[2], starts[3]) == shared
+    assert not torch.equal(starts[0], starts[2])
+    assert not torch.equal(sampled[0]["returned"].samples[0], sampled[0]["returned"].samples[1])
+
+
 def test_d3po_hands_its_ratio_clip_to_the_loss(monkeypatch):
     module = build("d3po", reward="smoothness", ratio_clip=0.1)
     losses = record(monkeypatch, online_pairs, "d3po_loss")

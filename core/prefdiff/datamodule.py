@@ -15,6 +15,19 @@ from prefdiff.plugins import get_manager
 from prefdiff.textdata import PickAPicPairs
 
 
+class ResumableLoader(DataLoader):
+    """A training loader that resumes inside an epoch. Its position needs no state of its own: the
+    :class:`~prefdiff.data.EpochSampler` continues after the batches Lightning's restored progress
+    counts as trained. Having ``state_dict``/``load_state_dict`` tells Lightning so (it warns of an
+    unreliable resume for loaders without them)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
 class PrefDataModule(pl.LightningDataModule):
     """Conditions (and SFT targets) from a registered dataset, or pairs from a pair file or folder.
 
@@ -89,12 +102,14 @@ class PrefDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = EpochSampler(len(self.train_set), self.seed, rank, world, batch_size=self.batch_size)
+        done = None if trainer is None else lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        sampler = EpochSampler(len(self.train_set), self.seed, rank, world, batch_size=self.batch_size,
+                               batches_done=done)
         if len(sampler) < self.batch_size:
             raise UserError(f"the training data has {len(self.train_set)} items, fewer than one batch of "
                             f"{self.batch_size} per process; lower --data.batch_size")
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          collate_fn=collate, num_workers=self.num_workers)
+        return ResumableLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                               collate_fn=collate, num_workers=self.num_workers)
 
     def val_dataloader(self) -> Any:
         if self.val_set is None:

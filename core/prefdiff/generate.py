@@ -96,14 +96,20 @@ def _fits(denoiser, cond: Any, args: argparse.Namespace) -> None:
                          fix="pass the dataset and --conditioner the model was trained with")
 
 
-def _figure(dataset: Any, rows: dict[str, torch.Tensor], cond: Any, title: str | None = None):
+def _figure(dataset: Any, rows: dict[str, torch.Tensor], cond: Any, title: str | None = None,
+            input_cond: Any = None):
     """What draws ``rows`` into a PNG: the dataset's own ``draw`` (its conditions beside the samples:
     masks, layouts, scenes), else labelled image rows (one per prompt for prompted samples) or a grid;
-    ``None`` for samples that are not images."""
+    ``None`` for samples that are not images. ``input_cond``: an edit's input item's own condition,
+    when the edit changed it (``--cond-from``), for a ``draw`` that takes it."""
+    import inspect
+
     from prefdiff.viz import save_grid, save_labelled_rows
 
     draw = getattr(dataset, "draw", None)
     if callable(draw):
+        if input_cond is not None and "input_cond" in inspect.signature(draw).parameters:
+            return lambda png: draw(rows, cond, png, input_cond=input_cond)
         return lambda png: draw(rows, cond, png)
     first = next(iter(rows.values()))
     if first.ndim != 4 or first.shape[1] not in (1, 3):
@@ -243,7 +249,7 @@ def edit(args: argparse.Namespace) -> int:
         raise UserError(f"--strength must be in (0, 1], got {args.strength}")
     device, dtype = _placement(args)
     denoiser, scheduler = _load_model(args, device, dtype)
-    dataset = None
+    dataset, input_cond = None, None
     if args.image:
         x0, cond = _read_image(args.image, _made(denoiser)), None
         if args.dataset and not args.prompt:  # a class or mask model: the condition is a dataset item's
@@ -261,6 +267,7 @@ def edit(args: argparse.Namespace) -> int:
         if "x0" not in item:
             raise UserError(f"dataset '{args.dataset}' has no samples (x0) to edit")
         x0, cond = item["x0"], item["cond"]
+        input_cond = cond  # the input item's own condition, drawn beside it when --cond-from changes it
         made = tuple(_made(denoiser).shape[1:])
         if tuple(x0.shape[1:]) != made:
             raise UserError(f"dataset '{args.dataset}' gives samples of shape {tuple(x0.shape[1:])}, but the model "
@@ -282,6 +289,7 @@ def edit(args: argparse.Namespace) -> int:
                               keep=None if keep is None else keep.to(device), num_steps=args.steps,
                               generator=generator, guidance_scale=args.guidance_scale).float().cpu()
     towards = f"edited towards '{cond[0]}'" if args.prompt else None
-    figure = _figure(dataset, {"input": x0, "edited": edited}, cond, title=towards)
+    figure = _figure(dataset, {"input": x0, "edited": edited}, cond, title=towards,
+                     input_cond=input_cond if args.cond_from is not None else None)
     _write(torch.cat([x0, edited]), Path(args.out), "edit", figure)
     return 0

@@ -201,6 +201,7 @@ def d3po_loss(
     ref_logp_l: Tensor,
     beta: float,
     ratio_clip: float | None = None,
+    decided: Tensor | None = None,
 ) -> tuple[Tensor, Metrics]:
     """D3PO loss: DPO on the log-probabilities of denoising steps.
 
@@ -212,6 +213,9 @@ def d3po_loss(
     :param ratio_clip: ``eps`` in (0, 1): each step's ratio ``pi / pi_ref`` is clamped to
         ``[1 - eps, 1 + eps]`` first, so a step whose ratio left that range gives no gradient
         (the D3PO authors' code, ``train.eps = 0.1``); None: the paper's unclipped form.
+    :param decided: ``[B]`` bools, False for a pair whose rewards tie: its logit is 0, so it adds
+        the constant ``log 2`` and no gradient, as the authors' ``compare`` gives a tie no
+        preference (with a binary or rounded reward many pairs tie, and neither is the winner).
     :returns: ``(loss, {"implicit_acc", "margin"})``; ``margin`` is the mean
         logit ``beta * (...)``. The loss averages over every element, so
         ``[B]`` for one step and ``[B, T]`` for several both work.
@@ -229,6 +233,8 @@ def d3po_loss(
         low, high = math.log(1 - ratio_clip), math.log(1 + ratio_clip)
         log_ratio_w, log_ratio_l = log_ratio_w.clamp(low, high), log_ratio_l.clamp(low, high)
     logits = beta * (log_ratio_w - log_ratio_l)
+    if decided is not None:
+        logits = logits * decided.reshape(-1, *([1] * (logits.dim() - 1))).to(logits.dtype)
     loss = -F.logsigmoid(logits).mean()
     return loss, _detached(implicit_acc=_win_rate(logits), margin=logits.mean())
 

@@ -74,6 +74,11 @@ class PluginInfo:
                 **self.registered, "errors": self.errors}
 
 
+#: how the errors of a plugin that did not load begin (a name clash is not one: the plugin loaded)
+LOAD_FAILURES = ("import failed", "invalid hook", "registers nothing", "registration of",
+                 f"{ALLOW_LIST_VARIABLE} names plugin")
+
+
 def _allow_list() -> set[str] | None:
     raw = os.environ.get(ALLOW_LIST_VARIABLE)
     if raw is None or not raw.strip():
@@ -101,7 +106,7 @@ class PluginManager:
                 if allowed is not None and ep.name not in allowed:
                     continue
                 version = ep.dist.version if ep.dist is not None else "unknown"
-                self._load(ep.name, f"entry point {ep.value}", version, ep.load)
+                self._load(ep.name, f"entry point {ep.value}", version, ep.load, module=ep.module)
         if allowed is not None:
             for name in sorted(allowed - set(self._infos)):
                 self._infos[name] = PluginInfo(name, "-", "missing", errors=[
@@ -115,7 +120,7 @@ class PluginManager:
         names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
         return sorted(names)
 
-    def _load(self, name: str, source: str, version: str, load: Callable[[], Any]) -> None:
+    def _load(self, name: str, source: str, version: str, load: Callable[[], Any], module: str | None = None) -> None:
         taken = self._infos.get(name)
         if taken is not None:  # two packages (or a package and a built-in) claim one plugin name
             taken.errors.append(f"a second plugin named '{name}' ({source}) was not loaded: the name is "
@@ -127,7 +132,12 @@ class PluginManager:
         try:
             plugin = load()
         except Exception as exc:  # a plugin's import error must not hide the others
-            info.errors.append(f"import failed: {type(exc).__name__}: {exc}")
+            hint = ""
+            if isinstance(exc, ModuleNotFoundError) and module and exc.name == module.split(".")[0]:
+                hint = (f"; its entry point '{name}' under [project.entry-points.{ENTRY_POINT_GROUP}] in "
+                        f"pyproject.toml names module '{module}', which its package does not install: fix "
+                        f"the name there and reinstall the package")
+            info.errors.append(f"import failed: {type(exc).__name__}: {exc}{hint}")
             return
         self.add(plugin, name, info=info)
 
@@ -244,10 +254,16 @@ class PluginManager:
             known = ", ".join(self.names(kind)) or "none"
             close = difflib.get_close_matches(name, self.names(kind), n=1)
             guess = f" (did you mean '{close[0]}'?)" if close else ""
-            broken = [f"'{info.name}' ({info.errors[0]})" for info in self._infos.values()
-                      if info.errors and not any(info.registered.values())]
+            broken = [f"'{info.name}' ({failed[0]})" for info in self._infos.values()
+                      if (failed := [e for e in info.errors if e.startswith(LOAD_FAILURES)])
+                      and not any(info.registered.values())]
             hint = (f"; plugin {broken[0]} failed to load and may provide it" if len(broken) == 1 else
                     f"; plugins that failed to load and may provide it: {', '.join(broken)}" if broken else "")
+            allowed = _allow_list()
+            left_out = sorted(set(self._known_names()) - allowed) if allowed is not None else []
+            if left_out:
+                hint += (f"; {ALLOW_LIST_VARIABLE} leaves out the installed plugin(s) {', '.join(left_out)}: "
+                         f"add the one that provides it, or unset {ALLOW_LIST_VARIABLE}")
             raise UserError(f"unknown {kind[:-1]} '{name}'{guess}; known {kind}: {known}{hint} "
                             f"(`prefdiff plugins` lists what each plugin provides)") from None
 
@@ -257,6 +273,10 @@ class PluginManager:
         try:
             inspect.signature(entry.factory).bind(**options)
         except TypeError as exc:
+            if kind == "rewards" and "samples" in inspect.signature(entry.factory).parameters:
+                raise UserError(f"reward '{name}' (plugin '{entry.plugin}') was registered as the reward "
+                                f"function itself; register a factory that returns it, e.g. "
+                                f"register('{name}', lambda: {getattr(entry.factory, '__name__', 'reward')})") from None
             raise UserError(f"{kind[:-1]} '{name}' (plugin '{entry.plugin}') rejected its options "
                             f"{sorted(options)}{OPTION_FLAGS.get(kind, '')}: {exc}") from None
         except ValueError:  # no signature to read (a builtin): the call itself tells
@@ -274,7 +294,7 @@ class PluginManager:
             raise
         except TypeError as exc:
             raise UserError(f"{kind[:-1]} '{name}' (plugin '{entry.plugin}') rejected its options "
-                            f"{sorted(options)}: {exc}") from exc
+                            f"{sorted(options)}{OPTION_FLAGS.get(kind, '')}: {exc}") from exc
 
     def dataset(self, name: str, **options: Any) -> Any:
         """Build the dataset registered under ``name``."""

@@ -142,6 +142,12 @@ def new_plugin(name: str, directory: str | Path | None = None) -> Path:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
         raise UserError(f"plugin name '{name}' must be lower-case letters, digits and underscores, "
                         f"starting with a letter")
+    from prefdiff.plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP, metadata
+
+    taken = set(DEFAULT_PLUGINS) | {ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    if name in taken:  # installed beside it, one of the two would not load (`prefdiff plugins` says which)
+        raise UserError(f"plugin name '{name}' is taken by an installed plugin (`prefdiff plugins` lists them); "
+                        f"pick another name")
     root = Path(directory) if directory else Path(f"prefdiff-{name}")
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root} exists and is not empty; pick another --dir")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -18,15 +18,20 @@ class EpochSampler(Sampler[int]):
     ``batch_size`` (per process), each global batch of the shuffle is split
     across the ranks, rank r taking its r-th slice, so ``world_size`` processes
     see the batches one process with a ``world_size`` times larger batch sees.
+
+    ``batches_done``, asked when an epoch's iteration starts, says how many of its batches
+    were already trained (a run resumed from a checkpoint inside the epoch: Lightning's own
+    count); the shuffle then continues after them instead of starting the epoch again.
     """
 
     def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, batches_done: Callable[[], int] | None = None) -> None:
         if size == 0:
             raise UserError("the dataset is empty; check its root folder and split")
         self.size, self.seed, self.rank, self.world = size, seed, rank, world_size
         self.batch = batch_size or max(1, size // world_size)
         self.epoch = 0
+        self.batches_done = batches_done
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -37,7 +42,8 @@ class EpochSampler(Sampler[int]):
         step = self.batch * self.world
         mine = [i for start in range(0, len(order) - step + 1, step)
                 for i in order[start + self.rank * self.batch:start + (self.rank + 1) * self.batch]]
-        return iter(mine)
+        done = self.batches_done() if self.batches_done is not None else 0
+        return iter(mine[done * self.batch:])
 
     def __len__(self) -> int:
         return (self.size // (self.batch * self.world)) * self.batch

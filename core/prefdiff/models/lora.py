@@ -180,6 +180,13 @@ def load_lora(denoiser: Denoiser, directory: str | Path) -> Denoiser:
                         f"printed at the end of its run (LoRA adapter: ...)")
     if not (directory / LORA_CONFIG).is_file() and (directory / DIFFUSERS_LORA).is_file():
         return load_diffusers_lora(denoiser, directory)
+    if not (directory / LORA_CONFIG).is_file() and not (directory / LORA_WEIGHTS).is_file():
+        # The usual slip: the run's folder, or its version_N, one or more levels above lora/.
+        found = sorted(str(p.parent) for p in directory.rglob(LORA_CONFIG))[:3]
+        where = f"; adapters below it: {', '.join(found)}" if found else ""
+        raise UserError(f"{directory} holds no LoRA adapter ({LORA_CONFIG} and {LORA_WEIGHTS}, or diffusers' "
+                        f"{DIFFUSERS_LORA}){where}; pass the `lora/` folder `prefdiff fit` printed at the end of "
+                        f"its run (LoRA adapter: ...)")
     try:
         config = LoraConfig(**{k: v for k, v in json.loads((directory / LORA_CONFIG).read_text()).items()
                                if k in LoraConfig.__dataclass_fields__})

@@ -249,6 +249,12 @@ def load_pipeline_scheduler(path: str | Path):
     if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
         raise UserError(f"the scheduler of {path} predicts '{scheduler.config.prediction_type}'; "
                         f"Stable Diffusion pipelines predict epsilon or v_prediction")
+    if scheduler.config.rescale_betas_zero_snr and scheduler.config.prediction_type == "epsilon":
+        # Lin et al. 2024, sec. 3.2: at zero terminal SNR x_T is pure noise, so predicting the noise
+        # there says nothing of x_0; such models are trained with v-prediction.
+        raise UserError(f"the scheduler of {path} has rescale_betas_zero_snr but predicts epsilon, which cannot "
+                        f"recover x_0 where the SNR is zero; set prediction_type to v_prediction (as zero-SNR "
+                        f"models are trained) or rescale_betas_zero_snr to false in {path}/scheduler/scheduler_config.json")
     return scheduler
 
 

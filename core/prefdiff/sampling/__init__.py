@@ -20,10 +20,10 @@ from torch import Tensor
 from prefdiff.sampling.common import (Model, SampleOutput, concat_outputs, gaussian_log_prob, predict_velocity,
                                       randn_like)
 from prefdiff.sampling.ddim import (add_noise, ddim_step, ddim_step_log_prob, ddim_timesteps, predict_noise,
-                                    predict_x0, sample_ddim, to_epsilon)
+                                    predict_noise_and_x0, predict_x0, sample_ddim, to_epsilon)
 from prefdiff.sampling.ddim import training_target as ddim_training_target
 from prefdiff.sampling.flow import (SDE_KINDS, add_flow_noise, flow_step, flow_step_log_prob, flow_timesteps, is_flow,
-                                    noise_level_of, predict_x0_flow, sample_flow)
+                                    noise_level_of, predict_x0_flow, sample_flow, shifted)
 
 __all__ = [
     "SDE_KINDS",
@@ -48,6 +48,7 @@ __all__ = [
     "randn_like",
     "sample",
     "sdedit",
+    "shifted",
     "step_log_prob",
     "to_epsilon",
     "training_target",
@@ -113,7 +114,8 @@ def predict_sample(model: Model, scheduler, x_t: Tensor, t: Tensor, cond: Any, g
     if is_flow(scheduler):
         v = predict_velocity(model, x_t, t, cond, guidance_scale, uncond)
         return predict_x0_flow(x_t, v, noise_level_of(scheduler, t).to(x_t.device))
-    return predict_x0(scheduler, x_t, predict_noise(model, scheduler, x_t, t, cond, guidance_scale, uncond), t)
+    eps, x0 = predict_noise_and_x0(model, scheduler, x_t, t, cond, guidance_scale, uncond)
+    return predict_x0(scheduler, x_t, eps, t) if x0 is None else x0.to(torch.promote_types(x_t.dtype, eps.dtype))
 
 
 # ------------------------------------------------------------- editing

@@ -99,6 +99,16 @@ def to_epsilon(scheduler, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
     return (alpha.sqrt() * output + (1 - alpha).sqrt() * x_t).to(torch.promote_types(output.dtype, x_t.dtype))
 
 
+def x0_from_v(scheduler, v: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    """The x_0 a v-prediction implies, x_0 = sqrt(a) x_t - sqrt(1 - a) v (Salimans & Ho 2022, from eq. 7),
+    as diffusers' ``DDIMScheduler.step`` computes it: without dividing by sqrt(a), so it stays finite
+    where a is 0, the last timestep of a zero-terminal-SNR schedule (Lin et al. 2024, sec. 3.1:
+    ``rescale_betas_zero_snr``), at which the noise equals x_t and says nothing of x_0.
+    Kept in the schedule's precision (float32 at least), as :func:`ddim_step` computes."""
+    alpha = _alpha_bar(scheduler, _batch_timesteps(t, x_t), x_t)
+    return alpha.sqrt() * x_t - (1 - alpha).sqrt() * v
+
+
 def training_target(scheduler, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     """What the network is trained to predict for ``x_t = add_noise(x0, noise, t)``: the noise, or
     v = sqrt(a) eps - sqrt(1 - a) x_0 for v-prediction."""
@@ -156,6 +166,7 @@ def ddim_step(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     clip_sample: float | None = None,
+    x0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Take one DDIM step x_t -> x_{t_prev} and return its log-probability.
 
@@ -170,6 +181,9 @@ def ddim_step(
     :param noise: standard normal noise for the step; drawn from ``generator`` when None.
     :param generator: source of the step noise.
     :param clip_sample: clamp the predicted x_0 to ``[-clip_sample, clip_sample]``.
+    :param x0: the predicted x_0 when the model gives it directly (v-prediction,
+        :func:`x0_from_v`); by default it is derived from ``eps`` (eq. 12), which divides by
+        sqrt(alpha-bar_t) and so cannot serve a zero-terminal-SNR schedule's first step.
 
     Returns ``(x_prev, log_prob, mean, std)``: ``log_prob`` is ``[B]``, the
     Gaussian log density of ``x_prev`` averaged over the non-batch dims (as
@@ -190,7 +204,7 @@ def ddim_step(
     alpha_t = _alpha_bar(scheduler, t, x_t)
     alpha_prev = _alpha_bar(scheduler, t - _step_ratio(scheduler), x_t)
 
-    x0 = predict_x0(scheduler, x_t, eps, t)
+    x0 = predict_x0(scheduler, x_t, eps, t) if x0 is None else x0.to(x_t.dtype)
     if clip_sample is not None:
         x0 = x0.clamp(-clip_sample, clip_sample)
 
@@ -221,6 +235,17 @@ def predict_noise(model: Model, scheduler, x: Tensor, t: Tensor, cond: Any, guid
     commutes with the conversion to noise (:func:`to_epsilon`).
     """
     return to_epsilon(scheduler, predict_velocity(model, x, t, cond, guidance_scale, uncond), x, t)
+
+
+def predict_noise_and_x0(model: Model, scheduler, x: Tensor, t: Tensor, cond: Any, guidance_scale: float = 1.0,
+                         uncond: Any = None) -> tuple[Tensor, Tensor | None]:
+    """``(eps, x0)`` for :func:`ddim_step`: the guided noise prediction, and for a v-prediction model
+    the x_0 from v itself (:func:`x0_from_v`); None for a noise-predicting one, whose x_0 the step derives."""
+    output = predict_velocity(model, x, t, cond, guidance_scale, uncond)
+    eps = to_epsilon(scheduler, output, x, t)
+    if scheduler.config.prediction_type == "epsilon":
+        return eps, None
+    return eps, x0_from_v(scheduler, output, x, t)
 
 
 def ddim_step_log_prob(
@@ -254,8 +279,9 @@ def ddim_step_log_prob(
     """
     check_guidance(guidance_scale, uncond)
     t = _batch_timesteps(t, x_t)
-    eps = predict_noise(model, scheduler, x_t, t, cond, guidance_scale, uncond)
-    _, log_prob, mean, std = ddim_step(scheduler, eps, t, x_t, eta, prev_sample=x_prev, clip_sample=clip_sample)
+    eps, x0 = predict_noise_and_x0(model, scheduler, x_t, t, cond, guidance_scale, uncond)
+    _, log_prob, mean, std = ddim_step(scheduler, eps, t, x_t, eta, prev_sample=x_prev, clip_sample=clip_sample,
+                                       x0=x0)
     if keep_mask is not None:
         log_prob = gaussian_log_prob(x_prev.detach(), mean, std, keep_mask)
     return log_prob, mean, std
@@ -342,14 +368,15 @@ def sample_ddim(
             x = x.detach()
         with torch.set_grad_enabled(with_grad):
             if model_grad[i] and checkpoint:
-                eps = torch.utils.checkpoint.checkpoint(
-                    predict_noise, model, scheduler, x, t_batch, cond, guidance_scale, uncond, use_reentrant=False
+                eps, x0 = torch.utils.checkpoint.checkpoint(
+                    predict_noise_and_x0, model, scheduler, x, t_batch, cond, guidance_scale, uncond,
+                    use_reentrant=False,
                 )
             else:
                 with torch.set_grad_enabled(model_grad[i]):
-                    eps = predict_noise(model, scheduler, x, t_batch, cond, guidance_scale, uncond)
+                    eps, x0 = predict_noise_and_x0(model, scheduler, x, t_batch, cond, guidance_scale, uncond)
             x, log_prob, mean, std = ddim_step(
-                scheduler, eps, t_batch, x, eta, generator=generator, clip_sample=clip_sample
+                scheduler, eps, t_batch, x, eta, generator=generator, clip_sample=clip_sample, x0=x0
             )
             stochastic.append((std > 0).all())  # a device flag: no host sync inside the loop
             if known is not None:

@@ -18,7 +18,8 @@ Going from s to s' < s (``ds = s' - s < 0``):
 - **CPS** (coefficients-preserving sampling, Wang et al. 2025): from the
   predicted ``x_0 = x - s v`` and ``eps = x + (1 - s) v``, the mean is
   ``(1 - s') x_0 + s' cos(a pi / 2) eps`` and the standard deviation
-  ``s' sin(a pi / 2)``, so the sample keeps the coefficients of ``x_{s'}``.
+  ``s' sin(a pi / 2)``, so the sample keeps the coefficients of ``x_{s'}``. Its step
+  onto ``s' = 0`` draws nothing: it is the Euler step, and not marked stochastic.
 
 A window of stochastic steps with ODE steps elsewhere (Flow-GRPO-Fast,
 MixGRPO) makes the policy-gradient update cheaper: only the window's steps
@@ -145,6 +146,16 @@ def flow_step(
     return prev_sample, gaussian_log_prob(prev_sample.detach().to(mean.dtype), mean, std), mean, std
 
 
+def shifted(scheduler, s: Tensor) -> Tensor:
+    """Noise levels ``s`` under the scheduler's static shift, ``shift s / (1 + (shift - 1) s)`` (Esser et
+    al. 2024, "resolution-dependent shifting"), as ``FlowMatchEulerDiscreteScheduler`` shifts its
+    training sigmas; unchanged where it shifts dynamically (FLUX: by the image's size, when sampling)."""
+    config = scheduler.config
+    if config.get("use_dynamic_shifting", False) or config.shift == 1:
+        return s
+    return config.shift * s / (1 + (config.shift - 1) * s)
+
+
 def stochastic_steps(num_steps: int, noise_level: float, window: tuple[int, int] | None) -> list[bool]:
     """Which of the ``num_steps`` steps are stochastic: all (``window`` None) or ``window = (first, end)``."""
     if noise_level == 0:
@@ -191,8 +202,11 @@ def sample_flow(
     if not 0 <= start_step < num_steps:
         raise ValueError(f"start_step must be in [0, {num_steps}), got {start_step}")
     timesteps, sigmas = flow_timesteps(scheduler, num_steps)
+    noisy = stochastic_steps(num_steps, eta, sde_window)
+    if sde == "cps":  # its std is s' sin(a pi / 2): the step onto s' = 0 draws nothing, an Euler step
+        noisy = [n and s_next > 0 for n, s_next in zip(noisy, sigmas[1:].tolist())]  # one read of the schedule
+    noisy = noisy[start_step:]
     timesteps, sigmas = timesteps[start_step:].to(noise.device), sigmas[start_step:].to(noise.device)
-    noisy = stochastic_steps(num_steps, eta, sde_window)[start_step:]
     model_grad = grad_steps(len(timesteps), grad_last_k, truncation, generator)
     first_grad_step = model_grad.index(True) if any(model_grad) else len(timesteps)
 

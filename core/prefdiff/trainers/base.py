@@ -18,7 +18,7 @@ from prefdiff.models.memo import BUDGET_MB, BoundedMemo
 from prefdiff.models import (FROZEN_DTYPES, LORA_INITS, LoraOptions, ModelPreset, add_lora, build_denoiser,
                              default_lora_targets, hold_frozen_in, load_model, saved_conditioner)
 from prefdiff.plugins import get_manager
-from prefdiff.sampling import SDE_KINDS, is_flow, noised, sample, training_target
+from prefdiff.sampling import SDE_KINDS, is_flow, noised, sample, shifted, training_target
 from prefdiff.schedulers import build_scheduler, load_scheduler
 
 #: --model.sdpa_backend -> the name of torch.nn.attention.SDPBackend it forces.
@@ -27,6 +27,7 @@ SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
 #: torch.compile's modes (reduce-overhead captures CUDA graphs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LORA_TARGETS = ("attention", "blocks")
+TIMESTEP_SAMPLING = ("uniform", "logit_normal")
 #: The Trainer precisions that autocast: what --model.frozen_dtype needs (the -true ones would cast the adapter too).
 AUTOCAST_PRECISIONS = ("bf16-mixed", "16-mixed")
 
@@ -65,7 +66,16 @@ class AlignmentModule(pl.LightningModule):
         model the SDE noise level ``a`` (Flow-GRPO); > 0 is needed for log-probs.
     :param sde: flow matching only: ``sde`` (Flow-GRPO's SDE) or ``cps`` (coefficients-preserving).
     :param sde_window: flow matching only: ``[first, end)``, the sampling steps that are stochastic
-        (Flow-GRPO-Fast, MixGRPO); the others take ODE steps and are not trained.
+        (MixGRPO's and Flow-GRPO-Fast's window, fixed); the others take ODE steps and are not trained.
+    :param sde_window_size: flow matching only: draw the window afresh for every batch, this many
+        consecutive steps placed uniformly inside ``sde_window`` (default: all steps), as
+        Flow-GRPO-Fast's ``sde_window_size`` in its ``sde_window_range`` (yifan123/flow_grpo). Every
+        step of the range is then trained, a few per batch, at a window's cost.
+    :param timestep_sampling: flow matching only: the noise levels the data-driven objectives (sft, rwr,
+        dpo, kto) train at. ``uniform``: s uniform in [0, 1) (Lipman et al. 2023). ``logit_normal``:
+        s = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024, sec. 3.1), then the scheduler's ``shift``, as
+        diffusers' SD3 and FLUX training scripts and flow_grpo's SD3 DPO draw them: the levels SD3 and
+        FLUX were trained at, most of them mid-to-high noise.
     :param sample_chunks: online methods sample their batch in this many chunks, so a chunk's
         reward can be computed while the next one samples.
     :param reward_workers: score in this many worker processes (or Ray actors) overlapped with
@@ -125,7 +135,9 @@ class AlignmentModule(pl.LightningModule):
                  num_steps: int = 20, eta: float = 1.0, guidance_scale: float = 1.0,
                  lr: float = 1e-4, max_grad_norm: float = 1.0, seed: int | None = None,
                  scheduler: dict | None = None, sde: str | None = None,
-                 sde_window: list[int] | None = None, sample_chunks: int = 1, reward_workers: int = 0,
+                 sde_window: list[int] | None = None, sde_window_size: int | None = None,
+                 timestep_sampling: str = "uniform",
+                 sample_chunks: int = 1, reward_workers: int = 0,
                  reward_backend: str = "process", lora_targets: str | None = None, channels_last: bool = False,
                  sdpa_backend: str | None = None, compile: bool = False, compile_mode: str = "default",
                  fused_optimizer: bool = False,
@@ -211,8 +223,16 @@ class AlignmentModule(pl.LightningModule):
                             f"{type(self.noise_scheduler).__name__}; a flow model needs a "
                             f"FlowMatchEulerDiscreteScheduler and an epsilon/v model a DDIM-style one "
                             f"(check the folder's scheduler/)")
-        if not self.flow and (sde is not None or sde_window is not None):
-            raise UserError("--model.sde and --model.sde_window are flow-matching options; this model samples by DDIM")
+        size = self.hparams.sde_window_size
+        if not self.flow and (sde is not None or sde_window is not None or size is not None):
+            raise UserError("--model.sde, --model.sde_window and --model.sde_window_size are flow-matching options; "
+                            "this model samples by DDIM")
+        if self.hparams.timestep_sampling not in TIMESTEP_SAMPLING:
+            raise UserError(f"--model.timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}, "
+                            f"got '{self.hparams.timestep_sampling}'")
+        if not self.flow and self.hparams.timestep_sampling != "uniform":
+            raise UserError("--model.timestep_sampling logit_normal is a flow-matching option; this model trains "
+                            "at DDIM timesteps drawn uniformly")
         if sde is not None and sde not in SDE_KINDS:
             raise UserError(f"--model.sde must be one of {', '.join(SDE_KINDS)}, got '{sde}'")
         if sde_window is not None:
@@ -220,6 +240,11 @@ class AlignmentModule(pl.LightningModule):
             if len(sde_window) != 2 or not 0 <= first < end <= self.hparams.num_steps:
                 raise UserError(f"--model.sde_window must be [first, end] with 0 <= first < end <= num_steps="
                                 f"{self.hparams.num_steps}, got {list(sde_window)}")
+        if size is not None:
+            first, end = sde_window or (0, self.hparams.num_steps)
+            if not 1 <= size <= end - first:
+                raise UserError(f"--model.sde_window_size must be in [1, {end - first}] (the steps of "
+                                f"{'--model.sde_window' if sde_window else '--model.num_steps'}), got {size}")
 
     def _check_performance_options(self) -> None:
         hp = self.hparams
@@ -270,6 +295,16 @@ class AlignmentModule(pl.LightningModule):
         window = self.hparams.sde_window
         return {"sde": self.hparams.sde or "sde", "sde_window": tuple(window) if window else None}
 
+    def draw_sde_window(self, generator: torch.Generator) -> dict[str, Any]:
+        """``{"sde_window": ...}`` drawn for one batch with ``--model.sde_window_size``, else nothing:
+        Flow-GRPO-Fast's start uniform in ``[first, end - size]``, the window ``[start, start + size)``."""
+        hp = self.hparams
+        if not self.flow or hp.sde_window_size is None:
+            return {}
+        first, end = hp.sde_window or (0, hp.num_steps)
+        start = int(torch.randint(first, end - hp.sde_window_size + 1, (), generator=generator))
+        return {"sde_window": (start, start + hp.sde_window_size)}
+
     # ------------------------------------------------------ what it needs ----
 
     @classmethod
@@ -317,6 +352,7 @@ class AlignmentModule(pl.LightningModule):
         from prefdiff.sampling import concat_outputs
 
         reward = self.require_reward()
+        kwargs = {**self.draw_sde_window(generator), **kwargs}  # one window for the batch's chunks
         groups = batch // group
         per_chunk = -(-groups // self.hparams.sample_chunks) * group
         outputs, scores, pending = [], [], []
@@ -449,7 +485,7 @@ class AlignmentModule(pl.LightningModule):
         kwargs.setdefault("eta", hp.eta)
         return sample(self.denoiser, self.noise_scheduler, self.draw_noise(batch, generator, group), cond,
                       num_steps=hp.num_steps, guidance_scale=hp.guidance_scale, uncond=uncond,
-                      generator=generator, **self.sampler_options(), **self.denoiser.pinned(cond), **kwargs)
+                      generator=generator, **{**self.sampler_options(), **kwargs}, **self.denoiser.pinned(cond))
 
     def log_prob_options(self, cond: Any) -> dict[str, Any]:
         """The options under which a stored step's log-prob reproduces the sampler's."""
@@ -483,11 +519,13 @@ class AlignmentModule(pl.LightningModule):
 
     def draw_training_noise(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``(t, eps)`` for a batch ``x0``, drawn for the global batch (DDP-exact) from a rank-free ``generator``:
-        t uniform over the training timesteps (DDIM), or 1000 s with s uniform in [0, 1) (flow matching,
-        Lipman et al. 2023)."""
+        t uniform over the training timesteps (DDIM), or 1000 s with s drawn by ``--model.timestep_sampling``
+        (flow matching)."""
         n, world = x0.shape[0], self.world_size
         steps = self.noise_scheduler.config.num_train_timesteps
-        if self.flow:
+        if self.flow and self.hparams.timestep_sampling == "logit_normal":
+            t = shifted(self.noise_scheduler, torch.sigmoid(torch.randn(n * world, generator=generator))) * steps
+        elif self.flow:
             t = torch.rand(n * world, generator=generator) * steps
         else:
             t = torch.randint(0, steps, (n * world,), generator=generator)
@@ -588,6 +626,7 @@ class AlignmentModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _mid_epoch_stop_is_mid_epoch(checkpoint)
         state = checkpoint.get("prefdiff")
         if state is None:
             return
@@ -596,6 +635,23 @@ class AlignmentModule(pl.LightningModule):
         np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32),
                              state["numpy_rng_pos"], 0, 0.0))
         self.reward_queries = int(state["reward_queries"])
+
+
+def _mid_epoch_stop_is_mid_epoch(checkpoint: dict[str, Any]) -> None:
+    """Make Lightning resume a run that ``--trainer.max_steps`` stopped inside an epoch inside that epoch.
+
+    Such a checkpoint counts its epoch as processed (the epoch loop ended), which Lightning reads as a
+    stop at the epoch's end: a run extended with ``--ckpt_path last`` would skip the rest of the epoch.
+    Its batch progress says the epoch's last batch was not reached, so it is marked as stopped mid-epoch;
+    the training sampler then continues after the batches already trained (:class:`~prefdiff.data.EpochSampler`).
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if not epochs or not batches or batches.get("is_last_batch", True) or batches["current"]["completed"] == 0:
+        return
+    for counts in (epochs["total"], epochs["current"]):
+        if counts["started"] == counts["processed"] and counts["completed"] == counts["processed"] - 1:
+            counts["processed"] -= 1
 
 
 def _channels_last_inputs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

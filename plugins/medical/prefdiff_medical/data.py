@@ -233,8 +233,11 @@ class DecathlonSlices(Dataset):
         """File name of the volume item ``i`` was cut from."""
         return self.volumes[self.index[i][0]]
 
-    def draw(self, rows: dict[str, torch.Tensor], cond: torch.Tensor, png_path: str | Path) -> None:
-        """`prefdiff sample` and `prefdiff edit`'s figure: the conditioning masks above each labelled row."""
+    def draw(self, rows: dict[str, torch.Tensor], cond: torch.Tensor, png_path: str | Path,
+             input_cond: torch.Tensor | None = None) -> None:
+        """`prefdiff sample` and `prefdiff edit`'s figure: the conditioning masks above each labelled row;
+        an edit towards another item's mask (``input_cond`` the input's own) shows both, as the benchmark's."""
         from prefdiff_medical.figures import render
 
-        render(rows, cond, Path(png_path))
+        render(rows, cond if input_cond is None else {"mask": input_cond, "edited mask": cond}, Path(png_path),
+               every=True)

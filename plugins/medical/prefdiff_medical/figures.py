@@ -20,13 +20,19 @@ def colour_masks(masks: torch.Tensor) -> torch.Tensor:
     return PALETTE[index.cpu()].permute(0, 3, 1, 2)
 
 
-def render(rows: dict[str, torch.Tensor], cond: Any, png_path: Path, columns: int = 8) -> None:
+def render(rows: dict[str, torch.Tensor], cond: Any, png_path: Path, columns: int = 8, every: bool = False) -> None:
     """Write the mask row(s), then one labelled row per model.
 
     :param rows: row name -> generated images ``[B, 1, H, W]``.
     :param cond: the conditioning masks ``[B, 1, H, W]``, or a dict of named mask rows.
     """
     masks = cond if isinstance(cond, dict) else {"conditioning mask": cond}
-    shown = {name: colour_masks(m[:columns]) for name, m in masks.items()}
-    shown.update({name: v[:columns].detach().float().cpu().clamp(-1, 1) for name, v in rows.items()})
+    # every: all samples (`prefdiff sample --n 16`), else the first `columns` (the benchmark's figures)
+    count = max(len(v) for v in [*masks.values(), *rows.values()]) if every else columns
+    shown = {}
+    for start in range(0, count, columns):  # every sample: a block of rows per `columns` of them
+        part = slice(start, start + columns)
+        suffix = f" {start + 1}-{min(start + columns, count)}" if count > columns else ""
+        shown.update({name + suffix: colour_masks(m[part]) for name, m in masks.items()})
+        shown.update({name + suffix: v[part].detach().float().cpu().clamp(-1, 1) for name, v in rows.items()})
     save_labelled_rows(shown, png_path, columns=columns)

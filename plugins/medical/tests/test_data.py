@@ -170,3 +170,21 @@ def test_sample_and_edit_draw_the_conditioning_masks_above_the_slices(small_task
             pixels = np.asarray(figure.convert("RGB")).astype(int)
         # the samples are grey; only the masks' class colours make red differ from green
         assert (np.abs(pixels[..., 0] - pixels[..., 1]) > 100).any(), png
+
+
+def test_the_sample_and_edit_figures_show_every_sample_and_an_edits_two_masks(tmp_path, monkeypatch):
+    import prefdiff_medical.figures as figures
+
+    shown = []
+    monkeypatch.setattr(figures, "save_labelled_rows", lambda rows, path, columns: shown.append(
+        {name: len(v) for name, v in rows.items()}))
+    masks, images = torch.randint(0, 3, (10, 1, 8, 8)).float(), torch.rand(10, 1, 8, 8)
+    DecathlonSlices.draw(None, {"samples": images}, masks, tmp_path / "s.png")  # prefdiff sample --n 10
+    assert shown.pop() == {"conditioning mask 1-8": 8, "samples 1-8": 8, "conditioning mask 9-10": 2,
+                           "samples 9-10": 2}
+    # prefdiff edit --index 1 --cond-from 2: the input beside its own mask, the edit beside the target's
+    DecathlonSlices.draw(None, {"input": images[:1], "edited": images[1:2]}, masks[2:3], tmp_path / "e.png",
+                         input_cond=masks[1:2])
+    assert shown.pop() == {"mask": 1, "edited mask": 1, "input": 1, "edited": 1}
+    figures.render({"dpo": images}, masks, tmp_path / "b.png")  # the benchmark's figure keeps its 8
+    assert shown.pop() == {"conditioning mask": 8, "dpo": 8}
