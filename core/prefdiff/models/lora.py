@@ -182,7 +182,8 @@ def load_lora(denoiser: Denoiser, directory: str | Path) -> Denoiser:
         return load_diffusers_lora(denoiser, directory)
     if not (directory / LORA_CONFIG).is_file() and not (directory / LORA_WEIGHTS).is_file():
         # The usual slip: the run's folder, or its version_N, one or more levels above lora/.
-        found = sorted(str(p.parent) for p in directory.rglob(LORA_CONFIG))[:3]
+        # a run's lora/ is at most three levels down (lightning_logs/version_N/lora): no walk of a whole tree
+        found = sorted(str(p.parent) for depth in (1, 2, 3) for p in directory.glob("*/" * depth + LORA_CONFIG))[:3]
         where = f"; adapters below it: {', '.join(found)}" if found else ""
         raise UserError(f"{directory} holds no LoRA adapter ({LORA_CONFIG} and {LORA_WEIGHTS}, or diffusers' "
                         f"{DIFFUSERS_LORA}){where}; pass the `lora/` folder `prefdiff fit` printed at the end of "
