@@ -1,9 +1,11 @@
-"""`prefdiff bench driving --quick` end to end, and what `prefdiff plugins` shows."""
+"""`prefdiff bench driving --quick` end to end at test size, and what `prefdiff plugins` shows."""
 
 import json
+from dataclasses import replace
 
 from prefdiff.bench import run_benchmark
 from prefdiff.cli import main
+from prefdiff.plugins import get_manager
 
 
 def test_plugins_lists_what_driving_registers(capsys):
@@ -19,7 +21,17 @@ def test_plugins_lists_what_driving_registers(capsys):
     assert info["commands"] == ["make-data"]
 
 
-def test_quick_benchmark_end_to_end(tmp_path):
+def at_test_size(recipe):
+    """The quick recipe with 100 pretraining steps, not 200 (`make bench-quick` runs those), and 2
+    alignment steps: this test checks the contract, not the numbers. (At 40 steps, or mining 8
+    conditions, not one mined pair's samples scored apart.)"""
+    return replace(recipe, pretrain_steps=100, align_steps=2)
+
+
+def test_quick_benchmark_end_to_end(tmp_path, monkeypatch):
+    manager = get_manager()
+    quick_recipe = manager.benchmark
+    monkeypatch.setattr(manager, "benchmark", lambda name, quick=False: at_test_size(quick_recipe(name, quick=quick)))
     out = tmp_path / "out"
     (out).mkdir()
     (out / "results.json").write_text("{}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 #: What the tests train: a much smaller task, segmenters and base than the benchmark's.
-TINY_SETTINGS = {"reward_steps": 300, "judge_steps": 200, "model": (16, 32), "pretrain_steps": 300, "downstream_steps": 40}
+TINY_SETTINGS = {"reward_steps": 300, "judge_steps": 200, "model": (16, 32), "pretrain_steps": 60, "downstream_steps": 40}
 
 
 def _shrink(patch: pytest.MonkeyPatch) -> None:

@@ -1,16 +1,32 @@
-"""`prefdiff bench robotics --quick` end to end: data, base model, alignment, figures, editing."""
+"""`prefdiff bench robotics --quick` end to end at test size: data, base model, alignment, figures, editing."""
 
 import json
+from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
 
 from prefdiff.bench import run_benchmark
+from prefdiff.plugins import get_manager
 from prefdiff.testing import tiny_scheduler
+from prefdiff_robotics import recipe as recipes
 from prefdiff_robotics.editing import edit_around_new_obstacle, pin_start_goal, plan
 
 
-def test_quick_benchmark_writes_the_contract(tmp_path):
+def at_test_size(recipe):
+    """The quick recipe at a test's size: 100 demos, a half-width UNet pretrained 200 steps (the quick
+    recipe's 300 on 600 demos took 2 minutes of the suite; `make bench-quick` runs that). Narrower or
+    shorter, the base planned so poorly that the editing task found no plan to put an obstacle on."""
+    return replace(recipe, model={**recipe.model, "block_out_channels": (32, 64)}, pretrain_steps=200,
+                   pretrain_batch=32, align_steps=2, n_eval=16, mine_conditions=8,
+                   prepare=partial(recipes.prepare, demos=100, quick=True))
+
+
+def test_quick_benchmark_writes_the_contract(tmp_path, monkeypatch):
+    manager = get_manager()
+    quick_recipe = manager.benchmark
+    monkeypatch.setattr(manager, "benchmark", lambda name, quick=False: at_test_size(quick_recipe(name, quick=quick)))
     results = run_benchmark("robotics", quick=True, out=tmp_path / "out", cache=tmp_path / "cache")
     out = tmp_path / "out"
     on_disk = json.loads((out / "results.json").read_text())
