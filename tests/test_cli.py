@@ -194,6 +194,41 @@ def test_a_run_stopped_mid_epoch_and_resumed_matches_an_uninterrupted_run(tmp_pa
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("family", ["sft", "ddpo"])
+def test_checkpoint_every_n_steps_resumes_inside_the_epoch_to_the_uninterrupted_adapter(tmp_path, monkeypatch,
+                                                                                      family):
+    # 3 epochs of 2 steps, last.ckpt every 3 steps: step 3 is epoch 1's first batch. A crash at step 4
+    # would leave that file; resuming it must train epoch 1's second batch, then epoch 2, as one run does.
+    import shutil
+
+    import pytorch_lightning as pl
+
+    saved, at_step_3 = [], tmp_path / "at-step-3.ckpt"
+    save = pl.Trainer.save_checkpoint
+
+    def recording_save(trainer, filepath, *args, **kwargs):
+        save(trainer, filepath, *args, **kwargs)
+        saved.append((Path(filepath).name, trainer.global_step))
+        if trainer.global_step == 3:
+            shutil.copy(filepath, at_step_3)
+
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", recording_save)
+    config = _family_config(family, tmp_path)
+    assert fit_here(config, tmp_path / "straight", "--checkpoint_every", 3) == 0
+    assert [(name, step) for name, step in saved if name.startswith("last")] == [
+        ("last.ckpt", 2), ("last.ckpt", 3), ("last.ckpt", 4), ("last.ckpt", 6)], saved
+    assert ("epoch=2-step=6.ckpt", 6) in saved, saved  # the last epoch's own file too, as without the option
+    assert fit_here(config, tmp_path / "resumed", "--ckpt_path", at_step_3) == 0
+    expected, got = _adapter(tmp_path / "straight"), _adapter(tmp_path / "resumed")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+
+
+def test_checkpoint_every_must_be_a_positive_number_of_steps(tmp_path, capsys):
+    line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--checkpoint_every", "0"))
+    assert "--checkpoint_every must be a whole number of optimizer steps >= 1" in line and "got 0" in line
+
+
 def test_fit_keeps_a_checkpoint_of_every_finished_epoch(tmp_path, monkeypatch):
     import pytorch_lightning as pl
 

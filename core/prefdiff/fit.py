@@ -117,17 +117,20 @@ def fit(argv: list[str]) -> int:
 def _fit(argv: list[str], chatter: contextlib.ExitStack) -> int:
     from jsonargparse import ArgumentError
     from lightning_fabric.utilities.exceptions import MisconfigurationException
-    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.cli import LightningCLI
 
     from prefdiff.datamodule import PrefDataModule
     from prefdiff.quiet import lightning_chatter_to
+    from prefdiff.run_checkpoint import RunCheckpoint, set_checkpoint_every
     from prefdiff.trainers import AlignmentModule
 
     class PrefdiffCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_argument("--ckpt_path", type=str | None, default=None,
                                 help="checkpoint to resume from; 'last' finds the newest last.ckpt")
+            parser.add_argument("--checkpoint_every", type=int | None, default=None,
+                                help="also rewrite last.ckpt every N optimizer steps inside an epoch (default: "
+                                     "only at an epoch's end and when training stops)")
 
         def parse_arguments(self, parser: Any, args: Any) -> None:
             with warnings.catch_warnings():
@@ -161,9 +164,7 @@ def _fit(argv: list[str], chatter: contextlib.ExitStack) -> int:
     try:
         cli = PrefdiffCLI(
             AlignmentModule, PrefDataModule, subclass_mode_model=True, run=False, args=argv,
-            # Lightning 2.6 writes last.ckpt only beside a top-k save: top 1 keeps one per epoch end.
-            trainer_defaults={"use_distributed_sampler": False,
-                              "callbacks": [ModelCheckpoint(save_last=True, save_top_k=1)]},
+            trainer_defaults={"use_distributed_sampler": False, "callbacks": [RunCheckpoint()]},
             parser_kwargs={"exit_on_error": False, "description": "prefdiff fit"},
             save_config_kwargs={"overwrite": True})
     except ArgumentError as exc:
@@ -175,6 +176,7 @@ def _fit(argv: list[str], chatter: contextlib.ExitStack) -> int:
         if cause is None:
             raise
         raise cause from None
+    set_checkpoint_every(cli.trainer, cli.config.get("checkpoint_every"))
     ckpt = _resolve_checkpoint(cli.config.get("ckpt_path"), cli.trainer.default_root_dir,
                                *(getattr(logger, "save_dir", None) for logger in cli.trainer.loggers))
     if ckpt is not None:
