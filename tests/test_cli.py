@@ -925,3 +925,28 @@ def test_sample_runs_where_and_in_what_it_is_told(tmp_path, capsys):
         line = fit_user_error(capsys, *common, "--device", "cuda", "--out", tmp_path / "x")
         assert "--device cuda: this machine has no CUDA device torch can use; pass --device cpu" in line
     assert not (tmp_path / "x").exists()
+
+
+def test_sampling_an_empty_split_names_a_split_that_holds_the_prompts(tmp_path, capsys):
+    from prefdiff.testing import tiny_pipeline
+    from prefdiff.textdata.splits import hash_split
+
+    prompts = [f"a red circle number {i}" for i in range(40) if hash_split(f"a red circle number {i}") == "train"][:3]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    pipe = tiny_pipeline(tmp_path / "pipe")
+    capsys.readouterr()
+    line = fit_user_error(capsys, "sample", "--model", pipe, "--dataset", "prompts",
+                          "--dataset-option", f"path={tmp_path / 'prompts.txt'}", "--steps", "2",
+                          "--out", tmp_path / "s")
+    assert "dataset 'prompts' split 'test' is empty; its split 'train' holds 3 items: pass --split train" in line
+
+
+@pytest.mark.parametrize("text", ["a red circle\na blue square\n", '{"prompt": "a red circle", "seed": 3}\n'],
+                         ids=["txt", "jsonl"])
+def test_a_prompt_list_given_as_pairs_is_named_with_where_prompts_go(tmp_path, capsys, text):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(text)
+    line = fit_user_error(capsys, "fit", "--config", _family_config("dpo", tmp_path), "--data.pairs", prompts,
+                          "--trainer.default_root_dir", tmp_path / "run")
+    assert f"--data.pairs {prompts} is a prompt list, not preference pairs" in line
+    assert f"--data.dataset prompts --data.dataset_options '{{\"path\": \"{prompts}\"}}'" in line

@@ -90,6 +90,11 @@ class PrefDataModule(pl.LightningDataModule):
             if self.pairs_options:
                 raise UserError(f"--data.pairs_options applies to a folder of Pick-a-Pic parquet shards; "
                                 f"{self.pairs} is a pair file, so drop the options")
+            if _is_a_prompt_list(Path(self.pairs)):
+                raise UserError(f"--data.pairs {self.pairs} is a prompt list, not preference pairs (JSONL lines "
+                                f"with a, b and winner); for prompts pass --data.dataset prompts "
+                                f"--data.dataset_options '{{\"path\": \"{self.pairs}\"}}' to a method that "
+                                f"samples (ddpo, grpo, draft, ...)")
             return PairDataset(self.pairs)
         options = {"split": "train", **self.pairs_options}
         try:
@@ -116,3 +121,20 @@ class PrefDataModule(pl.LightningDataModule):
             return []
         return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=collate,
                           num_workers=self.num_workers)
+
+
+def _is_a_prompt_list(path: Path) -> bool:
+    """Whether the file's first line is a prompt (plain text, or a JSON record with a prompt but no pair)."""
+    import json
+
+    from prefdiff.textdata.splits import TEXT_KEYS
+
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = next((line.strip() for line in f if line.strip()), "")
+    if not first:
+        return False
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return not first.startswith(("{", "["))  # a torn or broken record is the pair reader's to name
+    return isinstance(record, dict) and not {"a", "b"} & set(record) and any(k in record for k in TEXT_KEYS)

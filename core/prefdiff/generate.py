@@ -80,11 +80,28 @@ def _dataset(args: argparse.Namespace):
 
     if not args.dataset:
         raise UserError("give --dataset (a registered dataset giving the conditions) or --prompt")
-    dataset = get_manager().dataset(args.dataset, split=args.split,
-                                    **parse_options(args.dataset_option, "--dataset-option"))
+    options = parse_options(args.dataset_option, "--dataset-option")
+    dataset = get_manager().dataset(args.dataset, split=args.split, **options)
     if len(dataset) == 0:
-        raise UserError(f"dataset '{args.dataset}' split '{args.split}' is empty")
+        raise UserError(f"dataset '{args.dataset}' split '{args.split}' is empty{_other_splits(args, options)}")
     return dataset
+
+
+def _other_splits(args: argparse.Namespace, options: dict[str, Any]) -> str:
+    """"; its split 'train' holds 12 items: pass --split train", for the first other split that has items
+    (a prompt file of a few lines may hash none of them into the 5% test split)."""
+    from prefdiff.plugins import get_manager
+
+    for split in ("train", "val", "test"):
+        if split == args.split:
+            continue
+        try:
+            n = len(get_manager().dataset(args.dataset, split=split, **options))
+        except (UserError, TypeError, ValueError):
+            continue
+        if n:
+            return f"; its split '{split}' holds {n} items: pass --split {split}"
+    return ""
 
 
 def _fits(denoiser, cond: Any, args: argparse.Namespace) -> None:
