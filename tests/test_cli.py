@@ -950,3 +950,12 @@ def test_a_prompt_list_given_as_pairs_is_named_with_where_prompts_go(tmp_path, c
                           "--trainer.default_root_dir", tmp_path / "run")
     assert f"--data.pairs {prompts} is a prompt list, not preference pairs" in line
     assert f"--data.dataset prompts --data.dataset_options '{{\"path\": \"{prompts}\"}}'" in line
+
+
+def test_a_mistyped_trainer_class_path_is_one_short_line_with_the_trainers(tmp_path, capsys):
+    line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--model.class_path", "prefdiff.trainers.PairModul"))
+    assert "--model.class_path prefdiff.trainers.PairModul is not a trainer" in line
+    assert "prefdiff.trainers.PolicyGradientModule" in line and line.endswith("did you mean prefdiff.trainers.PairModule?")
+    assert "Union subtypes" not in line and "NestedArg" not in line
+    line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--model.class_path", "prefdiff.rewards.Reward"))
+    assert "prefdiff.rewards.Reward is not a trainer (does not correspond to a subclass of AlignmentModule)" in line

@@ -94,6 +94,26 @@ def _check_checkpoint(path: str, model) -> None:
                         f"'{example}'); resume with the config that wrote it")
 
 
+def _class_path_error(message: str) -> UserError | None:
+    """One line for a mistyped ``model.class_path`` (jsonargparse's names every Union subtype it tried)."""
+    import difflib
+    import re
+
+    import prefdiff.trainers as trainers
+
+    found = (re.search(r"Problem with given class_path '([^']*)': (.*?) - Expected a", message)
+             or re.search(r"Import path (\S+) (does not correspond to a subclass of AlignmentModule)", message))
+    if found is None:
+        return None
+    given, why = found.groups()
+    names = [n for n in trainers.__all__ if n.endswith("Module") and n != "AlignmentModule"]
+    close = difflib.get_close_matches(given.rsplit(".", 1)[-1], names, n=1)
+    hint = f"; did you mean prefdiff.trainers.{close[0]}?" if close else ""
+    return UserError(f"--model.class_path {given} is not a trainer ({why}); prefdiff's are "
+                     f"{', '.join(f'prefdiff.trainers.{n}' for n in names)}, or a subclass of "
+                     f"prefdiff.trainers.AlignmentModule of yours{hint}")
+
+
 def _user_error_in_chain(exc: BaseException) -> UserError | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -169,7 +189,7 @@ def _fit(argv: list[str], chatter: contextlib.ExitStack) -> int:
             save_config_kwargs={"overwrite": True})
     except ArgumentError as exc:
         message = " ".join(str(exc).split())
-        raise UserError(f"bad fit arguments or config: {message}") from None
+        raise (_class_path_error(message) or UserError(f"bad fit arguments or config: {message}")) from None
     except Exception as exc:
         # jsonargparse wraps errors raised while instantiating; surface a user's own mistake.
         cause = _user_error_in_chain(exc)
