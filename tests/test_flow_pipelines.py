@@ -247,6 +247,18 @@ def test_saved_pipelines_load_and_sample_the_same(sd3_no_t5, flux, tmp_path):
         torch.testing.assert_close(ours(saved, latents, 1.0), ours(folder, latents, 1.0, denoiser))
 
 
+def test_an_sd3_folder_without_t5_says_so_when_loaded(sd3_no_t5, sd3, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="prefdiff.models"):
+        load_model(sd3)
+        assert "T5" not in caplog.text
+        denoiser = load_model(sd3_no_t5)
+    assert "text_encoder_3 is null in its model_index.json: prompts are encoded by the two CLIP encoders alone" \
+        in caplog.text
+    assert len(denoiser.conditioner.text_encoders) == 2
+
+
 def test_lora_goes_on_both_streams_attention(sd3, flux):
     ends = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
     for folder in (sd3, flux):
@@ -416,6 +428,12 @@ def test_bad_folders_get_one_clear_error(sd3, tmp_path):
     shutil.rmtree(no_t5 / "text_encoder_3")
     with pytest.raises(UserError, match=r"has no text_encoder_3/ but its model_index.json lists one"):
         load_model(no_t5)
+    half_t5 = copy_of("half-t5")  # T5's encoder listed, its tokenizer not: not silently T5-less
+    index = json.loads((half_t5 / "model_index.json").read_text())
+    (half_t5 / "model_index.json").write_text(json.dumps({**index, "tokenizer_3": [None, None]}))
+    with pytest.raises(UserError, match=r"model_index.json lists text_encoder_3 but not tokenizer_3; they go "
+                                        r"together: list both .*or set both to \[null, null\]"):
+        load_model(half_t5)
     swapped = copy_of("flux-transformer")
     (swapped / "transformer" / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel"}))
     with pytest.raises(UserError, match=r"is a StableDiffusion3Pipeline but its transformer/ holds a "

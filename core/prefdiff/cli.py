@@ -298,7 +298,9 @@ def _dispatch(argv: list[str]) -> int:
         return commands.label(args) if command == "label" else commands.reward_model(args[args.action])
     if command in ("sample", "edit"):
         from prefdiff.generate import edit, sample_to_folder
+        from prefdiff.quiet import show_progress_lines
 
+        show_progress_lines()  # what loading the model says: a variant's weights read, SD3 without T5
         return (sample_to_folder if command == "sample" else edit)(args)
     from prefdiff.commands import call_function_command
     from prefdiff.quiet import show_progress_lines

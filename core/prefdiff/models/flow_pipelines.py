@@ -22,6 +22,7 @@ pipeline's own schedule at the folder's resolution.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,11 @@ import torch
 from prefdiff.errors import UserError
 from prefdiff.models.codec import VaeCodec
 from prefdiff.models.denoiser import Denoiser
-from prefdiff.models.pipelines import FLOW_LAYOUTS, has_part, loading, pipeline_layout, quiet_hub, read_options
+from prefdiff.models.pipelines import (FLOW_LAYOUTS, INDEX, has_part, loading, pipeline_layout, quiet_hub,
+                                      read_options)
 from prefdiff.models.presets import ModelPreset
+
+log = logging.getLogger("prefdiff.models")
 
 SD3, FLUX = "StableDiffusion3Pipeline", "FluxPipeline"
 #: T5 tokens per prompt: the ``max_sequence_length`` default of each pipeline's ``__call__``.
@@ -70,7 +74,11 @@ def load_flow_pipeline(path: str | Path, *, negative_prompt: str = "", dtype: to
         if sd3:
             tokenizers.append(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True))
             encoders.append(clip.from_pretrained(path, **options("text_encoder_2")))
-        if not sd3 or has_part(path, "text_encoder_3"):
+        if sd3 and not has_part(path, "text_encoder_3"):
+            log.info("%s: text_encoder_3 is null in its %s: prompts are encoded by the two CLIP encoders "
+                     "alone, T5's part of the embedding zeros (as diffusers' StableDiffusion3Pipeline does)",
+                     path, INDEX)
+        else:
             tokenizers.append(T5TokenizerFast.from_pretrained(path, subfolder=f"tokenizer_{t5}", local_files_only=True))
             encoders.append(T5EncoderModel.from_pretrained(path, **options(f"text_encoder_{t5}")))
     length = MAX_SEQUENCE_LENGTH[layout]

@@ -95,6 +95,13 @@ def pipeline_layout(path: str | Path) -> str:
         if index.get(part) not in (None, [None, None]) and not (path / part).is_dir():
             raise UserError(f"pipeline folder {path} has no {part}/ but its {INDEX} lists one; copy the whole "
                             f"pipeline, or set \"{part}\": [null, null] in {INDEX} to load it without")
+    optional = OPTIONAL.get(name, ())
+    present = [part for part in optional if index.get(part) not in (None, [None, None])]
+    if present and len(present) < len(optional):  # an encoder without its tokenizer, or the reverse
+        absent = [part for part in optional if part not in present]
+        raise UserError(f"pipeline folder {path}: its {INDEX} lists {', '.join(present)} but not "
+                        f"{', '.join(absent)}; they go together: list both (copy the whole pipeline), or set "
+                        f"both to [null, null] to load it without them")
     for part in (*LAYOUTS[name], *OPTIONAL.get(name, ())):
         if part.startswith("tokenizer") and has_part(path, part) and not has_tokenizer_files(path / part):
             raise UserError(f"pipeline folder {path}: its {part}/ holds no tokenizer files ({TOKENIZER_FILES}); "
