@@ -61,6 +61,17 @@ def test_tiny_benchmark_writes_the_contract(tmp_path):
     assert (f"| tiny | `jpeg_incompressibility` | {on_disk['real']['reward_mean']:.4f} | "
             f"{on_disk['base']['reward_mean']:.4f} | {best} | {methods[best]['reward_mean']:.4f} |") in page
     assert (tmp_path / "docs/figures/tiny-samples.png").is_file()
+    _the_guides_commands_sample_each_adapter(tmp_path / "out")
+
+
+def _the_guides_commands_sample_each_adapter(out):
+    """Each method's adapter is kept, and adapters/README.md's command samples it (and, without --lora, the base)."""
+    from prefdiff.testing import sample_by_the_adapter_guide
+
+    assert sorted(p.name for p in (out / "adapters").iterdir() if p.is_dir()) == ["ddpo", "dpo", "draft"]
+    aligned = sample_by_the_adapter_guide(out, "dpo")
+    before = sample_by_the_adapter_guide(out, "dpo", lora=False)
+    assert aligned.shape == before.shape and not torch.equal(aligned, before)
 
 
 def test_several_samples_per_held_out_condition(tmp_path):

@@ -328,6 +328,8 @@ def _bench(args) -> int:
     print(f"samples: {out / 'samples.png'}")
     if "edit" in results and (out / "edit.png").exists():  # the fields that edit draw their edits there
         print(f"edits: {out / 'edit.png'}")
+    if (out / "adapters" / "README.md").exists():
+        print(f"aligned adapters: {out / 'adapters'} (how to sample them: {out / 'adapters' / 'README.md'})")
     print(f"log (with Lightning's lines): {out / 'bench.log'}")
     return 0
 

@@ -398,13 +398,11 @@ def _check_data_fits(cli) -> None:
 
 def _export(cli, root: Path) -> None:
     """Write the trained model where users and `prefdiff sample` expect it."""
-    from prefdiff.models import has_lora, save_lora, save_lora_for_pipeline, save_model
+    from prefdiff.models import export_lora, has_lora, save_model
 
     denoiser = cli.model.denoiser
     if has_lora(denoiser):
-        save_lora(denoiser, root / "lora")
-        if denoiser.preset.conditioning == "text":  # also as diffusers' load_lora_weights reads it
-            save_lora_for_pipeline(denoiser, root / "lora")
+        export_lora(denoiser, root / "lora")
         print(f"LoRA adapter: {root / 'lora'}")
     else:
         save_model(denoiser, root / "model", cli.model.noise_scheduler)  # with scheduler/, in one step

@@ -148,6 +148,32 @@ def drawn_figures(recipe, dataset_options: dict[str, Any], folder, *, split: str
 # ------------------------------------------------------------ pipelines ----
 
 
+def sample_by_the_adapter_guide(out, method: str, *, lora: bool = True) -> torch.Tensor:
+    """Run the `prefdiff sample` command that a benchmark's ``OUT/adapters/README.md`` gives for
+    ``method`` (without its ``--lora``: the base) into a folder beside ``out``; returns the samples."""
+    import shlex
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from prefdiff.cli import main
+
+    out = Path(out)
+    guide = (out / "adapters" / "README.md").read_text().replace("\\\n", "")
+    adapter = f"--lora {out.resolve() / 'adapters' / method} "
+    line = next((ln.strip() for ln in guide.splitlines() if ln.strip().startswith("prefdiff sample")
+                 and adapter in ln + " "), None)
+    assert line is not None, f"{out / 'adapters' / 'README.md'} has no command for {method}:\n{guide}"
+    args = shlex.split(line)[1:]
+    if not lora:
+        at = args.index("--lora")
+        del args[at:at + 2]
+    folder = out.parent / f"{out.name}-{method if lora else 'base'}-samples"
+    args[args.index("--out") + 1] = str(folder)
+    assert main(args) == 0, f"prefdiff {' '.join(args)} failed"
+    return load_file(str(folder / "samples.safetensors"))["samples"]
+
+
 def char_tokenizer(max_length: int = 32):
     """A CLIP tokenizer whose vocabulary is single characters (no merges): a real ``CLIPTokenizer``
     built with no download, for pipelines made from configs."""

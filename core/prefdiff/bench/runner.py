@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 
+from prefdiff.bench.adapters import save_adapter, write_guide
 from prefdiff.bench.curves import judge_curve
 from prefdiff.bench.memory import PeakRSS
 from prefdiff.bench.publish import publish, staging_folder
@@ -285,6 +286,7 @@ class Benchmark:
             log.info(f"aligning with {method} ({r.methods.get(method, {}).get('steps', r.align_steps)} steps)")
             module, wall, peak, curve = self.align(method, base_dir, mined, curve=(curve_score, curve_base))
             aligned = module.denoiser
+            save_adapter(aligned, out, method)
             samples = self.generate(aligned, scheduler, cond, noise)
             scores, info = self.score(self.judge, samples, cond)
             diff = (scores - base_scores).view(n, k).mean(1)
@@ -461,6 +463,7 @@ def run_benchmark(domain: str, *, methods: list[str] | None = None, quick: bool 
         with lightning_chatter_to(tmp / "bench.log"):
             bench = Benchmark(recipe, seed=seed, quick=quick, cache=cache, reward=reward, judge=judge)
             results = bench.run(methods or list(bench.recipe.default_methods), tmp)
+            write_guide(tmp, out, bench.cache / "base", bench.recipe)
             if ship_base:
                 bench.ship_base()
     except BaseException:

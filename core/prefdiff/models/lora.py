@@ -296,3 +296,13 @@ def save_lora_for_pipeline(denoiser: Denoiser, directory: str | Path) -> Path:
             atomic_write_bytes(directory / written.name, written.read_bytes())
     return directory
 
+
+def export_lora(denoiser: Denoiser, directory: str | Path) -> Path:
+    """The adapter as `prefdiff fit` and `prefdiff bench` leave it: prefdiff's files (:func:`save_lora`,
+    which `prefdiff sample --lora` reads) and, for a text-conditioned pipeline, diffusers' beside them
+    (:func:`save_lora_for_pipeline`, which ``pipeline.load_lora_weights`` reads)."""
+    save_lora(denoiser, directory)
+    if denoiser.preset.conditioning == "text":
+        save_lora_for_pipeline(denoiser, directory)
+    return Path(directory)
+

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from prefdiff.bench import run_benchmark
 from prefdiff.cli import main
 
@@ -42,3 +44,9 @@ def test_quick_benchmark_end_to_end(prepared, bench_cache, tmp_path):
     for name in ("samples.png", "edit.png", "report.md", "mined/pairs.jsonl"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert (tmp_path / "out/bench.log").stat().st_size > 0
+    # make demo's aligned models are kept, and its guide's command samples them on the held-out masks.
+    from prefdiff.testing import sample_by_the_adapter_guide
+
+    aligned = sample_by_the_adapter_guide(tmp_path / "out", "dpo")
+    assert aligned.shape[0] == 8 and not torch.equal(aligned, sample_by_the_adapter_guide(tmp_path / "out", "dpo",
+                                                                                          lora=False))

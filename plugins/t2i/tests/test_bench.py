@@ -74,6 +74,12 @@ def test_the_benchmark_runs_end_to_end(tiny_field, tmp_path):
     assert "real held-out images it scores" in report and "colour drift" in report
     for name in ("samples.png", "report.md", "mined/pairs.jsonl", "bench.log"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    # The aligned adapters are kept, in diffusers' format too, and the guide's command samples them.
+    from prefdiff.testing import sample_by_the_adapter_guide
+
+    assert (tmp_path / "out/adapters/dpo/pytorch_lora_weights.safetensors").is_file()
+    assert not torch.equal(sample_by_the_adapter_guide(tmp_path / "out", "dpo"),
+                           sample_by_the_adapter_guide(tmp_path / "out", "dpo", lora=False))
     # The prepared pieces are cached: a second prepare trains nothing and returns the same paths.
     data_dir = tmp_path / "cache/bench/t2i-data"
     stamps = {p: p.stat().st_mtime for p in data_dir.rglob("*.safetensors")}

@@ -1,0 +1,54 @@
+"""The aligned models a benchmark run leaves in its output folder, and how to sample them."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+#: The output folder's subfolder holding one LoRA adapter per method.
+ADAPTERS = "adapters"
+
+
+def save_adapter(denoiser, out: Path, method: str) -> None:
+    """Write ``method``'s aligned model as ``out/adapters/METHOD``, the LoRA adapter `prefdiff fit` writes."""
+    from prefdiff.models import export_lora, has_lora
+
+    if has_lora(denoiser):
+        export_lora(denoiser, Path(out) / ADAPTERS / method)
+
+
+def write_guide(staged: Path, out: Path, base: Path, recipe) -> Path | None:
+    """Write ``adapters/README.md`` into the staged output folder (published as ``out``): the base model's
+    folder and the `prefdiff sample` command that draws each adapter's held-out samples."""
+    folder = Path(staged) / ADAPTERS
+    methods = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not methods:
+        return None
+    out, base = Path(out).resolve(), Path(base).resolve()  # the commands work from any folder
+    options = "".join(f" --dataset-option {shlex.quote(f'{key}={_yaml(value)}')}"
+                      for key, value in recipe.dataset_options.items())
+    lines = [f"# The aligned models of `prefdiff bench {recipe.domain}`", "",
+             f"One LoRA adapter per method ({', '.join(methods)}), on the base model at",
+             f"`{base}` (prefdiff's benchmark cache; a field that ships its base copies it there).",
+             "Sample one on the held-out conditions, as the benchmark did:", ""]
+    for method in methods:
+        lines += [f"    prefdiff sample --model {shlex.quote(str(base))} "
+                  f"--lora {shlex.quote(str(Path(out) / ADAPTERS / method))} \\",
+                  f"        --dataset {recipe.dataset}{options} --steps {recipe.num_steps} --n 8 "
+                  f"--out runs/{recipe.domain}-{method}-samples", ""]
+    lines += ["Without `--lora` the same command samples the base. The adapters are peft's format "
+              "(`adapter_model.safetensors`, `adapter_config.json`); `prefdiff.models.load_lora` reads them too."]
+    guide = folder / "README.md"
+    guide.write_text("\n".join(lines) + "\n")
+    return guide
+
+
+def _yaml(value: Any) -> str:
+    """A dataset option's value as `--dataset-option KEY=VALUE` reads it back (YAML; JSON is YAML)."""
+    import yaml
+
+    if isinstance(value, str) and yaml.safe_load(value) == value:
+        return value  # a path stays readable
+    return json.dumps(value)
