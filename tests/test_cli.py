@@ -194,9 +194,9 @@ def test_a_run_stopped_mid_epoch_and_resumed_matches_an_uninterrupted_run(tmp_pa
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family", ["sft", "ddpo"])
+@pytest.mark.parametrize("family, workers", [("sft", 0), ("ddpo", 0), ("sft", 1)])
 def test_checkpoint_every_n_steps_resumes_inside_the_epoch_to_the_uninterrupted_adapter(tmp_path, monkeypatch,
-                                                                                      family):
+                                                                                      family, workers):
     # 3 epochs of 2 steps, last.ckpt every 3 steps: step 3 is epoch 1's first batch. A crash at step 4
     # would leave that file; resuming it must train epoch 1's second batch, then epoch 2, as one run does.
     import shutil
@@ -214,11 +214,13 @@ def test_checkpoint_every_n_steps_resumes_inside_the_epoch_to_the_uninterrupted_
 
     monkeypatch.setattr(pl.Trainer, "save_checkpoint", recording_save)
     config = _family_config(family, tmp_path)
-    assert fit_here(config, tmp_path / "straight", "--checkpoint_every", 3) == 0
+    # A loader with a worker process draws its indices before Lightning sets the epoch or counts the batch.
+    loader = ("--data.num_workers", workers)
+    assert fit_here(config, tmp_path / "straight", "--checkpoint_every", 3, *loader) == 0
     assert [(name, step) for name, step in saved if name.startswith("last")] == [
         ("last.ckpt", 2), ("last.ckpt", 3), ("last.ckpt", 4), ("last.ckpt", 6)], saved
     assert ("epoch=2-step=6.ckpt", 6) in saved, saved  # the last epoch's own file too, as without the option
-    assert fit_here(config, tmp_path / "resumed", "--ckpt_path", at_step_3) == 0
+    assert fit_here(config, tmp_path / "resumed", "--ckpt_path", at_step_3, *loader) == 0
     expected, got = _adapter(tmp_path / "straight"), _adapter(tmp_path / "resumed")
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
@@ -941,6 +943,18 @@ def test_sampling_an_empty_split_names_a_split_that_holds_the_prompts(tmp_path, 
     assert "dataset 'prompts' split 'test' is empty; its split 'train' holds 3 items: pass --split train" in line
 
 
+def test_a_pair_file_with_a_byte_order_mark_or_a_binary_file_is_not_taken_for_a_prompt_list(tmp_path):
+    from prefdiff.datamodule import _is_a_prompt_list
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "a red circle", "a": "a.png", "b": "b.png", "winner": "a"}\n')
+    shard = tmp_path / "train-0000.parquet"
+    shard.write_bytes(b"PAR1\x15\x04\x00\x00" * 8)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"\xef\xbb\xbfa red circle\n")
+    assert not _is_a_prompt_list(pairs) and not _is_a_prompt_list(shard) and _is_a_prompt_list(prompts)
+
+
 @pytest.mark.parametrize("text", ["a red circle\na blue square\n", '{"prompt": "a red circle", "seed": 3}\n'],
                          ids=["txt", "jsonl"])
 def test_a_prompt_list_given_as_pairs_is_named_with_where_prompts_go(tmp_path, capsys, text):
@@ -959,3 +973,27 @@ def test_a_mistyped_trainer_class_path_is_one_short_line_with_the_trainers(tmp_p
     assert "Union subtypes" not in line and "NestedArg" not in line
     line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--model.class_path", "prefdiff.rewards.Reward"))
     assert "prefdiff.rewards.Reward is not a trainer (does not correspond to a subclass of AlignmentModule)" in line
+    # a bad option of a good trainer is worded alike by jsonargparse: it is not called a wrong class_path
+    line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--model.init_args.lr", "abc"))
+    assert "is not a trainer" not in line and "lr" in line
+
+
+def test_checkpoint_every_on_an_epochs_last_step_saves_once_and_keeps_lightnings_state_key(tmp_path, monkeypatch):
+    # Every 2 steps on epochs of 2 steps: each crossing is an epoch's last batch, which the epoch's end
+    # saves; no extra save on the next epoch's first step. The callback's state keeps ModelCheckpoint's
+    # key, so a checkpoint written before RunCheckpoint existed restores it.
+    import pytorch_lightning as pl
+
+    from prefdiff.run_checkpoint import RunCheckpoint
+
+    saved = []
+    save = pl.Trainer.save_checkpoint
+
+    def recording_save(trainer, filepath, *args, **kwargs):
+        save(trainer, filepath, *args, **kwargs)
+        saved.append((Path(filepath).name, trainer.global_step))
+
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", recording_save)
+    assert fit_here(_family_config("sft", tmp_path), tmp_path / "run", "--checkpoint_every", 2) == 0
+    assert [s for s in saved if s[0] == "last.ckpt"] == [("last.ckpt", 2), ("last.ckpt", 4), ("last.ckpt", 6)], saved
+    assert RunCheckpoint().state_key.startswith("ModelCheckpoint{")

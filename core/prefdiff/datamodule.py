@@ -107,9 +107,13 @@ class PrefDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        done = None if trainer is None else lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        # Asked when an epoch's iteration starts. Lightning counts a batch as processed before a checkpoint
+        # written at its end, and as completed only after: on a resume from such a checkpoint a loader with
+        # worker processes draws before Lightning adds that batch to the completed count.
+        done = None if trainer is None else lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch = None if trainer is None else lambda: trainer.current_epoch
         sampler = EpochSampler(len(self.train_set), self.seed, rank, world, batch_size=self.batch_size,
-                               batches_done=done)
+                               batches_done=done, current_epoch=epoch)
         if len(sampler) < self.batch_size:
             raise UserError(f"the training data has {len(self.train_set)} items, fewer than one batch of "
                             f"{self.batch_size} per process; lower --data.batch_size")
@@ -129,8 +133,17 @@ def _is_a_prompt_list(path: Path) -> bool:
 
     from prefdiff.textdata.splits import TEXT_KEYS
 
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = next((line.strip() for line in f if line.strip()), "")
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)  # a first line longer than 64 KB is no prompt
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
+    if b"\0" in head:
+        return False  # a binary file (a parquet shard, weights) is the pair reader's to name
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     if not first:
         return False
     try:

@@ -106,12 +106,27 @@ def _class_path_error(message: str) -> UserError | None:
     if found is None:
         return None
     given, why = found.groups()
+    if _is_a_trainer(given):
+        return None  # jsonargparse words a bad init_args value of a good class the same way
     names = [n for n in trainers.__all__ if n.endswith("Module") and n != "AlignmentModule"]
     close = difflib.get_close_matches(given.rsplit(".", 1)[-1], names, n=1)
     hint = f"; did you mean prefdiff.trainers.{close[0]}?" if close else ""
     return UserError(f"--model.class_path {given} is not a trainer ({why}); prefdiff's are "
                      f"{', '.join(f'prefdiff.trainers.{n}' for n in names)}, or a subclass of "
                      f"prefdiff.trainers.AlignmentModule of yours{hint}")
+
+
+def _is_a_trainer(class_path: str) -> bool:
+    import importlib
+
+    from prefdiff.trainers import AlignmentModule
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(found, type) and issubclass(found, AlignmentModule)
 
 
 def _user_error_in_chain(exc: BaseException) -> UserError | None:

@@ -26,6 +26,11 @@ class RunCheckpoint(ModelCheckpoint):
         self.every_n_steps = every_n_steps
         self._step_at_save = 0
 
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key: a checkpoint written before this class existed restores its state.
+        return super().state_key.replace(type(self).__name__, ModelCheckpoint.__name__, 1)
+
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self._step_at_save = trainer.global_step  # a resumed run counts from where it resumed
@@ -35,9 +40,9 @@ class RunCheckpoint(ModelCheckpoint):
         n, step = self.every_n_steps, trainer.global_step
         if not n or step // n == self._step_at_save // n or self._should_skip_saving_checkpoint(trainer):
             return
+        self._step_at_save = step
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return  # the epoch's end saves it, with the epoch's own file beside it
-        self._step_at_save = step
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 

@@ -27,7 +27,7 @@ def write_guide(staged: Path, out: Path, base: Path, recipe) -> Path | None:
     if not methods:
         return None
     out, base = Path(out).resolve(), Path(base).resolve()  # the commands work from any folder
-    options = "".join(f" --dataset-option {shlex.quote(f'{key}={_yaml(value)}')}"
+    options = "".join(f" --dataset-option {shlex.quote(f'{key}={_yaml(_absolute(value))}')}"
                       for key, value in recipe.dataset_options.items())
     lines = [f"# The aligned models of `prefdiff bench {recipe.domain}`", "",
              f"One LoRA adapter per method ({', '.join(methods)}), on the base model at",
@@ -43,6 +43,13 @@ def write_guide(staged: Path, out: Path, base: Path, recipe) -> Path | None:
     guide = folder / "README.md"
     guide.write_text("\n".join(lines) + "\n")
     return guide
+
+
+def _absolute(value: Any) -> Any:
+    """A dataset option naming an existing file or folder (a relative --cache's data root), made absolute."""
+    if isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
 
 
 def _yaml(value: Any) -> str:

@@ -22,22 +22,28 @@ class EpochSampler(Sampler[int]):
     ``batches_done``, asked when an epoch's iteration starts, says how many of its batches
     were already trained (a run resumed from a checkpoint inside the epoch: Lightning's own
     count); the shuffle then continues after them instead of starting the epoch again.
+    ``current_epoch``, asked then too, replaces the epoch ``set_epoch`` gave: a loader with
+    worker processes draws its indices when Lightning creates its iterator, which on a resume
+    comes before ``set_epoch``.
     """
 
     def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 batch_size: int | None = None, batches_done: Callable[[], int] | None = None) -> None:
+                 batch_size: int | None = None, batches_done: Callable[[], int] | None = None,
+                 current_epoch: Callable[[], int] | None = None) -> None:
         if size == 0:
             raise UserError("the dataset is empty; check its root folder and split")
         self.size, self.seed, self.rank, self.world = size, seed, rank, world_size
         self.batch = batch_size or max(1, size // world_size)
         self.epoch = 0
         self.batches_done = batches_done
+        self.current_epoch = current_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        epoch = self.current_epoch() if self.current_epoch is not None else self.epoch
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(self.size, generator=g).tolist()
         step = self.batch * self.world
         mine = [i for start in range(0, len(order) - step + 1, step)
