@@ -328,8 +328,10 @@ def _bench(args) -> int:
     print(f"samples: {out / 'samples.png'}")
     if "edit" in results and (out / "edit.png").exists():  # the fields that edit draw their edits there
         print(f"edits: {out / 'edit.png'}")
-    if (out / "adapters" / "README.md").exists():
-        print(f"aligned adapters: {out / 'adapters'} (how to sample them: {out / 'adapters' / 'README.md'})")
+    from prefdiff.bench.adapters import ADAPTERS
+
+    if (out / ADAPTERS / "README.md").exists():
+        print(f"aligned adapters: {out / ADAPTERS} (how to sample them: {out / ADAPTERS / 'README.md'})")
     print(f"log (with Lightning's lines): {out / 'bench.log'}")
     return 0
 

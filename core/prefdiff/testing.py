@@ -145,9 +145,6 @@ def drawn_figures(recipe, dataset_options: dict[str, Any], folder, *, split: str
     return folder / "sample" / "samples.png", folder / "edit" / "edit.png"
 
 
-# ------------------------------------------------------------ pipelines ----
-
-
 def sample_by_the_adapter_guide(out, method: str, *, lora: bool = True) -> torch.Tensor:
     """Run the `prefdiff sample` command that a benchmark's ``OUT/adapters/README.md`` gives for
     ``method`` (without its ``--lora``: the base) into a folder beside ``out``; returns the samples."""
@@ -172,6 +169,9 @@ def sample_by_the_adapter_guide(out, method: str, *, lora: bool = True) -> torch
     args[args.index("--out") + 1] = str(folder)
     assert main(args) == 0, f"prefdiff {' '.join(args)} failed"
     return load_file(str(folder / "samples.safetensors"))["samples"]
+
+
+# ------------------------------------------------------------ pipelines ----
 
 
 def char_tokenizer(max_length: int = 32):

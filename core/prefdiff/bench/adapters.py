@@ -35,7 +35,7 @@ def write_guide(staged: Path, out: Path, base: Path, recipe) -> Path | None:
              "Sample one on the held-out conditions, as the benchmark did:", ""]
     for method in methods:
         lines += [f"    prefdiff sample --model {shlex.quote(str(base))} "
-                  f"--lora {shlex.quote(str(Path(out) / ADAPTERS / method))} \\",
+                  f"--lora {shlex.quote(str(out / ADAPTERS / method))} \\",
                   f"        --dataset {recipe.dataset}{options} --steps {recipe.num_steps} --n 8 "
                   f"--out runs/{recipe.domain}-{method}-samples", ""]
     lines += ["Without `--lora` the same command samples the base. The adapters are peft's format "

@@ -305,4 +305,3 @@ def export_lora(denoiser: Denoiser, directory: str | Path) -> Path:
     if denoiser.preset.conditioning == "text":
         save_lora_for_pipeline(denoiser, directory)
     return Path(directory)
-
