@@ -229,6 +229,10 @@ def test_checkpoint_every_n_steps_resumes_inside_the_epoch_to_the_uninterrupted_
 def test_checkpoint_every_must_be_a_positive_number_of_steps(tmp_path, capsys):
     line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--checkpoint_every", "0"))
     assert "--checkpoint_every must be a whole number of optimizer steps >= 1" in line and "got 0" in line
+    # It is refused before anything loads: a base that is not there is not reached.
+    line = fit_user_error(capsys, *_tiny_fit_args(tmp_path, "--checkpoint_every", "-2",
+                                                  "--model.init_args.base", tmp_path / "no-such-base"))
+    assert "--checkpoint_every" in line and "got -2" in line
 
 
 def test_fit_keeps_a_checkpoint_of_every_finished_epoch(tmp_path, monkeypatch):

@@ -266,10 +266,10 @@ def test_decoded_samples_are_the_diffusers_pipeline_images(which, request):
                                    atol=1e-5, rtol=1e-4)
 
 
-def test_sdedit_of_latents_equals_the_diffusers_img2img_pipeline(sd):
+@pytest.mark.parametrize("strength", [0.5, 0.7])
+def test_sdedit_of_latents_equals_the_diffusers_img2img_pipeline(sd, strength):
     """Latent SDEdit against StableDiffusionImg2ImgPipeline handed the same latents (its `image` may be latents)
-    and the same noise: the same start step, noising and DDIM steps (at a strength where prefdiff's rounding
-    and the pipeline's truncation agree: 0.5 of 4 steps)."""
+    and the same noise: the same start step, noising and DDIM steps (0.7 of 4 steps runs 2, not 3)."""
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
     from prefdiff.sampling import sdedit
@@ -280,10 +280,10 @@ def test_sdedit_of_latents_equals_the_diffusers_img2img_pipeline(sd):
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
-        ours = sdedit(denoiser, scheduler, latents, PROMPTS, 0.5, num_steps=4, eta=0.0,
+        ours = sdedit(denoiser, scheduler, latents, PROMPTS, strength, num_steps=4, eta=0.0,
                       generator=torch.Generator().manual_seed(3))
         theirs = pipe(prompt_embeds=denoiser.conditioner(PROMPTS)["encoder_hidden_states"], image=latents.clone(),
-                      strength=0.5, num_inference_steps=4, guidance_scale=1.0, eta=0.0, output_type="latent",
+                      strength=strength, num_inference_steps=4, guidance_scale=1.0, eta=0.0, output_type="latent",
                       generator=torch.Generator().manual_seed(3)).images
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
     assert (ours - latents).abs().max() > 1e-2  # the edit moved the latents

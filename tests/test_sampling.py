@@ -544,6 +544,28 @@ def test_sdedit_strength_one_ignores_input(unet_model):
     assert not torch.allclose(half_a, half_b)
 
 
+@pytest.mark.parametrize("family", ["ddim", "flow"])
+def test_an_edit_starts_where_diffusers_img2img_pipelines_start(family):
+    """The step count of ``strength`` is diffusers' own: its img2img pipelines' ``get_timesteps`` (Stable
+    Diffusion's truncates strength x steps, SD3's the steps left before it), run on a stand-in pipeline
+    that has only the scheduler; where they would run no step, one runs."""
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusionImg2ImgPipeline
+
+    scheduler = make_scheduler() if family == "ddim" else FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipeline = StableDiffusionImg2ImgPipeline if family == "ddim" else StableDiffusion3Img2ImgPipeline
+    differs_from_rounding = 0
+    for num_steps in (4, 10, 20, 50):
+        for strength in (0.05, 0.1, 0.3, 0.45, 0.5, 0.6, 0.7, 0.75, 0.99, 1.0):
+            scheduler.set_timesteps(num_steps)
+            _, theirs = pipeline.get_timesteps(SimpleNamespace(scheduler=scheduler), num_steps, strength, "cpu")
+            ours = num_steps - sampling.edit_start_step(scheduler, num_steps, strength)
+            assert ours == max(theirs, 1), (num_steps, strength)
+            differs_from_rounding += ours != max(1, round(strength * num_steps))
+    assert differs_from_rounding >= 3  # the grid holds strengths where rounding would start elsewhere
+
+
 @pytest.mark.parametrize("strength", [0.0, -0.1, 1.5])
 def test_sdedit_rejects_strength_outside_unit_interval(strength):
     with pytest.raises(ValueError, match="strength"):

@@ -169,8 +169,8 @@ def _parser(plugin_commands: dict[str, dict[str, Any]]):
     edit.add_argument("--cond-from", type=int, default=None,
                       help="take the new condition from this dataset item (default: keep)")
     edit.add_argument("--strength", type=float, default=0.6,
-                      help="SDEdit strength in (0, 1]: the last round(strength x steps) steps run, at least one "
-                           "(diffusers' img2img pipelines run int(strength x steps))")
+                      help="SDEdit strength in (0, 1]: the last strength x steps steps run, counted as "
+                           "diffusers' img2img pipelines count them (at least one)")
     edit.add_argument("--image", default=None, help="an image file to edit (instead of a dataset item)")
     edit.add_argument("--mask", default=None,
                       help="a safetensors file with a 'keep' tensor (1 keeps the input), or an image (white "

@@ -156,7 +156,7 @@ def _fit(argv: list[str], chatter: contextlib.ExitStack) -> int:
 
     from prefdiff.datamodule import PrefDataModule
     from prefdiff.quiet import lightning_chatter_to
-    from prefdiff.run_checkpoint import RunCheckpoint, set_checkpoint_every
+    from prefdiff.run_checkpoint import RunCheckpoint, check_checkpoint_every, set_checkpoint_every
     from prefdiff.trainers import AlignmentModule
 
     class PrefdiffCLI(LightningCLI):
@@ -182,6 +182,7 @@ def _fit(argv: list[str], chatter: contextlib.ExitStack) -> int:
 
         def before_instantiate_classes(self) -> None:
             _check_trainer_values(self.config)
+            check_checkpoint_every(self.config.get("checkpoint_every"))
             _check_base_exists(self.config, argv)
             _seed_the_run(self.config)
 

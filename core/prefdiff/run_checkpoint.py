@@ -46,13 +46,19 @@ class RunCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-def set_checkpoint_every(trainer, steps: int | None) -> None:
-    """Apply ``prefdiff fit --checkpoint_every``."""
-    if steps is None:
-        return
-    if isinstance(steps, bool) or steps < 1:
+def check_checkpoint_every(steps: int | None) -> None:
+    """``prefdiff fit --checkpoint_every`` is a number of optimizer steps >= 1, or None (checked before
+    the model loads)."""
+    if steps is not None and (isinstance(steps, bool) or steps < 1):
         raise UserError(f"--checkpoint_every must be a whole number of optimizer steps >= 1 (or null), "
                         f"got {steps}")
+
+
+def set_checkpoint_every(trainer, steps: int | None) -> None:
+    """Apply ``prefdiff fit --checkpoint_every``."""
+    check_checkpoint_every(steps)
+    if steps is None:
+        return
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, RunCheckpoint):
             callback.every_n_steps = steps

@@ -34,6 +34,7 @@ __all__ = [
     "concat_outputs",
     "ddim_step",
     "ddim_timesteps",
+    "edit_start_step",
     "flow_step",
     "flow_timesteps",
     "gaussian_log_prob",
@@ -121,11 +122,22 @@ def predict_sample(model: Model, scheduler, x_t: Tensor, t: Tensor, cond: Any, g
 # ------------------------------------------------------------- editing
 
 
-def _edit_start_step(num_steps: int, strength: float) -> int:
-    """First step of an edit that runs the last ``strength`` fraction of the schedule (at least one step)."""
+def edit_start_step(scheduler, num_steps: int, strength: float) -> int:
+    """First step of an edit that runs the last ``strength`` fraction of the ``num_steps`` schedule.
+
+    The count is diffusers' img2img pipelines', so that ``strength`` starts an edit at the same step
+    there as here: Stable Diffusion's (and SDXL's) ``get_timesteps`` runs ``int(strength * num_steps)``
+    steps; SD3's and FLUX's start at ``int(num_steps - strength * num_steps)``, which runs one more
+    whenever ``strength * num_steps`` has a fraction (0.3 of 10 runs 4: the float product is
+    3.0000000000000004). Where diffusers would run no step at all, one runs.
+    """
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    return num_steps - max(1, round(strength * num_steps))
+    if is_flow(scheduler):
+        start = int(max(num_steps - num_steps * strength, 0))
+    else:
+        start = num_steps - min(int(num_steps * strength), num_steps)
+    return min(start, num_steps - 1)
 
 
 def _edit_start(scheduler, x0: Tensor, noise: Tensor, num_steps: int, start_step: int) -> Tensor:
@@ -156,12 +168,12 @@ def sdedit(
 
     :param x0: the sample to edit, ``[B, ...]``.
     :param strength: fraction in (0, 1] of the ``num_steps`` schedule to run:
-        the last ``max(1, round(strength * num_steps))`` steps. Small keeps
-        ``x0`` close; 1 starts from pure noise and ignores ``x0``.
+        the steps from :func:`edit_start_step` on (diffusers' img2img count). Small
+        keeps ``x0`` close; 1 starts from pure noise and ignores ``x0``.
 
     The start noise and any step noise come from ``generator``. Returns the edited x_0.
     """
-    start_step = _edit_start_step(num_steps, strength)
+    start_step = edit_start_step(scheduler, num_steps, strength)
     x_t = _edit_start(scheduler, x0, randn_like(x0, generator), num_steps, start_step)
     return sample(
         model,
@@ -202,7 +214,7 @@ def inpaint(
 
     Uses :func:`sample` with ``known=`` and ``keep_mask=`` (RePaint-style replacement).
     """
-    start_step = _edit_start_step(num_steps, strength)
+    start_step = edit_start_step(scheduler, num_steps, strength)
     if noise is None:
         noise = randn_like(known, generator)
     x_t = _edit_start(scheduler, known, noise, num_steps, start_step)
