@@ -26,9 +26,9 @@ def child_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def run(*args, cwd=ROOT, timeout=300, **kw):
-    return subprocess.run([PREFDIFF, *map(str, args)], cwd=cwd, env=child_env(), capture_output=True, text=True,
-                          timeout=timeout, **kw)
+def run(*args, cwd=ROOT, timeout=300, env=None, **kw):
+    return subprocess.run([PREFDIFF, *map(str, args)], cwd=cwd, env=env or child_env(), capture_output=True,
+                          text=True, timeout=timeout, **kw)
 
 
 def assert_user_error(result, *fragments):
@@ -307,6 +307,48 @@ def test_ddp_with_two_processes(tmp_path):
     adapter = _adapter(tmp_path)
     assert all(torch.isfinite(w).all() for w in adapter.values())
     assert any(w.abs().max() > 0 for key, w in adapter.items() if "lora_B" in key), "DDP trained nothing"
+
+
+# Named in a DDP run's config (on PYTHONPATH): both ranks run it. When step 4 starts, last.ckpt holds
+# --checkpoint_every 3's save at step 3, which rank 0 copies aside (the save ended on a barrier).
+COPY_AT_STEP_3_CALLBACK = """
+import shutil
+
+from pytorch_lightning import Callback
+
+
+class CopyAtStep3(Callback):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == 3 and trainer.global_rank == 0:
+            shutil.copy(trainer.checkpoint_callback.last_model_path, self.path)
+"""
+
+
+def test_checkpoint_every_under_ddp_resumes_inside_the_epoch_to_the_uninterrupted_adapter(tmp_path):
+    # Two processes, 3 epochs of 2 steps (batch 2 each): the step-3 save is epoch 1's first batch. Every
+    # rank must save (a collective), and resuming must give each rank its own next batch and draws.
+    config = _family_config("ddpo", tmp_path)
+    (tmp_path / "copy_callback.py").write_text(COPY_AT_STEP_3_CALLBACK)
+    at_step_3 = tmp_path / "at-step-3.ckpt"
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
+        "class_path": "copy_callback.CopyAtStep3", "init_args": {"path": str(at_step_3)}}]}}))
+    ddp = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "2")
+    env = {**child_env(), "PYTHONPATH": str(tmp_path)}
+    straight = run("fit", "--config", config, "--config", copy, "--trainer.default_root_dir", tmp_path / "straight",
+                   "--checkpoint_every", 3, *ddp, timeout=400, env=env)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    checkpoint = torch.load(at_step_3, map_location="cpu", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 3)
+    resumed = run("fit", "--config", config, "--trainer.default_root_dir", tmp_path / "resumed",
+                  "--ckpt_path", at_step_3, *ddp, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = _adapter(tmp_path / "straight"), _adapter(tmp_path / "resumed")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", ["sft", "kto"])
