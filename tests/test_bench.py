@@ -9,7 +9,7 @@ import torch
 from prefdiff import hookimpl
 from prefdiff.bench import paired_bootstrap_ci, run_benchmark, sliced_wasserstein
 from prefdiff.errors import PluginError
-from prefdiff.testing import RecipePlugin, registered_plugin, tiny_recipe
+from prefdiff.testing import RecipePlugin, registered_plugin, sample_by_the_adapter_guide, tiny_recipe
 
 TINY = tiny_recipe()
 
@@ -66,11 +66,23 @@ def test_tiny_benchmark_writes_the_contract(tmp_path):
 
 def _the_guides_commands_sample_each_adapter(out):
     """Each method's adapter is kept, and adapters/README.md's command samples it (and, without --lora, the base)."""
-    from prefdiff.testing import sample_by_the_adapter_guide
 
     assert sorted(p.name for p in (out / "adapters").iterdir() if p.is_dir()) == ["ddpo", "dpo", "draft"]
     aligned = sample_by_the_adapter_guide(out, "dpo")
     before = sample_by_the_adapter_guide(out, "dpo", lora=False)
+    assert aligned.shape == before.shape and not torch.equal(aligned, before)
+
+
+def test_a_method_trained_without_lora_keeps_its_whole_model(tmp_path):
+    """DRaFT at lora_rank 0: adapters/draft is the whole aligned model, and the guide's command samples it."""
+    recipe = replace(TINY, n_eval=4, default_methods=["draft"],
+                     methods={**TINY.methods, "draft": {**TINY.methods["draft"], "lora_rank": 0}})
+    with registered_plugin(TinyBench(recipe), "tiny-bench"):
+        run_benchmark("tiny", quick=True, out=tmp_path / "out")
+    kept = tmp_path / "out/adapters/draft"
+    assert (kept / "prefdiff_model.json").is_file() and not (kept / "adapter_config.json").exists()
+    aligned = sample_by_the_adapter_guide(tmp_path / "out", "draft")
+    before = sample_by_the_adapter_guide(tmp_path / "out", "draft", lora=False)
     assert aligned.shape == before.shape and not torch.equal(aligned, before)
 
 

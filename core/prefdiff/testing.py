@@ -147,7 +147,9 @@ def drawn_figures(recipe, dataset_options: dict[str, Any], folder, *, split: str
 
 def sample_by_the_adapter_guide(out, method: str, *, lora: bool = True) -> torch.Tensor:
     """Run the `prefdiff sample` command that a benchmark's ``OUT/adapters/README.md`` gives for
-    ``method`` (without its ``--lora``: the base) into a folder beside ``out``; returns the samples."""
+    ``method`` (without its ``--lora``: the base) into a folder beside ``out``; returns the samples.
+    A method trained without LoRA is sampled from its whole model."""
+    import re
     import shlex
     from pathlib import Path
 
@@ -157,14 +159,18 @@ def sample_by_the_adapter_guide(out, method: str, *, lora: bool = True) -> torch
 
     out = Path(out)
     guide = (out / "adapters" / "README.md").read_text().replace("\\\n", "")
-    adapter = f"--lora {out.resolve() / 'adapters' / method} "
+    aligned = out.resolve() / "adapters" / method
     line = next((ln.strip() for ln in guide.splitlines() if ln.strip().startswith("prefdiff sample")
-                 and adapter in ln + " "), None)
+                 and (f"--lora {aligned} " in ln + " " or f"--model {aligned} " in ln + " ")), None)
     assert line is not None, f"{out / 'adapters' / 'README.md'} has no command for {method}:\n{guide}"
     args = shlex.split(line)[1:]
-    if not lora:
+    if not lora and "--lora" in args:
         at = args.index("--lora")
         del args[at:at + 2]
+    elif not lora:  # a whole model: the guide's base instead
+        base = re.search(r"With `--model (.+?)` alone", guide)
+        assert base is not None, f"{out / 'adapters' / 'README.md'} names no base:\n{guide}"
+        args[args.index("--model") + 1] = shlex.split(base.group(1))[0]
     folder = out.parent / f"{out.name}-{method if lora else 'base'}-samples"
     args[args.index("--out") + 1] = str(folder)
     assert main(args) == 0, f"prefdiff {' '.join(args)} failed"

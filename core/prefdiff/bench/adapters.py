@@ -7,16 +7,23 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-#: The output folder's subfolder holding one LoRA adapter per method.
+#: The output folder's subfolder holding each method's aligned model.
 ADAPTERS = "adapters"
 
 
-def save_adapter(denoiser, out: Path, method: str) -> None:
-    """Write ``method``'s aligned model as ``out/adapters/METHOD``, the LoRA adapter `prefdiff fit` writes."""
-    from prefdiff.models import export_lora, has_lora
+def save_adapter(denoiser, out: Path, method: str, scheduler) -> None:
+    """Write ``method``'s aligned model as ``out/adapters/METHOD`` as `prefdiff fit` writes it: the LoRA
+    adapter, or for a method trained without one (``lora_rank`` 0) the whole model, with ``scheduler``."""
+    from prefdiff.models import export_lora, has_lora, save_model
 
     if has_lora(denoiser):
         export_lora(denoiser, Path(out) / ADAPTERS / method)
+    else:
+        save_model(denoiser, Path(out) / ADAPTERS / method, scheduler)
+
+
+def _is_adapter(folder: Path) -> bool:
+    return (folder / "adapter_config.json").is_file()
 
 
 def write_guide(staged: Path, out: Path, base: Path, recipe) -> Path | None:
@@ -29,17 +36,25 @@ def write_guide(staged: Path, out: Path, base: Path, recipe) -> Path | None:
     out, base = Path(out).resolve(), Path(base).resolve()  # the commands work from any folder
     options = "".join(f" --dataset-option {shlex.quote(f'{key}={_yaml(_absolute(value))}')}"
                       for key, value in recipe.dataset_options.items())
-    lines = [f"# The aligned models of `prefdiff bench {recipe.domain}`", "",
-             f"One LoRA adapter per method ({', '.join(methods)}), on the base model at",
-             f"`{base}` (prefdiff's benchmark cache; a field that ships its base copies it there).",
-             "Sample one on the held-out conditions, as the benchmark did:", ""]
+    whole = [method for method in methods if not _is_adapter(folder / method)]
+    lora = [method for method in methods if method not in whole]
+    lines = [f"# The aligned models of `prefdiff bench {recipe.domain}`", "", f"One per method ({', '.join(methods)})."]
+    if lora:
+        lines += [f"{', '.join(lora)}: a LoRA adapter on the base model at `{base}` (prefdiff's benchmark "
+                  f"cache; a field that ships its base copies it there)."]
+    if whole:
+        lines += [f"{', '.join(whole)}: the whole model (trained without LoRA), aligned from the base at `{base}`."]
+    lines += ["", "Sample one on the held-out conditions, as the benchmark did:", ""]
     for method in methods:
-        lines += [f"    prefdiff sample --model {shlex.quote(str(base))} "
-                  f"--lora {shlex.quote(str(out / ADAPTERS / method))} \\",
+        model = (f"--model {shlex.quote(str(base))} --lora {shlex.quote(str(out / ADAPTERS / method))}"
+                 if method in lora else f"--model {shlex.quote(str(out / ADAPTERS / method))}")
+        lines += [f"    prefdiff sample {model} \\",
                   f"        --dataset {recipe.dataset}{options} --steps {recipe.num_steps} --n 8 "
                   f"--out runs/{recipe.domain}-{method}-samples", ""]
-    lines += ["Without `--lora` the same command samples the base. The adapters are peft's format "
-              "(`adapter_model.safetensors`, `adapter_config.json`); `prefdiff.models.load_lora` reads them too."]
+    lines += [f"With `--model {shlex.quote(str(base))}` alone the same command samples the base."]
+    if lora:
+        lines[-1] += (" The adapters are peft's format (`adapter_model.safetensors`, `adapter_config.json`); "
+                      "`prefdiff.models.load_lora` reads them too.")
     guide = folder / "README.md"
     guide.write_text("\n".join(lines) + "\n")
     return guide

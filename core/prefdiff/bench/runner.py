@@ -151,8 +151,7 @@ class Benchmark:
         _trainer(r.pretrain_steps, self.seed).fit(module, datamodule=data)
         tmp = self.cache / f".base-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model(module.denoiser, tmp, module.noise_scheduler)
-        module.noise_scheduler.save_pretrained(tmp / "scheduler")
+        save_model(module.denoiser, tmp, module.noise_scheduler)  # with scheduler/
         (tmp / "pretrain.json").write_text(json.dumps(
             {"steps": r.pretrain_steps, "wall_s": time.perf_counter() - start}))
         os.replace(tmp, base)
@@ -286,7 +285,7 @@ class Benchmark:
             log.info(f"aligning with {method} ({r.methods.get(method, {}).get('steps', r.align_steps)} steps)")
             module, wall, peak, curve = self.align(method, base_dir, mined, curve=(curve_score, curve_base))
             aligned = module.denoiser
-            save_adapter(aligned, out, method)
+            save_adapter(aligned, out, method, scheduler)
             samples = self.generate(aligned, scheduler, cond, noise)
             scores, info = self.score(self.judge, samples, cond)
             diff = (scores - base_scores).view(n, k).mean(1)
