@@ -965,6 +965,12 @@ def test_sample_runs_where_and_in_what_it_is_told(tmp_path, capsys):
     assert half.dtype == torch.float32 and torch.isfinite(half).all() and not torch.equal(full, half)
     assert (full - half).abs().mean() < 0.05  # bfloat16 weights, the sampler in float32
     capsys.readouterr()
+    # A warning goes to stderr, beside the error lines, not into the output a user may pipe to a file.
+    assert main(["sample", "--model", pipe, "--prompt", "a red circle " * 20, "--n", "1", "--steps", "2",
+                 "--out", str(tmp_path / "long")]) == 0
+    out, err = capsys.readouterr()
+    assert "longer than the tokenizer's limit" in err and "longer than the tokenizer's limit" not in out
+    assert str(tmp_path / "long") in out  # where the samples went: still on stdout
     line = fit_user_error(capsys, *common, "--dtype", "float16", "--device", "cpu", "--out", tmp_path / "x")
     assert "--dtype float16 needs a GPU" in line
     line = fit_user_error(capsys, *common, "--device", "toaster", "--out", tmp_path / "x")

@@ -30,3 +30,16 @@ def test_the_file_holds_prefdiffs_progress_lines_in_a_library_call_too(tmp_path)
     assert "aligning with dpo" in log.read_text()
     assert "aligning with dpo" not in out.stdout + out.stderr
     assert out.stdout.strip() == str(0)  # logging.NOTSET, as before the block
+
+
+def test_the_command_lines_console_prints_progress_on_stdout_and_warnings_on_stderr(capsys):
+    import logging
+
+    from prefdiff.quiet import show_progress_lines
+
+    show_progress_lines()
+    logging.getLogger("prefdiff.bench").info("aligning with dpo")
+    logging.getLogger("prefdiff.models").warning("prompt 'a' is longer than the tokenizer's limit")
+    out, err = capsys.readouterr()
+    assert out == "aligning with dpo\n"
+    assert err == "prompt 'a' is longer than the tokenizer's limit\n"

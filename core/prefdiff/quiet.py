@@ -76,20 +76,23 @@ def lightning_chatter_to(log_file: str | Path | None) -> Iterator[None]:
 
 
 class _Console(logging.Handler):
-    """Writes to whatever ``sys.stdout`` is at the time (pytest swaps it per test)."""
+    """Writes progress to whatever ``sys.stdout`` is at the time (pytest swaps it per test), and
+    warnings to ``sys.stderr``, so output piped to a file keeps them off it and on the terminal."""
 
     def emit(self, record: logging.LogRecord) -> None:
         import sys
 
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
         try:
-            sys.stdout.write(self.format(record) + "\n")
-            sys.stdout.flush()
+            stream.write(self.format(record) + "\n")
+            stream.flush()
         except Exception:  # a closed stream must not end the run
             self.handleError(record)
 
 
 def show_progress_lines() -> None:
-    """Print prefdiff's progress lines (logger ``prefdiff``, level INFO) on stdout, once per process.
+    """Print prefdiff's progress lines (logger ``prefdiff``, level INFO) on stdout, and its warnings on
+    stderr, once per process.
 
     The command line calls this; a library user keeps Python's default (silent) logging.
     """
