@@ -3,7 +3,8 @@
 Registers the community's reward models, each loading its weights from a
 local path (``aesthetic_score``: LAION's predictor head over CLIP image
 embeddings; ``clip_score``: prompt-image cosine similarity; ``pickscore`` and
-``hps_score``: CLIP preference scores), and the ``t2i`` benchmark: a tiny
+``hps_score``: CLIP preference scores; ``image_reward``: ImageReward's BLIP-based
+preference model, ReFL's reward), and the ``t2i`` benchmark: a tiny
 latent pipeline pretrained on this machine on a synthetic world of coloured
 shapes whose captions are exactly checkable, aligned for prompt faithfulness
 and judged by a recogniser that training never queries. Heavy imports happen
@@ -27,11 +28,19 @@ def _clip_reward(name: str):
     return factory
 
 
+def _image_reward(weights: str, tokenizer: str, med_config: str | None = None):
+    """Build prefdiff_t2i.image_reward.image_reward."""
+    from prefdiff_t2i.image_reward import image_reward
+
+    return image_reward(weights, tokenizer, med_config)
+
+
 @hookimpl
 def prefdiff_register_rewards(register):
     # The community's reward models (clip_rewards.py); all differentiable for reward backpropagation.
     for name in ("aesthetic_score", "clip_score", "pickscore", "hps_score"):
         register(name, _clip_reward(name), differentiable=True)
+    register("image_reward", _image_reward, differentiable=True)  # image_reward.py
     # The benchmark field's rewards and judge (field.py).
     from prefdiff_t2i.field import register_rewards
 
