@@ -237,14 +237,41 @@ def test_pickapic_shards_are_chosen_by_their_split_prefix(tmp_path):
                                                        cache_dir=str(tmp_path / "cache"))]
 
     assert read("train") == ["t0", "t1", "t2"]
-    assert read("validation") == read("val") == ["v0"]
-    with pytest.raises(UserError, match="has no test shards .test-\\*.parquet.; it has train, val"):
+    assert read("validation") == read("val") == ["v0"]  # not the unique split's shards
+    assert read("validation_unique") == read("val_unique") == ["u0"]
+    with pytest.raises(UserError, match="has no test shards .test-\\*.parquet.; it has train, val, val_unique"):
         read("test")
     plain = tmp_path / "plain"
     write_parquet(plain / "any-name.parquet", [pickapic_row("p0", 0.0)])
     assert [i["cond"] for i in PickAPicPairs(plain, resolution=4, cache_dir=str(tmp_path / "cache"))] == ["p0"]
     with pytest.raises(UserError, match="not named by split, so all of them are training data"):
         PickAPicPairs(plain, split="val", resolution=4)
+
+
+def test_a_pickapic_folder_gives_its_distinct_captions_as_prompts(tmp_path):
+    """`--dataset prompts` on Pick-a-Pic's shards: the split's distinct captions in order, ties too (a prompt
+    needs no winner), only the caption column read; test_unique is the unique split's prompts."""
+    shards = {"train-00000-of-00002": [("t0", 1.0), ("t1", 0.5), ("t0", 0.0)], "train-00001-of-00002": [("t2", 1.0)],
+              "test-00000-of-00001": [("s0", 1.0), ("s1", 1.0), ("s0", 0.0)], "test_unique-00000-of-00001": [("s0", 1.0)]}
+    for name, rows in shards.items():
+        write_parquet(tmp_path / "data" / f"{name}.parquet", [pickapic_row(c, label) for c, label in rows])
+
+    def read(split, size=None):
+        return [item["cond"] for item in PromptList(tmp_path, split=split, size=size)]
+
+    assert read("train") == ["t0", "t1", "t2"]
+    assert read("train", size=2) == ["t0", "t1"]
+    assert read("test") == ["s0", "s1"] and read("test_unique") == ["s0"]
+    with pytest.raises(UserError, match="has no val shards .val-\\*.parquet or validation-\\*.parquet.; it has "
+                                        "test, test_unique, train"):
+        read("val")
+    captions_only = tmp_path / "captions"
+    write_parquet(captions_only / "train-0.parquet", [{"caption": "c0"}, {"caption": "c1"}])
+    assert [i["cond"] for i in PromptList(captions_only)] == ["c0", "c1"]  # prompts need no images or labels
+    (tmp_path / "prompts.txt").write_text("a\nb\n")
+    with pytest.raises(UserError, match=r"prompt file .*prompts.txt is not split already, so it has only the "
+                                        r"splits train, val and test .* split 'test_unique' comes from files"):
+        PromptList(tmp_path / "prompts.txt", split="test_unique")
 
 
 def test_pair_options_reach_the_pickapic_reader_and_a_pair_file_takes_none(tmp_path):

@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 from prefdiff.durable import read_records
 from prefdiff.errors import UserError
 from prefdiff.textdata.images import check_resolution, geometry, read_image
-from prefdiff.textdata.splits import SPLIT_NAMES, TEXT_KEYS, check_size, check_split, hash_split, text_field
+from prefdiff.textdata.splits import (SPLIT_NAMES, TEXT_KEYS, check_hashed_split, check_size, check_split,
+                                      hash_split, text_field)
 
 METADATA = "metadata.jsonl"
 
@@ -83,6 +84,7 @@ class ImageCaptions(Dataset):
                                 f"(or, for val, set --data.val_size 0)")
             entries = read_metadata(folders[split])
         else:
+            check_hashed_split(split, f"image-caption folder {root}")
             entries = [e for e in read_metadata(root) if hash_split(e.file_name) == split]
         self.entries = entries[:check_size(size)]
 

@@ -37,11 +37,11 @@ def _split_of(shard: Path) -> str | None:
                  if any(shard.name.startswith(f"{name}-") for name in names)), None)
 
 
-def parquet_shards(folder: str | Path, split: str = "train") -> list[Path]:
-    """The shards of ``split`` in ``folder`` (searched recursively), checked for the Pick-a-Pic columns.
+def parquet_shards(folder: str | Path, split: str = "train", columns: tuple[str, ...] = PICKAPIC_COLUMNS) -> list[Path]:
+    """The shards of ``split`` in ``folder`` (searched recursively), checked for ``columns``.
 
-    Shards named by split (``train-*``, ``validation-*``, ``test-*``) are chosen
-    by that prefix; when no shard is, every ``*.parquet`` is training data.
+    Shards named by split (``train-*``, ``validation-*``, ``test-*``, ``validation_unique-*``,
+    ``test_unique-*``) are chosen by that prefix; when no shard is, every ``*.parquet`` is training data.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -56,7 +56,8 @@ def parquet_shards(folder: str | Path, split: str = "train") -> list[Path]:
         shards = [shard for shard in shards if named[shard] == split]
         if not shards:
             found = ", ".join(sorted({s for s in named.values() if s}))
-            raise UserError(f"{folder} has no {split} shards ({' or '.join(SPLIT_NAMES[split])}-*.parquet); "
+            names = " or ".join(f"{name}-*.parquet" for name in SPLIT_NAMES[split])
+            raise UserError(f"{folder} has no {split} shards ({names}); "
                             f"it has {found}")
     elif split != "train":
         raise UserError(f"the shards in {folder} are not named by split, so all of them are training data; "
@@ -66,15 +67,30 @@ def parquet_shards(folder: str | Path, split: str = "train") -> list[Path]:
             schema = pq.read_schema(shard)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise UserError(f"{shard} is not a readable parquet file ({type(exc).__name__}: {exc})") from None
-        missing = [column for column in PICKAPIC_COLUMNS if column not in schema.names]
+        missing = [column for column in columns if column not in schema.names]
         if missing:
             raise UserError(f"{shard} lacks the column(s) {', '.join(missing)}; Pick-a-Pic shards need "
-                            f"{', '.join(PICKAPIC_COLUMNS)} (it has {', '.join(schema.names) or 'none'})")
-        label = schema.field("label_0").type
-        if not (pa.types.is_floating(label) or pa.types.is_integer(label)):
+                            f"{', '.join(columns)} (it has {', '.join(schema.names) or 'none'})")
+        label = schema.field("label_0").type if "label_0" in columns else None
+        if label is not None and not (pa.types.is_floating(label) or pa.types.is_integer(label)):
             raise UserError(f"{shard} holds label_0 as {label}; it must be a number: 1 (image 0 won), "
                             f"0 (image 1 won) or 0.5 (a tie)")
     return shards
+
+
+def pickapic_captions(folder: str | Path, split: str = "train", size: int | None = None) -> list[str]:
+    """The distinct captions of ``split``'s shards in ``folder``, in order of first appearance (at most
+    ``size``): Pick-a-Pic's prompts, ties included. Only the ``caption`` column is read, shard by shard."""
+    import pyarrow.parquet as pq
+
+    captions: dict[str, None] = {}
+    for shard in parquet_shards(folder, split, columns=("caption",)):
+        for caption in pq.read_table(shard, columns=["caption"]).column(0).to_pylist():
+            if isinstance(caption, str) and caption.strip():
+                captions.setdefault(caption)
+        if size is not None and len(captions) >= size:
+            break
+    return list(captions)[:size]
 
 
 def shards_holding(shards: list[Path], size: int) -> list[Path]:
@@ -96,7 +112,8 @@ class PickAPicPairs(Dataset):
     ``original_size`` and ``crop_top_left`` (SDXL's size and crop conditioning).
 
     :param path: the folder of parquet shards.
-    :param split: ``train``, ``val`` (or ``validation``) or ``test`` shards.
+    :param split: ``train``, ``val`` (or ``validation``), ``test``, ``val_unique`` (or
+        ``validation_unique``) or ``test_unique`` shards.
     :param size: keep at most this many decided pairs, the first in shard order (None: all); only the
         shards that hold them are read.
     :param resolution: images are resized (shorter side) and centre-cropped to this square.

@@ -20,7 +20,9 @@ from torch.utils.data import Dataset
 
 from prefdiff.durable import read_records
 from prefdiff.errors import UserError
-from prefdiff.textdata.splits import SPLIT_NAMES, TEXT_KEYS, check_size, check_split, hash_split, text_field
+from prefdiff.textdata.pickapic import pickapic_captions
+from prefdiff.textdata.splits import (SPLIT_NAMES, TEXT_KEYS, check_hashed_split, check_size, check_split,
+                                      hash_split, text_field)
 
 SUFFIXES = (".txt", ".jsonl")
 
@@ -85,9 +87,12 @@ def _split_file(folder: Path, split: str) -> Path | None:
 class PromptList(Dataset):
     """Prompts as ``{"cond": prompt}`` items (plus ``"meta"`` from JSONL).
 
-    :param path: a prompt file, split by a hash of each prompt (90/5/5), or a
-        folder holding one file per split (``train.txt``, ``val.jsonl``, ...).
-    :param split: ``train``, ``val`` (or ``validation``) or ``test``.
+    :param path: a prompt file, split by a hash of each prompt (90/5/5); a
+        folder holding one file per split (``train.txt``, ``val.jsonl``, ...); or
+        a folder of Pick-a-Pic parquet shards, whose distinct captions are the
+        prompts (``test_unique``: one prompt per held-out pair of v2's unique test split).
+    :param split: ``train``, ``val`` (or ``validation``), ``test``, or for
+        split files and shards also ``val_unique`` and ``test_unique``.
     :param size: keep at most this many prompts of the split (None: all).
     """
 
@@ -95,6 +100,9 @@ class PromptList(Dataset):
         split, size, path = check_split(split), check_size(size), Path(path)
         if path.is_dir():
             found = {s: _split_file(path, s) for s in SPLIT_NAMES}
+            if not any(found.values()) and next(path.rglob("*.parquet"), None) is not None:
+                self.items = [{"cond": caption} for caption in pickapic_captions(path, split, size)]
+                return
             if found[split] is None:
                 names = " or ".join(f"{n}{s}" for n in SPLIT_NAMES[split] for s in SUFFIXES)
                 have = ", ".join(s for s, f in found.items() if f) or "no split"
@@ -103,6 +111,7 @@ class PromptList(Dataset):
                                 f"by a hash of each prompt")
             items = read_prompt_file(found[split])
         else:
+            check_hashed_split(split, f"prompt file {path}")
             items = [item for item in read_prompt_file(path) if hash_split(item["cond"]) == split]
         self.items = items[:size]
 

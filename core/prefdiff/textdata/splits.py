@@ -13,8 +13,11 @@ import hashlib
 from prefdiff.errors import UserError
 
 SPLITS = ("train", "val", "test")
-#: Names a split goes by in file and folder names (Hugging Face calls val "validation").
-SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+#: Names a split goes by in file and folder names (Hugging Face calls val "validation"). Pick-a-Pic v2
+#: also has ``validation_unique`` and ``test_unique``: one pair per prompt, the held-out prompt sets that
+#: evaluations of Pick-a-Pic models sample. Data that is not split already is split into SPLITS only.
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation"), "test": ("test",),
+               "val_unique": ("val_unique", "validation_unique"), "test_unique": ("test_unique",)}
 #: Cumulative upper bounds of the hash buckets: 90 % train, 5 % val, 5 % test.
 HASH_BOUNDS = (("train", 0.90), ("val", 0.95), ("test", 1.0))
 
@@ -27,7 +30,16 @@ def check_split(split: str) -> str:
     for canonical, names in SPLIT_NAMES.items():
         if split in names:
             return canonical
-    raise UserError(f"dataset split must be one of train, val (or validation), test; got '{split}'")
+    raise UserError(f"dataset split must be one of train, val (or validation), test, val_unique (or "
+                    f"validation_unique), test_unique; got '{split}'")
+
+
+def check_hashed_split(split: str, what: str) -> None:
+    """A file that is not split already is split into train, val and test only: a clear error for the others."""
+    if split not in SPLITS:
+        raise UserError(f"{what} is not split already, so it has only the splits train, val and test (by a hash "
+                        f"of each item); split '{split}' comes from files or folders named by it "
+                        f"({SPLIT_NAMES[split][-1]}.txt, {SPLIT_NAMES[split][-1]}-*.parquet, ...)")
 
 
 def check_size(size: int | None) -> int | None:
