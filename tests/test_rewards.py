@@ -20,6 +20,7 @@ class BadRewards:
         register("bare", lambda: lambda s, c: torch.zeros(s.shape[0]))
         register("raises", lambda: lambda s, c: 1 / 0)
         register("mean", lambda: lambda s, c: (s.flatten(1).mean(1), {}), differentiable=True)
+        register("scaled", lambda scale=1.0: lambda s, c: (scale * s.flatten(1).mean(1), {}), differentiable=True)
         register("elsewhere", lambda: lambda s, c: (torch.zeros(s.shape[0], device="meta"), {}))
         register("detached", lambda: lambda s, c: (torch.from_numpy(s.detach().flatten(1).mean(1).numpy()), {}),
                  differentiable=True)
@@ -101,6 +102,20 @@ def test_composite_reward_sums_weighted_parts_and_logs_each():
         torch.testing.assert_close(total, expected)
         assert set(info) == {"reward/mean", "reward/smoothness"}
         assert reward.differentiable
+
+
+def test_a_weighted_sums_options_go_to_its_parts_and_stray_ones_are_refused():
+    with registered_plugin(BadRewards(), "bad-rewards") as manager:
+        x = torch.rand(2, 3, 8, 8)
+        total, _ = manager.reward("0.5*scaled + 0.5*mean", scaled={"scale": 4.0})(x)
+        torch.testing.assert_close(total, 0.5 * 4.0 * x.flatten(1).mean(1) + 0.5 * x.flatten(1).mean(1))
+        # Given flat, as a single reward takes them, they would have been dropped without a word.
+        with pytest.raises(UserError, match=r"^reward '0.5\*scaled \+ 0.5\*mean' is a weighted sum: its options go "
+                                            r"under each part's name, e.g. \{scaled: \{scale: ...\}\}; scale is not "
+                                            r"one of its parts \(scaled, mean\)$"):
+            manager.reward("0.5*scaled + 0.5*mean", scale=4.0)
+        with pytest.raises(UserError, match="the options of its part scaled must be a mapping"):
+            manager.reward("0.5*scaled + 0.5*mean", scaled=4.0)
 
 
 def test_bad_reward_spec():

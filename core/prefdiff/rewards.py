@@ -118,6 +118,16 @@ def build_reward(manager, spec: str, **options: Any) -> Reward:
     terms = parse_reward_spec(spec)
     if len(terms) == 1 and terms[0][0] == 1.0:
         return _single(manager, terms[0][1], options)
+    names = [name for _, name in terms]
+    stray = sorted(set(options) - set(names))
+    if stray:
+        raise UserError(f"reward '{spec}' is a weighted sum: its options go under each part's name, e.g. "
+                        f"{{{names[0]}: {{{stray[0]}: ...}}}}; {', '.join(stray)} is not one of its parts "
+                        f"({', '.join(dict.fromkeys(names))})")
+    misplaced = next((name for name in names if not isinstance(options.get(name, {}), dict)), None)
+    if misplaced is not None:
+        raise UserError(f"reward '{spec}': the options of its part {misplaced} must be a mapping of option names "
+                        f"to values, got {options[misplaced]!r}")
     parts = [(w, _single(manager, name, options.get(name, {}))) for w, name in terms]
 
     def composite(samples: torch.Tensor, conditions: Any):
