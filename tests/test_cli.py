@@ -878,6 +878,29 @@ def test_a_plugin_commands_bad_config_key_is_named_with_the_commands_help(tmp_pa
         assert line.endswith("(see `prefdiff greeter greet --help`)"), line
 
 
+def convert(source: str, out: str, width: int = 64) -> None:
+    """Write a checkpoint (of either kind, the older or the newer) as a folder
+    that the reward reads.
+
+    A longer paragraph that is not the summary.
+
+    :param source: the checkpoint.
+    :param out: the folder to write,
+        made whole or not at all.
+    :param width: the heads' width.
+    """
+
+
+def test_a_plugin_commands_help_is_its_docstrings_first_paragraph_and_params():
+    from prefdiff.commands import _param_docs
+
+    summary, params = _param_docs(convert)
+    assert summary == "Write a checkpoint (of either kind, the older or the newer) as a folder that the reward reads."
+    assert params == {"source": "the checkpoint.", "out": "the folder to write, made whole or not at all.",
+                      "width": "the heads' width."}
+    assert _param_docs(greet) == ("Say hello.", {})
+
+
 def test_a_ctrl_c_the_shell_ignores_stays_ignored(monkeypatch):
     # `prefdiff bench ... &` from a script starts with SIGINT ignored; Python keeps it so, and so must main.
     from prefdiff import cli

@@ -16,9 +16,15 @@ from typing import Any, Callable
 def _param_docs(function: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     from docstring_parser import parse
 
-    doc = parse(inspect.getdoc(function) or "")
-    summary = doc.short_description or ""
-    return summary, {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
+    text = inspect.getdoc(function) or ""
+    doc = parse(text)
+    # The first paragraph, whole: docstring_parser's short description is its first line only.
+    first = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith(":"):
+            break
+        first.append(line.strip())
+    return " ".join(first), {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
 
 
 def add_function_command(subcommands, name: str, function: Callable[..., Any]) -> None:
