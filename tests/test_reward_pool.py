@@ -45,3 +45,21 @@ def test_bad_pool_options_are_one_clear_error():
 
     with pytest.raises(UserError, match="--model.sample_chunks must be >= 1 and --model.reward_workers >= 0"):
         PolicyGradientModule(model=TINY, conditioner="class_label", reward="smoothness", reward_workers=-1)
+    # A backend is checked when the module is built, not once training has started.
+    with pytest.raises(UserError, match="--model.reward_backend must be one of process, ray, got 'dask'"):
+        PolicyGradientModule(model=TINY, conditioner="class_label", reward="smoothness", reward_workers=1,
+                             reward_backend="dask")
+
+
+def test_the_ray_backend_without_ray_is_refused_when_the_module_is_built(monkeypatch):
+    import importlib.util
+
+    from prefdiff.errors import UserError
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    with pytest.raises(UserError, match=r"--model.reward_backend ray needs Ray: pip install 'prefdiff\[ray\]'"):
+        PolicyGradientModule(model=TINY, conditioner="class_label", reward="smoothness", reward_workers=1,
+                             reward_backend="ray")
+    # In this process, as before: no pool, no backend to check.
+    PolicyGradientModule(model=TINY, conditioner="class_label", reward="smoothness", reward_backend="ray")

@@ -61,8 +61,7 @@ class RewardPool:
 
         if workers < 1:
             raise UserError(f"--model.reward_workers must be >= 1 for a pool, got {workers}")
-        if backend not in BACKENDS:
-            raise UserError(f"--model.reward_backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+        check_backend(backend)
         self.backend = backend
         args = (spec, dict(options or {}), os.environ.get("PREFDIFF_PLUGINS"))
         if backend == "ray":
@@ -113,11 +112,19 @@ class _RayFuture:
         return ray.get(self.ref)
 
 
+def check_backend(backend: str) -> None:
+    """``--model.reward_backend`` names a backend this machine can run (checked before training starts)."""
+    import importlib.util
+
+    if backend not in BACKENDS:
+        raise UserError(f"--model.reward_backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise UserError("--model.reward_backend ray needs Ray: pip install 'prefdiff[ray]' (or pip install ray)")
+
+
 def _ray_actors(workers: int, args: tuple):
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--model.reward_backend ray needs Ray: pip install 'prefdiff[ray]'") from None
+    import ray
+
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
 

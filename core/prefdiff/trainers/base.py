@@ -248,6 +248,10 @@ class AlignmentModule(pl.LightningModule):
 
     def _check_performance_options(self) -> None:
         hp = self.hparams
+        if hp.reward_workers > 0:
+            from prefdiff.reward_pool import check_backend
+
+            check_backend(hp.reward_backend)
         if hp.lora_init not in LORA_INITS:
             raise UserError(f"--model.lora_init must be one of {', '.join(LORA_INITS)}, got '{hp.lora_init}'")
         if hp.lora_targets is not None and hp.lora_targets not in LORA_TARGETS:
