@@ -441,7 +441,7 @@ def fit_user_error(capsys, *args):
     code = main([str(a) for a in args])
     stderr = capsys.readouterr().err
     assert code == 2, stderr[-3000:]
-    lines = stderr.splitlines()
+    lines = [line for line in stderr.splitlines() if not line.startswith("prefdiff: warning: ")]
     assert len(lines) == 1 and lines[0].startswith("prefdiff: error: "), stderr[-3000:]
     return lines[0]
 
@@ -899,6 +899,15 @@ def test_a_plugin_commands_help_is_its_docstrings_first_paragraph_and_params():
     assert params == {"source": "the checkpoint.", "out": "the folder to write, made whole or not at all.",
                       "width": "the heads' width."}
     assert _param_docs(greet) == ("Say hello.", {})
+
+    def google(who: str) -> None:
+        """Say hi
+        to someone.
+        Args:
+            who: whom.
+        """
+
+    assert _param_docs(google) == ("Say hi to someone.", {"who": "whom."})
 
 
 def test_a_ctrl_c_the_shell_ignores_stays_ignored(monkeypatch):

@@ -42,4 +42,4 @@ def test_the_command_lines_console_prints_progress_on_stdout_and_warnings_on_std
     logging.getLogger("prefdiff.models").warning("prompt 'a' is longer than the tokenizer's limit")
     out, err = capsys.readouterr()
     assert out == "aligning with dpo\n"
-    assert err == "prompt 'a' is longer than the tokenizer's limit\n"
+    assert err == "prefdiff: warning: prompt 'a' is longer than the tokenizer's limit\n"

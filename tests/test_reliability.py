@@ -49,3 +49,18 @@ def test_a_full_disk_at_each_writer(tmp_path, name):
     assert name in QUICK
     [result] = run_disk([c for c in catalogue() if c.id == f"disk-full/{name}"], tmp_path)
     assert result["passed"], result["detail"]
+
+
+def test_a_user_error_may_follow_warnings_but_nothing_else():
+    import subprocess
+
+    from prefdiff.reliability.common import one_line_error
+
+    def result(stderr, code=2):
+        return subprocess.CompletedProcess(["prefdiff"], code, "", stderr)
+
+    error = "prefdiff: error: /x does not exist; pass a folder\n"
+    assert one_line_error(result(error), "/x") is None
+    assert one_line_error(result("prefdiff: warning: prompt 'a' is longer than the limit\n" + error), "/x") is None
+    assert one_line_error(result("some library's chatter\n" + error), "/x").startswith("2 lines on stderr")
+    assert one_line_error(result(error, code=1), "/x").startswith("exit code 1")

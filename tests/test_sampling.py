@@ -556,8 +556,9 @@ def test_an_edit_starts_where_diffusers_img2img_pipelines_start(family):
     scheduler = make_scheduler() if family == "ddim" else FlowMatchEulerDiscreteScheduler(shift=3.0)
     pipeline = StableDiffusionImg2ImgPipeline if family == "ddim" else StableDiffusion3Img2ImgPipeline
     differs_from_rounding = 0
-    for num_steps in (4, 10, 20, 50):
-        for strength in (0.05, 0.1, 0.3, 0.45, 0.5, 0.6, 0.7, 0.75, 0.99, 1.0):
+    for num_steps in (4, 10, 20, 25, 50):
+        # 0.28 of 25 and 0.58 of 50 are 7.000000000000001 and 28.999999999999996 in floats
+        for strength in (0.05, 0.1, 0.28, 0.3, 0.35, 0.45, 0.5, 0.58, 0.6, 0.7, 0.75, 0.99, 1.0):
             scheduler.set_timesteps(num_steps)
             _, theirs = pipeline.get_timesteps(SimpleNamespace(scheduler=scheduler), num_steps, strength, "cpu")
             ours = num_steps - sampling.edit_start_step(scheduler, num_steps, strength)

@@ -251,7 +251,7 @@ def test_pickapic_shards_are_chosen_by_their_split_prefix(tmp_path):
 def test_a_pickapic_folder_gives_its_distinct_captions_as_prompts(tmp_path):
     """`--dataset prompts` on Pick-a-Pic's shards: the split's distinct captions in order, ties too (a prompt
     needs no winner), only the caption column read; test_unique is the unique split's prompts."""
-    shards = {"train-00000-of-00002": [("t0", 1.0), ("t1", 0.5), ("t0", 0.0)], "train-00001-of-00002": [("t2", 1.0)],
+    shards = {"train-00000-of-00002": [("t0", 1.0), ("t1", 0.5), ("t0 ", 0.0)], "train-00001-of-00002": [("t2", 1.0)],
               "test-00000-of-00001": [("s0", 1.0), ("s1", 1.0), ("s0", 0.0)], "test_unique-00000-of-00001": [("s0", 1.0)]}
     for name, rows in shards.items():
         write_parquet(tmp_path / "data" / f"{name}.parquet", [pickapic_row(c, label) for c, label in rows])
@@ -270,8 +270,15 @@ def test_a_pickapic_folder_gives_its_distinct_captions_as_prompts(tmp_path):
     assert [i["cond"] for i in PromptList(captions_only)] == ["c0", "c1"]  # prompts need no images or labels
     (tmp_path / "prompts.txt").write_text("a\nb\n")
     with pytest.raises(UserError, match=r"prompt file .*prompts.txt is not split already, so it has only the "
-                                        r"splits train, val and test .* split 'test_unique' comes from files"):
+                                        r"splits train, val and test .* split 'test_unique' needs a folder of split "
+                                        r"files \(test_unique.txt or test_unique.jsonl\) or of Pick-a-Pic shards"):
         PromptList(tmp_path / "prompts.txt", split="test_unique")
+    # Split files beside shards: the files are the folder's splits, and the error says the shards were not read.
+    (tmp_path / "data" / "train.txt").write_text("x\n")
+    assert [i["cond"] for i in PromptList(tmp_path / "data")] == ["x"]
+    with pytest.raises(UserError, match=r"has no test_unique.txt or test_unique.jsonl \(it has train files\) \(its "
+                                        r"\.parquet files are not read: .*\); add one$"):
+        PromptList(tmp_path / "data", split="test_unique")
 
 
 def test_pair_options_reach_the_pickapic_reader_and_a_pair_file_takes_none(tmp_path):
@@ -393,6 +400,10 @@ def test_split_subfolders_are_used_when_present(tmp_path):
     batch = next(iter(data.train_dataloader()))
     assert batch["x0"].shape == (2, 3, 4, 4) and sorted(batch["cond"]) == ["a a picture", "a b picture"]
     assert len(data.val_set) == 1
+    flat = write_captions(tmp_path / "flat", [("a.png", RED)])
+    with pytest.raises(UserError, match=r"image-caption folder .*flat is not split already, .* split "
+                                        r"'val_unique' needs a validation_unique/ subfolder"):
+        ImageCaptions(flat, split="val_unique")
 
 
 # ------------------------------------------------------------ bad input ----

@@ -9,8 +9,12 @@ values, and the docstring's ``:param NAME:`` lines are the help.
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from typing import Any, Callable
+
+
+_SECTION = re.compile(r"^(Args|Arguments|Parameters|Params|Returns?|Raises|Yields?|Examples?|Notes?|See Also):?$")
 
 
 def _param_docs(function: Callable[..., Any]) -> tuple[str, dict[str, str]]:
@@ -18,10 +22,11 @@ def _param_docs(function: Callable[..., Any]) -> tuple[str, dict[str, str]]:
 
     text = inspect.getdoc(function) or ""
     doc = parse(text)
-    # The first paragraph, whole: docstring_parser's short description is its first line only.
+    # The first paragraph, whole: docstring_parser's short description is its first line only. It ends
+    # at a blank line, a ":param" line or a Google/NumPy section header ("Args:", "Parameters").
     first = []
     for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith(":"):
+        if not line.strip() or line.lstrip().startswith(":") or _SECTION.match(line.strip()):
             break
         first.append(line.strip())
     return " ".join(first), {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}

@@ -77,14 +77,16 @@ def lightning_chatter_to(log_file: str | Path | None) -> Iterator[None]:
 
 class _Console(logging.Handler):
     """Writes progress to whatever ``sys.stdout`` is at the time (pytest swaps it per test), and
-    warnings to ``sys.stderr``, so output piped to a file keeps them off it and on the terminal."""
+    warnings to ``sys.stderr`` as ``prefdiff: warning: ...`` lines, so output piped to a file keeps them
+    off it, and a user error that follows is still the one ``prefdiff: error:`` line."""
 
     def emit(self, record: logging.LogRecord) -> None:
         import sys
 
-        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        warning = record.levelno >= logging.WARNING
+        stream = sys.stderr if warning else sys.stdout
         try:
-            stream.write(self.format(record) + "\n")
+            stream.write(("prefdiff: warning: " if warning else "") + self.format(record) + "\n")
             stream.flush()
         except Exception:  # a closed stream must not end the run
             self.handleError(record)

@@ -38,7 +38,8 @@ PROMISES = {
     "bad-input": ("Every command given bad input prints one line naming the culprit and exits with code 2.",
                   "Each command run as a user runs it, once per class of bad input that it can be given. "
                   "Standard error must be exactly one line, `prefdiff: error: ...`, holding the named "
-                  "culprit, with exit code 2 and no traceback."),
+                  "culprit, with exit code 2 and no traceback (a warning printed before it is a line of its "
+                  "own, `prefdiff: warning: ...`, and does not count)."),
 }
 
 FAMILIES = ("sft", "dpo", "d3po", "ddpo", "draft")

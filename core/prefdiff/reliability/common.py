@@ -65,12 +65,15 @@ def kill_when(proc: subprocess.Popen, marker: Path, delay: float, timeout: float
 
 
 def one_line_error(result: subprocess.CompletedProcess, culprit: str) -> str | None:
-    """None when ``result`` is the promised user error (exit 2, one stderr line naming ``culprit``), else why not."""
+    """None when ``result`` is the promised user error (exit 2, one stderr line naming ``culprit``, besides any
+    ``prefdiff: warning:`` lines), else why not."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     if result.returncode != 2:
         return f"exit code {result.returncode}: {' | '.join(lines[-3:])[:400]}"
     if any("Traceback" in line for line in lines):
         return f"a traceback: {' | '.join(lines[-3:])[:400]}"
+    # Warnings printed before the error are lines of their own, "prefdiff: warning: ...".
+    lines = [line for line in lines if not line.startswith("prefdiff: warning: ")]
     if len(lines) != 1 or not lines[0].startswith("prefdiff: error: "):
         return f"{len(lines)} lines on stderr: {' | '.join(lines[:4])[:400]}"
     if culprit not in lines[0]:

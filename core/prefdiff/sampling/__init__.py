@@ -128,8 +128,9 @@ def edit_start_step(scheduler, num_steps: int, strength: float) -> int:
     The count is diffusers' img2img pipelines', so that ``strength`` starts an edit at the same step
     there as here: Stable Diffusion's (and SDXL's) ``get_timesteps`` runs ``int(strength * num_steps)``
     steps; SD3's and FLUX's start at ``int(num_steps - strength * num_steps)``, which runs one more
-    whenever ``strength * num_steps`` has a fraction (0.3 of 10 runs 4: the float product is
-    3.0000000000000004). Where diffusers would run no step at all, one runs.
+    whenever ``strength * num_steps`` has a fraction (0.35 of 10 runs 4 there, 3 here), float rounding
+    included (0.28 of 25 is 7.000000000000001: 8 steps there, 7 in SD). Where diffusers would run no
+    step at all, one runs.
     """
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")

@@ -84,7 +84,7 @@ class ImageCaptions(Dataset):
                                 f"(or, for val, set --data.val_size 0)")
             entries = read_metadata(folders[split])
         else:
-            check_hashed_split(split, f"image-caption folder {root}")
+            check_hashed_split(split, f"image-caption folder {root}", "a {0}/ subfolder")
             entries = [e for e in read_metadata(root) if hash_split(e.file_name) == split]
         self.entries = entries[:check_size(size)]
 

@@ -87,7 +87,7 @@ def pickapic_captions(folder: str | Path, split: str = "train", size: int | None
     for shard in parquet_shards(folder, split, columns=("caption",)):
         for caption in pq.read_table(shard, columns=["caption"]).column(0).to_pylist():
             if isinstance(caption, str) and caption.strip():
-                captions.setdefault(caption)
+                captions.setdefault(caption.strip())  # as a prompt file's lines are
         if size is not None and len(captions) >= size:
             break
     return list(captions)[:size]

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from prefdiff.durable import read_records
 from prefdiff.errors import UserError
 from prefdiff.textdata.pickapic import pickapic_captions
-from prefdiff.textdata.splits import (SPLIT_NAMES, TEXT_KEYS, check_hashed_split, check_size, check_split,
-                                      hash_split, text_field)
+from prefdiff.textdata.splits import (SPLIT_NAMES, SPLITS, TEXT_KEYS, check_hashed_split, check_size,
+                                      check_split, hash_split, text_field)
 
 SUFFIXES = (".txt", ".jsonl")
 
@@ -106,12 +106,19 @@ class PromptList(Dataset):
             if found[split] is None:
                 names = " or ".join(f"{n}{s}" for n in SPLIT_NAMES[split] for s in SUFFIXES)
                 have = ", ".join(s for s, f in found.items() if f) or "no split"
-                raise UserError(f"prompt folder {path} has no {names} (it has {have} files); add one (or, "
-                                f"for val, set --data.val_size 0), or pass a single prompt file to split it "
-                                f"by a hash of each prompt")
+                hints = ["add one"]
+                if split == "val":
+                    hints.append("set --data.val_size 0")
+                if split in SPLITS:
+                    hints.append("pass a single prompt file to split it by a hash of each prompt")
+                shards = (" (its .parquet files are not read: a folder with split files is read by them; give "
+                          "the shards a folder of their own)" if next(path.rglob("*.parquet"), None) else "")
+                raise UserError(f"prompt folder {path} has no {names} (it has {have} files){shards}; "
+                                f"{', or '.join(hints)}")
             items = read_prompt_file(found[split])
         else:
-            check_hashed_split(split, f"prompt file {path}")
+            check_hashed_split(split, f"prompt file {path}",
+                               "a folder of split files ({0}.txt or {0}.jsonl) or of Pick-a-Pic shards ({0}-*.parquet)")
             items = [item for item in read_prompt_file(path) if hash_split(item["cond"]) == split]
         self.items = items[:size]
 

@@ -34,12 +34,15 @@ def check_split(split: str) -> str:
                     f"validation_unique), test_unique; got '{split}'")
 
 
-def check_hashed_split(split: str, what: str) -> None:
-    """A file that is not split already is split into train, val and test only: a clear error for the others."""
+def check_hashed_split(split: str, what: str, named: str) -> None:
+    """Data that is not split already is split into train, val and test only: a clear error for the others.
+
+    :param named: how the data would hold ``split`` instead, ``{0}`` standing for the split's file name
+        (``"a {0}/ subfolder"``).
+    """
     if split not in SPLITS:
         raise UserError(f"{what} is not split already, so it has only the splits train, val and test (by a hash "
-                        f"of each item); split '{split}' comes from files or folders named by it "
-                        f"({SPLIT_NAMES[split][-1]}.txt, {SPLIT_NAMES[split][-1]}-*.parquet, ...)")
+                        f"of each item); split '{split}' needs {named.format(SPLIT_NAMES[split][-1])}")
 
 
 def check_size(size: int | None) -> int | None:

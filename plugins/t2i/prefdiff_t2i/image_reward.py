@@ -37,7 +37,8 @@ MAX_TOKENS = 35
 VIT_HEAD_DIM, VIT_EPS = 64, 1e-6
 
 _WEIGHTS_FIX = "pass ImageReward.pt (THUDM/ImageReward on the Hugging Face Hub) or a .safetensors file of it"
-_TOKENIZER_FIX = "pass a local folder of bert-base-uncased's tokenizer (vocab.txt; save_pretrained writes one)"
+_TOKENIZER_FIX = ("pass a local folder of bert-base-uncased's tokenizer (vocab.txt or tokenizer.json, as "
+                  "BertTokenizer.save_pretrained writes it)")
 
 
 def image_reward(weights: str, tokenizer: str, med_config: str | None = None):
@@ -68,7 +69,6 @@ class ImageRewardModel(torch.nn.Module):
         super().__init__()
         self.vision, self.text, self.head, self.tokenizer = vision, text, head, tokenizer
         self.size = vision.config.image_size
-        self.tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.eval().requires_grad_(False)
 
     @classmethod
@@ -78,7 +78,11 @@ class ImageRewardModel(torch.nn.Module):
         state = read_weights(weights, f"reward option weights: {weights}", _WEIGHTS_FIX)
         config_file = Path(med_config).expanduser() if med_config else Path(weights).expanduser().parent / "med_config.json"
         vision_state, text_state, head_state = blip_to_transformers(state, weights)
-        vision_config, text_config = _configs(vision_state, _read_med_config(config_file, med_config))
+        try:
+            vision_config, text_config = _configs(vision_state, _read_med_config(config_file, med_config))
+        except KeyError as exc:
+            raise UserError(f"reward option weights: {weights}: its blip.visual_encoder lacks {exc.args[0]} (as "
+                            f"transformers names it); {_WEIGHTS_FIX}") from None
         vision, text = BlipVisionModel(vision_config), BlipTextModel(text_config, add_pooling_layer=False)
         head = AestheticHead(text_config.hidden_size)
         for module, part, name in ((vision, vision_state, "blip.visual_encoder"),
@@ -95,24 +99,22 @@ class ImageRewardModel(torch.nn.Module):
         """``[B]`` standardised rewards of ``samples`` (``[B, 3, H, W]`` in [-1, 1]) for ``prompts``."""
         if (not isinstance(prompts, (list, tuple)) or len(prompts) != len(samples)
                 or not all(isinstance(p, str) for p in prompts)):
+            got = (f"{type(prompts).__name__} of {len(prompts)}" if isinstance(prompts, (list, tuple))
+                   else type(prompts).__name__)
             raise UserError(f"image_reward scores images against their prompts: pass the conditions as a "
-                            f"list of {len(samples)} strings, got {type(prompts).__name__}")
+                            f"list of {len(samples)} strings, got {got}")
         if next(self.parameters()).device != samples.device:
             self.to(samples.device)
         pixels = preprocess(samples.float(), self.size)
         image = self.vision(pixel_values=pixels).last_hidden_state
-        ids, mask = (torch.stack(parts).to(samples.device) for parts in zip(*map(self._tokens, prompts)))
+        # Tokenised per call (cheap), as the authors' score does: no cache to grow with a million prompts.
+        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=MAX_TOKENS,
+                                return_tensors="pt")
+        ids, mask = tokens["input_ids"].to(samples.device), tokens["attention_mask"].to(samples.device)
         text = self.text(input_ids=ids, attention_mask=mask, encoder_hidden_states=image,
                          encoder_attention_mask=torch.ones(image.shape[:-1], dtype=torch.long, device=image.device))
         rewards = self.head(text.last_hidden_state[:, 0]).squeeze(-1)
         return ((rewards - MEAN) / STD).to(samples.dtype)
-
-    def _tokens(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if prompt not in self.tokens:
-            encoded = self.tokenizer(prompt, padding="max_length", truncation=True, max_length=MAX_TOKENS,
-                                     return_tensors="pt")
-            self.tokens[prompt] = encoded["input_ids"][0], encoded["attention_mask"][0]
-        return self.tokens[prompt]
 
 
 # ------------------------------------------------------------ BLIP's layout ----

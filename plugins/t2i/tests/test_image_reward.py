@@ -189,6 +189,11 @@ def test_bad_paths_are_one_error_naming_the_option(published, tmp_path):
     torch.save({"layers.0.weight": torch.zeros(4, 4)}, clip_head)
     with pytest.raises(UserError, match=r"is not ImageReward's state dict \(no blip.visual_encoder.cls_token\)"):
         build(weights=str(clip_head), tokenizer=str(tokenizer))
+    partial = {k: v for k, v in original_state().items() if "mlp.fc1" not in k}
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(UserError, match=r"partial.pt: its blip.visual_encoder lacks encoder.layers.0.mlp.fc1.weight"):
+        build(weights=str(tmp_path / "partial.pt"), tokenizer=str(tokenizer),
+              med_config=str(weights.parent / "med_config.json"))
     (tmp_path / "med_config.json").write_text(json.dumps({**MED, "num_hidden_layers": 3}))
     with pytest.raises(UserError, match=r"its blip.text_encoder does not fit med_config.json"):
         build(weights=str(alone), tokenizer=str(tokenizer))
@@ -196,5 +201,8 @@ def test_bad_paths_are_one_error_naming_the_option(published, tmp_path):
 
 def test_prompts_are_required(published, images):
     weights, tokenizer = published
+    reward = build(weights=str(weights), tokenizer=str(tokenizer))
     with pytest.raises(UserError, match="pass the conditions as a list of 3 strings, got NoneType"):
-        build(weights=str(weights), tokenizer=str(tokenizer))(images, None)
+        reward(images, None)
+    with pytest.raises(UserError, match="pass the conditions as a list of 3 strings, got list of 2"):
+        reward(images, PROMPTS[:2])
