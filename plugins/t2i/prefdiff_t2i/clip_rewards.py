@@ -18,6 +18,7 @@ are frozen, in eval mode, and follow the samples' device and dtype.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +30,8 @@ from prefdiff.api import UserError
 #: OpenAI CLIP's pixel statistics, used when a folder has no preprocessor_config.json.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: Prompt embeddings kept per reward, the most recently used (65,536 of ViT-H's 1024 floats: 256 MB).
+CACHED_PROMPTS = 65536
 
 _CLIP_FIX = "pass the local folder of a transformers CLIPModel (save_pretrained)"
 
@@ -149,7 +152,8 @@ def preprocess(samples: torch.Tensor, size: int, mean: Sequence[float] = OPENAI_
 
 
 class _ClipScorer:
-    """A frozen CLIPModel (and its tokenizer) with per-prompt text embeddings cached.
+    """A frozen CLIPModel (and its tokenizer) with per-prompt text embeddings cached (the
+    ``cache_prompts`` most recently used).
 
     It moves itself, and the modules :meth:`add` gives it, to the samples' device on the first
     call and again whenever it changes. It computes in the dtype it was loaded in (float32):
@@ -157,7 +161,7 @@ class _ClipScorer:
     call never rounds the weights or the cached prompt embeddings that later float32 calls use.
     """
 
-    def __init__(self, path: str, *, tokenizer: bool = False) -> None:
+    def __init__(self, path: str, *, tokenizer: bool = False, cache_prompts: int = CACHED_PROMPTS) -> None:
         try:
             from transformers import AutoTokenizer, CLIPModel
         except ImportError as exc:
@@ -185,7 +189,8 @@ class _ClipScorer:
         self.max_length = self.clip.config.text_config.max_position_embeddings
         self.dtype = self.clip.dtype
         self.device: torch.device | None = None
-        self.texts: dict[str, torch.Tensor] = {}
+        self.texts: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache_prompts = cache_prompts
         self.modules: list[torch.nn.Module] = []
         self.add(self.clip)
 
@@ -217,9 +222,14 @@ class _ClipScorer:
             raise UserError(f"CLIP text-image rewards score images against their prompts: pass the "
                             f"conditions as a list of {batch} strings, got {got}")
         for prompt in dict.fromkeys(prompts):
-            if prompt not in self.texts:
+            if prompt in self.texts:
+                self.texts.move_to_end(prompt)
+            else:
                 self.texts[prompt] = self._encode(prompt)
-        return torch.stack([self.texts[p] for p in prompts])
+        embeddings = torch.stack([self.texts[p] for p in prompts])
+        while len(self.texts) > self.cache_prompts:  # the least recently used go: Pick-a-Pic has a million prompts
+            self.texts.popitem(last=False)
+        return embeddings
 
     @torch.no_grad()
     def _encode(self, prompt: str) -> torch.Tensor:

@@ -164,6 +164,14 @@ def test_each_prompt_is_encoded_once(clip_dir, images, monkeypatch):
     reward(images[:1], PROMPTS[:1])
     assert [batch for batch, _ in encoded] == [1, 1], "each distinct prompt once, alone, without padding"
     assert encoded[0][1] == len(PROMPTS[0].replace(" ", "")) + 2  # its letters, start and end: no padding
+    # The cache keeps the most recently used prompts only, so a million-prompt run does not fill the memory.
+    scorer = clip_rewards._ClipScorer(str(clip_dir), tokenizer=True, cache_prompts=2)
+    scorer.text_embeddings(["a", "b"], 2)
+    scorer.text_embeddings(["a", "c"], 2)
+    assert list(scorer.texts) == ["a", "c"]
+    encoded.clear()
+    scorer.text_embeddings(["b"], 1)
+    assert len(encoded) == 1 and list(scorer.texts) == ["c", "b"]
 
 
 # ------------------------------------------------------------ the formulas ----
