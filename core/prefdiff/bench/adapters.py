@@ -22,10 +22,6 @@ def save_adapter(denoiser, out: Path, method: str, scheduler) -> None:
         save_model(denoiser, Path(out) / ADAPTERS / method, scheduler)
 
 
-def _is_adapter(folder: Path) -> bool:
-    return (folder / "adapter_config.json").is_file()
-
-
 def write_guide(staged: Path, out: Path, base: Path, recipe) -> Path | None:
     """Write ``adapters/README.md`` into the staged output folder (published as ``out``): the base model's
     folder and the `prefdiff sample` command that draws each adapter's held-out samples."""
@@ -36,7 +32,9 @@ def write_guide(staged: Path, out: Path, base: Path, recipe) -> Path | None:
     out, base = Path(out).resolve(), Path(base).resolve()  # the commands work from any folder
     options = "".join(f" --dataset-option {shlex.quote(f'{key}={_yaml(_absolute(value))}')}"
                       for key, value in recipe.dataset_options.items())
-    whole = [method for method in methods if not _is_adapter(folder / method)]
+    from prefdiff.models.lora import LORA_CONFIG
+
+    whole = [method for method in methods if not (folder / method / LORA_CONFIG).is_file()]
     lora = [method for method in methods if method not in whole]
     lines = [f"# The aligned models of `prefdiff bench {recipe.domain}`", "", f"One per method ({', '.join(methods)})."]
     if lora:

@@ -100,7 +100,8 @@ class PromptList(Dataset):
         split, size, path = check_split(split), check_size(size), Path(path)
         if path.is_dir():
             found = {s: _split_file(path, s) for s in SPLIT_NAMES}
-            if not any(found.values()) and next(path.rglob("*.parquet"), None) is not None:
+            has_shards = next(path.rglob("*.parquet"), None) is not None
+            if has_shards and not any(found.values()):
                 self.items = [{"cond": caption} for caption in pickapic_captions(path, split, size)]
                 return
             if found[split] is None:
@@ -112,7 +113,7 @@ class PromptList(Dataset):
                 if split in SPLITS:
                     hints.append("pass a single prompt file to split it by a hash of each prompt")
                 shards = (" (its .parquet files are not read: a folder with split files is read by them; give "
-                          "the shards a folder of their own)" if next(path.rglob("*.parquet"), None) else "")
+                          "the shards a folder of their own)" if has_shards else "")
                 raise UserError(f"prompt folder {path} has no {names} (it has {have} files){shards}; "
                                 f"{', or '.join(hints)}")
             items = read_prompt_file(found[split])
