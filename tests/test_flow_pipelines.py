@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from prefdiff.errors import UserError
-from prefdiff.models import add_lora, load_model, save_lora_for_pipeline, save_model
+from prefdiff.models import LoraOptions, add_lora, load_model, save_lora_for_pipeline, save_model
 from prefdiff.sampling import sample
 from prefdiff.schedulers import load_scheduler
 from prefdiff.testing import char_t5_tokenizer, tiny_flux_pipeline, tiny_pipeline, tiny_sd3_pipeline
@@ -266,6 +266,10 @@ def test_lora_goes_on_both_streams_attention(sd3, flux):
         targets = set(add_lora(load_model(folder)).lora_config.target_modules)
         assert targets and all(t.endswith(ends) for t in targets)
         assert {t.rsplit(".", 1)[-1] for t in targets} >= {"to_q", "add_q_proj", "to_add_out"}
+        torch.manual_seed(0)  # A starts N(0, 1/r), as Flow-GRPO's and diffusers' SD3 and FLUX LoRA scripts start it
+        net = add_lora(load_model(folder), LoraOptions(r=2)).net
+        a = torch.cat([p.flatten() for n, p in net.named_parameters() if "lora_A" in n])
+        assert a.std().item() == pytest.approx(0.5, rel=0.05)
 
 
 @pytest.mark.parametrize("which", ["sd3", "sd35", "flux"])

@@ -122,13 +122,24 @@ def test_gaussian_lora_init_draws_a_with_std_one_over_rank(rank):
     gaussian, a, b = a_and_b("gaussian")
     assert a.std().item() == pytest.approx(1 / rank, rel=0.05) and b.abs().max() == 0
     torch.testing.assert_close(gaussian(x, T, c), reference)
-    _, a_default, b_default = a_and_b("default")
-    assert a_default.std().item() < 0.5 / rank and b_default.abs().max() == 0
+    _, a_kaiming, b_kaiming = a_and_b("kaiming")
+    assert a_kaiming.std().item() < 0.5 / rank and b_kaiming.abs().max() == 0
+    _, a_field_default, _ = a_and_b(None)  # a field's UNet keeps peft's start
+    torch.testing.assert_close(a_field_default, a_kaiming)
     with pytest.raises(UserError, match="--model.lora_init"):
         LoraOptions(init="pissa")
     assert LoraOptions(r=1).r == 1  # rank 1 is a LoRA too; 0 is none
     with pytest.raises(UserError, match=r"--lora.r must be > 0, got 0"):
         LoraOptions(r=0)
+
+
+def test_lora_init_default_is_the_old_name_of_kaiming_and_says_so(caplog):
+    # Configs written before text-to-image pipelines started gaussian said `lora_init: default`
+    # for peft's Kaiming start; they keep that start, with a warning that the name changed.
+    with caplog.at_level("WARNING", logger="prefdiff"):
+        options = LoraOptions(r=4, init="default")
+    assert options.init == "kaiming"
+    assert "--model.lora_init default is now called kaiming" in caplog.text
 
 
 def _perturbed_lora(seed=0):

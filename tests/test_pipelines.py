@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prefdiff.errors import UserError
-from prefdiff.models import add_lora, load_model, save_lora_for_pipeline
+from prefdiff.models import LoraOptions, add_lora, load_model, save_lora_for_pipeline
 from prefdiff.sampling import predict_sample, sample, step_log_prob
 from prefdiff.schedulers import load_scheduler
 from prefdiff.testing import tiny_pipeline
@@ -428,6 +428,19 @@ def test_lora_goes_on_the_attention_projections(sd):
     targets = set(denoiser.lora_config.target_modules)
     assert targets and all(t.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or t.endswith("to_out.0")
                            for t in targets)
+
+
+def lora_a_std(denoiser) -> float:
+    return torch.cat([p.flatten() for n, p in denoiser.net.named_parameters() if "lora_A" in n]).std().item()
+
+
+def test_a_pipelines_lora_starts_gaussian_as_the_communitys_trainers_start_it(sd):
+    # diffusers' LoRA scripts, TRL and Flow-GRPO start A as N(0, 1/r), and their learning rates assume
+    # it; peft's Kaiming-uniform would start these layers (fan-in 8-32) below 0.21, whatever the rank.
+    torch.manual_seed(0)
+    assert lora_a_std(add_lora(load_model(sd), LoraOptions(r=2))) == pytest.approx(0.5, rel=0.05)
+    torch.manual_seed(0)
+    assert lora_a_std(add_lora(load_model(sd), LoraOptions(r=2, init="kaiming"))) < 0.21
 
 
 @pytest.mark.parametrize("which", ["sd", "sdxl"])

@@ -34,9 +34,10 @@ class Settings:
     image_size: int = 64
     num_steps: int = 10
     lora_rank: int = 4
-    prefdiff_lora_init: str = "default"
-    """prefdiff's ``--model.lora_init``; the peers always start A gaussian (std 1/rank). ``default`` keeps
-    each library's own start (the published table); ``gaussian`` gives prefdiff the peers' start."""
+    prefdiff_lora_init: str | None = None
+    """prefdiff's ``--model.lora_init``; the peers always start A gaussian (std 1/rank). None keeps
+    prefdiff's default, gaussian on pipelines since 2026-12-03 (the published table); ``kaiming`` gives
+    it peft's Kaiming-uniform start, its default before (``results-seed*.json``, ``base-v1/``)."""
     prefdiff_truncation: str | None = None
     """prefdiff's AlignProp ``--model.truncation``: None keeps its own (the paper's contiguous last K,
     K uniform in 1..k); ``per_step`` detaches each step's UNet output on its own draw, as TRL's

@@ -331,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="epochs (DDPO, AlignProp) or steps (DPO)")
     parser.add_argument("--snapshot-every", type=int, default=None,
                         help="epochs between LoRA snapshots (default: each method's snapshot_every in harness.Settings)")
-    parser.add_argument("--lora-init", choices=("default", "gaussian"), default="default",
-                        help="prefdiff's LoRA start: its own (default) or the peers' gaussian (std 1/rank)")
+    parser.add_argument("--lora-init", choices=("gaussian", "kaiming"), default=None,
+                        help="prefdiff's LoRA start: its default for pipelines (gaussian, std 1/rank, the peers' "
+                             "start) or peft's Kaiming-uniform (prefdiff's start before 2026-12-03)")
     parser.add_argument("--seed", type=int, default=0,
                         help="every side's training seed; the base pipeline, the data and the held-out noise stay seed 0")
     parser.add_argument("--truncation", choices=("per_step",), default=None,

@@ -40,14 +40,16 @@ from prefdiff.models.denoiser import Denoiser
 from prefdiff.models.io import (MODEL_FILE, count_parameters, is_model_folder, load_model, save_model,
                                saved_conditioner)
 from prefdiff.models.lora import (FROZEN_DTYPES, LORA_CONFIG, LORA_INITS, LORA_WEIGHTS, LoraOptions, add_lora,
-                                  default_lora_targets, export_lora, has_lora, hold_frozen_in, load_lora,
-                                  lora_state_dict, reference_mode, save_lora, save_lora_for_pipeline)
+                                  check_lora_init, default_lora_init, default_lora_targets, export_lora, has_lora,
+                                  hold_frozen_in, load_lora, lora_state_dict, reference_mode, save_lora,
+                                  save_lora_for_pipeline)
 from prefdiff.models.pipelines import load_pipeline_unet
 from prefdiff.models.presets import CONDITIONINGS, KINDS, ModelPreset, build_denoiser
 
 __all__ = [
     "CONDITIONINGS", "Denoiser", "FROZEN_DTYPES", "KINDS", "LORA_CONFIG", "LORA_INITS", "LORA_WEIGHTS", "LoraOptions",
-    "MODEL_FILE", "ModelPreset", "add_lora", "build_denoiser", "count_parameters", "default_lora_targets",
+    "MODEL_FILE", "ModelPreset", "add_lora", "build_denoiser", "check_lora_init", "count_parameters",
+    "default_lora_init", "default_lora_targets",
     "export_lora", "has_lora",
     "hold_frozen_in", "is_model_folder", "load_lora", "load_model", "load_pipeline_unet", "lora_state_dict", "reference_mode",
     "save_lora", "save_lora_for_pipeline", "save_model", "saved_conditioner",

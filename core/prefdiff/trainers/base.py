@@ -15,7 +15,7 @@ import torch
 from prefdiff.data import condition_count
 from prefdiff.errors import UserError
 from prefdiff.models.memo import BUDGET_MB, BoundedMemo
-from prefdiff.models import (FROZEN_DTYPES, LORA_INITS, LoraOptions, ModelPreset, add_lora, build_denoiser,
+from prefdiff.models import (FROZEN_DTYPES, LoraOptions, ModelPreset, add_lora, build_denoiser, check_lora_init,
                              default_lora_targets, hold_frozen_in, load_model, saved_conditioner)
 from prefdiff.plugins import get_manager
 from prefdiff.sampling import SDE_KINDS, is_flow, noised, sample, shifted, training_target
@@ -92,8 +92,9 @@ class AlignmentModule(pl.LightningModule):
     :param lora_targets: which layers LoRA adapts: ``attention`` (the attention projections, the default
         for text-to-image pipelines) or ``blocks`` (every Linear/Conv inside the UNet blocks, the default
         for the fields' UNets); None keeps the model's default.
-    :param lora_init: how LoRA's A matrices start: ``default`` (peft's Kaiming-uniform) or ``gaussian``
-        (std 1/rank, as TRL's DDPO and AlignProp trainers start them); B starts at zero either way.
+    :param lora_init: how LoRA's A matrices start: ``gaussian`` (std 1/rank, as diffusers' LoRA scripts,
+        TRL and Flow-GRPO start them; the default for text-to-image pipelines) or ``kaiming`` (peft's
+        default; the default for the fields' UNets); None keeps the model's default. B starts at zero.
     :param negative_prompt: text-to-image pipelines: the prompt classifier-free guidance steers away
         from, in sampling and wherever the trainer applies guidance ("" by default, as diffusers).
     :param distilled_guidance: a guidance-distilled FLUX transformer's embedded guidance value
@@ -142,7 +143,7 @@ class AlignmentModule(pl.LightningModule):
                  sdpa_backend: str | None = None, compile: bool = False, compile_mode: str = "default",
                  fused_optimizer: bool = False,
                  gradient_checkpointing: bool = False,
-                 lora_init: str = "default", negative_prompt: str = "", distilled_guidance: float | None = None,
+                 lora_init: str | None = None, negative_prompt: str = "", distilled_guidance: float | None = None,
                  frozen_dtype: str | None = None, variant: str | None = None, latent_cache_mb: float = BUDGET_MB,
                  prompt_cache_mb: float = BUDGET_MB) -> None:  # pragma: no mutate block
         super().__init__()
@@ -252,8 +253,7 @@ class AlignmentModule(pl.LightningModule):
             from prefdiff.reward_pool import check_backend
 
             check_backend(hp.reward_backend)
-        if hp.lora_init not in LORA_INITS:
-            raise UserError(f"--model.lora_init must be one of {', '.join(LORA_INITS)}, got '{hp.lora_init}'")
+        hp.lora_init = check_lora_init(hp.lora_init)
         if hp.lora_targets is not None and hp.lora_targets not in LORA_TARGETS:
             raise UserError(f"--model.lora_targets must be one of {', '.join(LORA_TARGETS)}, got '{hp.lora_targets}'")
         if hp.sdpa_backend is not None and hp.sdpa_backend not in SDPA_BACKENDS:
