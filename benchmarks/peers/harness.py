@@ -36,9 +36,9 @@ class Settings:
     lora_rank: int = 4
     prefdiff_lora_init: str | None = None
     """prefdiff's ``--model.lora_init``; the peers always start A gaussian (std 1/rank). None keeps
-    prefdiff's default, gaussian on pipelines since 51f0b96 (``results-gaussian.json`` measured it);
-    ``kaiming`` gives it peft's Kaiming-uniform start, its default before, on which ``results.json``,
-    ``results-seed*.json`` and ``base-v1/`` ran (they record it as ``"default"``)."""
+    prefdiff's default, gaussian on pipelines since 51f0b96 (``results.json`` runs on it); ``kaiming``
+    gives it peft's Kaiming-uniform start, its default before, on which ``base-v1/`` and ``base-v2/``
+    ran (they record it as ``"default"``; ``base-v2/results-gaussian.json`` is the exception)."""
     prefdiff_truncation: str | None = None
     """prefdiff's AlignProp ``--model.truncation``: None keeps its own (the paper's contiguous last K,
     K uniform in 1..k); ``per_step`` detaches each step's UNet output on its own draw, as TRL's
