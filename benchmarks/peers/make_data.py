@@ -196,7 +196,7 @@ def make_all(work: Path, *, image_size: int, seed: int, log=print) -> dict[str, 
     base = work / "base"
     stamp = base / "TRAINED.json"
     # 1200 VAE steps (600 until 2026-12-04): at 600 the posterior passed on the machine of the table of
-    # 898a080 (0.027 of the spread) but not on a later one (0.052), where 1200 gave 0.027 (base-v2/README.md).
+    # 898a080 (0.027 of the spread) but not on a later one (0.052), where 1200 gave 0.027 (README.md, "Fairness").
     recipe = {"image_size": image_size, "seed": seed, "vae_steps": 1200, "unet_steps": 400}
     made = json.loads(stamp.read_text()) if stamp.is_file() else {}
     if {k: made.get(k) for k in recipe} != recipe:
