@@ -8,6 +8,7 @@ import torch
 
 from prefdiff import hookimpl
 from prefdiff.bench import paired_bootstrap_ci, run_benchmark, sliced_wasserstein
+from prefdiff.bench.stats import paired_ratio_ci
 from prefdiff.errors import PluginError
 from prefdiff.testing import RecipePlugin, registered_plugin, sample_by_the_adapter_guide, tiny_recipe
 
@@ -131,6 +132,21 @@ def test_paired_bootstrap_interval_covers_the_mean():
     assert 0.05 < lo < diff.mean() < hi < 0.2
     lo, hi = paired_bootstrap_ci(torch.zeros(16))
     assert lo == hi == 0.0
+
+
+def test_paired_ratio_interval_resamples_the_pairs_together():
+    # Step costs that swing from 1 s to 9 s on both sides at once (the shared machine), one side 10% dearer.
+    theirs = torch.tensor([1.0, 9.0, 2.0, 8.0, 3.0, 7.0, 4.0, 6.0])
+    ratio, (lo, hi) = paired_ratio_ci(theirs * 1.1, theirs)
+    assert [ratio, lo, hi] == pytest.approx([1.1, 1.1, 1.1])
+    assert paired_ratio_ci(theirs, theirs * 1.1)[0] == pytest.approx(1 / 1.1)
+    # Each pair with noise of its own: resampled apart, the sides' swings would span 0.65-1.93.
+    ours = theirs * 1.1 + torch.tensor([0.5, -0.5, 0.3, -0.3, 0.2, -0.2, 0.1, -0.1])
+    ratio, (lo, hi) = paired_ratio_ci(ours, theirs)
+    assert ratio == pytest.approx(float(ours.sum() / theirs.sum()))
+    assert 1.0 < lo < ratio < hi < 1.2
+    with pytest.raises(ValueError, match="one length"):
+        paired_ratio_ci(ours, theirs[:-1])
 
 
 def test_sliced_wasserstein_separates_distributions():
