@@ -56,6 +56,7 @@ def t2i_recipe(quick: bool = False) -> Recipe:
         "d3po": {"beta": 0.1, "lr": 3e-4, "timestep_fraction": 0.5},
         # lr 1e-3 (2026-12-01, tuning seeds 1 and 4; t2i NOTES.md): +0.085 and +0.025, against +0.014 and
         # +0.007 at 3e-4; 120 steps at 3e-4 gave +0.035 and +0.020. At 3e-4 it gained on seed 0 alone.
+        # Rechecked on the gaussian LoRA start (2026-12-04): 5e-4 and 7e-4 gained less on both seeds.
         "ddpo": {**pg, "lr": 1e-3},
         "grpo": {**pg, "kl_coef": 0.01},
         "dpok": {**pg, "kl_coef": 0.01},
