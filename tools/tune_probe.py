@@ -4,19 +4,24 @@
 
 Each SPEC is ``method:{json}``, the json overriding the recipe's options for that method. It is
 evaluated as `prefdiff bench` evaluates: the recipe's held-out conditions and draws, a paired
-bootstrap interval against the base. One JSON line per SPEC is appended to ``OUT/probe.jsonl``.
-Two special forms:
+bootstrap interval against the base, with the training reward's change on the same draws beside it
+and on as many conditions of the training split. One JSON line per SPEC is appended to
+``OUT/probe.jsonl``. Special forms:
 
 - ``"min_gap": g`` among a method's overrides keeps only the mined pairs whose reward gap is above
   ``g``;
+- ``"shuffled": true`` among a policy-gradient method's overrides permutes each batch's advantages
+  at random (the control: an update of the same size and noise that knows nothing of the reward);
+- ``"drop_last_steps": m`` leaves the last m stochastic steps out of a policy-gradient update;
 - ``recipe:{json}`` replaces recipe fields (``mine_conditions``, ...) for the SPECs after it.
 
-Tune on the tuning seeds (1, 4), never on a published one (0, 2, 3). The probe runs at one thread,
+Tune on the tuning seeds (1, 4, 5, 6), never on a published one (0, 2, 3). The probe runs at one thread,
 so its base is not the one `prefdiff bench --threads 2` pretrains for the same seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -27,7 +32,7 @@ import torch
 
 from prefdiff.bench import Benchmark
 from prefdiff.bench.stats import paired_bootstrap_ci
-from prefdiff.data import condition_count, infer_sample_shape, repeat_condition, write_best_worst_pairs
+from prefdiff.data import collate, condition_count, infer_sample_shape, repeat_condition, write_best_worst_pairs
 from prefdiff.models import load_model
 from prefdiff.plugins import get_manager
 from prefdiff.schedulers import load_scheduler
@@ -47,14 +52,26 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
     n, k = condition_count(cond), recipe.eval_samples
     cond = repeat_condition(cond, k)
     noise = torch.randn((n * k, *infer_sample_shape(base)), generator=torch.Generator().manual_seed(seed + 777))
-    base_scores, _ = bench.score(bench.judge, bench.generate(base, scheduler, cond, noise), cond)
+    base_samples = bench.generate(base, scheduler, cond, noise)
+    base_scores, _ = bench.score(bench.judge, base_samples, cond)
+    # The training reward on the same held-out draws: a method that raises it while the judge stays
+    # level is exploiting the reward; one that raises neither is not learning.
+    base_rewards, _ = bench.score(bench.reward, base_samples, cond)
+    # As many training conditions, spread evenly over the training split: the training reward there
+    # tells overfitting to the conditions trained on (it rises there only) from not learning.
+    train = bench.dataset("train", recipe.train_size)
+    train_cond = repeat_condition(collate([train[int(i)] for i in torch.linspace(0, len(train) - 1, n)])["cond"], k)
+    base_train, _ = bench.score(bench.reward, bench.generate(base, scheduler, train_cond, noise), train_cond)
 
     with open(out / "probe.jsonl", "a") as log:
         def record(row: dict) -> None:
             print(json.dumps(row), file=log, flush=True)
             print(row, flush=True)
 
-        record({"seed": seed, "base": float(base_scores.mean())})
+        record({"seed": seed, "base": float(base_scores.mean()), "base_reward": float(base_rewards.mean()),
+                "base_train_reward": float(base_train.mean()),
+                **({"base_drift": round(recipe.drift(base_samples[::k], real), 3)} if recipe.drift and real is not None
+                   else {})})
         # Pair files append when written into a folder that holds some, so every mining and every
         # gap filter of it gets its own folder, written once and reused.
         mined, pair_files, minings = None, {}, 0
@@ -67,6 +84,8 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
                 record({"seed": seed, "recipe": overrides})
                 continue
             min_gap = overrides.pop("min_gap", None)
+            shuffle = overrides.pop("shuffled", False)
+            tail = overrides.pop("drop_last_steps", 0)
             cls, fixed = METHODS[method]
             if mined is None and cls.training_data(**fixed).mined:  # only the pair methods mine, as in bench
                 folder = out / f"mining-{minings}"
@@ -81,14 +100,68 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
             bench.pair_file = pair_files.get(min_gap)
             bench.recipe = replace(recipe, methods={**recipe.methods,
                                                     method: {**recipe.methods.get(method, {}), **overrides}})
-            module, wall, _, _ = bench.align(method, base_dir, mined)
+            with contextlib.ExitStack() as patches:
+                if shuffle:
+                    patches.enter_context(shuffled_advantages(seed))
+                if tail:
+                    patches.enter_context(untrained_tail(tail))
+                module, wall, _, _ = bench.align(method, base_dir, mined)
             samples = bench.generate(module.denoiser, scheduler, cond, noise)
             diff = (bench.score(bench.judge, samples, cond)[0] - base_scores).view(n, k).mean(1)
             row = {"seed": seed, "method": method, "over": spec, "improvement": round(float(diff.mean()), 4),
                    "ci": [round(c, 4) for c in paired_bootstrap_ci(diff, seed=seed)], "train_s": round(wall, 1)}
+            reward_diff = (bench.score(bench.reward, samples, cond)[0] - base_rewards).view(n, k).mean(1)
+            row["reward_change"] = round(float(reward_diff.mean()), 4)
+            row["reward_ci"] = [round(c, 4) for c in paired_bootstrap_ci(reward_diff, seed=seed)]
+            train_samples = bench.generate(module.denoiser, scheduler, train_cond, noise)
+            train_diff = (bench.score(bench.reward, train_samples, train_cond)[0] - base_train).view(n, k).mean(1)
+            row["train_reward_change"] = round(float(train_diff.mean()), 4)
+            row["train_reward_ci"] = [round(c, 4) for c in paired_bootstrap_ci(train_diff, seed=seed)]
             if recipe.drift and real is not None:
                 row["drift"] = round(recipe.drift(samples[::k], real), 3)
             record(row)
+
+
+@contextlib.contextmanager
+def shuffled_advantages(seed: int):
+    """The control for a policy-gradient probe: each batch's advantages permuted at random, so the
+    update keeps its size and noise but loses the reward's information. What a method does to the
+    reward beyond what this does, its gradient did."""
+    from prefdiff.trainers.policy_gradient import PolicyGradientModule
+
+    original = PolicyGradientModule.advantages
+    generator = torch.Generator().manual_seed(seed + 4242)
+
+    def permuted(self, rewards, k):
+        adv = original(self, rewards, k)
+        return adv[torch.randperm(adv.shape[0], generator=generator).to(adv.device)]
+
+    PolicyGradientModule.advantages = permuted
+    try:
+        yield
+    finally:
+        PolicyGradientModule.advantages = original
+
+
+@contextlib.contextmanager
+def untrained_tail(count: int):
+    """Leave the last ``count`` stochastic sampling steps out of the policy-gradient update (they are
+    still sampled). DDIM's step onto t = 1 draws noise of std ~0.01, too small to change what a reward
+    sees, while its log-prob's gradient scales as 1 / std: in the update it is noise without signal."""
+    from prefdiff.trainers.base import AlignmentModule
+
+    original = AlignmentModule.trainable_steps
+
+    def trimmed(self, out, fraction, generator):
+        keep = out.stochastic.clone()
+        keep[keep.nonzero().flatten()[-count:]] = False
+        return original(self, replace(out, stochastic=keep), fraction, generator)
+
+    AlignmentModule.trainable_steps = trimmed
+    try:
+        yield
+    finally:
+        AlignmentModule.trainable_steps = original
 
 
 if __name__ == "__main__":
