@@ -27,6 +27,7 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -62,6 +63,11 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
     train = bench.dataset("train", recipe.train_size)
     train_cond = repeat_condition(collate([train[int(i)] for i in torch.linspace(0, len(train) - 1, n)])["cond"], k)
     base_train, _ = bench.score(bench.reward, bench.generate(base, scheduler, train_cond, noise), train_cond)
+
+    def change(reward, draws, on, before) -> tuple[float, list[float]]:
+        """Mean change per condition against the base's scores ``before``, with its interval."""
+        diff = (bench.score(reward, draws, on)[0] - before).view(n, k).mean(1)
+        return round(float(diff.mean()), 4), [round(c, 4) for c in paired_bootstrap_ci(diff, seed=seed)]
 
     with open(out / "probe.jsonl", "a") as log:
         def record(row: dict) -> None:
@@ -107,22 +113,16 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
                     patches.enter_context(untrained_tail(tail))
                 module, wall, _, _ = bench.align(method, base_dir, mined)
             samples = bench.generate(module.denoiser, scheduler, cond, noise)
-            diff = (bench.score(bench.judge, samples, cond)[0] - base_scores).view(n, k).mean(1)
-            row = {"seed": seed, "method": method, "over": spec, "improvement": round(float(diff.mean()), 4),
-                   "ci": [round(c, 4) for c in paired_bootstrap_ci(diff, seed=seed)], "train_s": round(wall, 1)}
-            reward_diff = (bench.score(bench.reward, samples, cond)[0] - base_rewards).view(n, k).mean(1)
-            row["reward_change"] = round(float(reward_diff.mean()), 4)
-            row["reward_ci"] = [round(c, 4) for c in paired_bootstrap_ci(reward_diff, seed=seed)]
-            train_samples = bench.generate(module.denoiser, scheduler, train_cond, noise)
-            train_diff = (bench.score(bench.reward, train_samples, train_cond)[0] - base_train).view(n, k).mean(1)
-            row["train_reward_change"] = round(float(train_diff.mean()), 4)
-            row["train_reward_ci"] = [round(c, 4) for c in paired_bootstrap_ci(train_diff, seed=seed)]
+            row = {"seed": seed, "method": method, "over": spec, "train_s": round(wall, 1)}
+            row["improvement"], row["ci"] = change(bench.judge, samples, cond, base_scores)
+            row["reward_change"], row["reward_ci"] = change(bench.reward, samples, cond, base_rewards)
+            row["train_reward_change"], row["train_reward_ci"] = change(
+                bench.reward, bench.generate(module.denoiser, scheduler, train_cond, noise), train_cond, base_train)
             if recipe.drift and real is not None:
                 row["drift"] = round(recipe.drift(samples[::k], real), 3)
             record(row)
 
 
-@contextlib.contextmanager
 def shuffled_advantages(seed: int):
     """The control for a policy-gradient probe: each batch's advantages permuted at random, so the
     update keeps its size and noise but loses the reward's information. What a method does to the
@@ -136,18 +136,13 @@ def shuffled_advantages(seed: int):
         adv = original(self, rewards, k)
         return adv[torch.randperm(adv.shape[0], generator=generator).to(adv.device)]
 
-    PolicyGradientModule.advantages = permuted
-    try:
-        yield
-    finally:
-        PolicyGradientModule.advantages = original
+    return mock.patch.object(PolicyGradientModule, "advantages", permuted)
 
 
-@contextlib.contextmanager
 def untrained_tail(count: int):
     """Leave the last ``count`` stochastic sampling steps out of the policy-gradient update (they are
-    still sampled). DDIM's step onto t = 1 draws noise of std ~0.01, too small to change what a reward
-    sees, while its log-prob's gradient scales as 1 / std: in the update it is noise without signal."""
+    still sampled). DDIM's step onto t = 1 draws noise of std ~0.01, too small to flip what a
+    thresholded reward sees, while its log-prob's gradient scales as 1 / std."""
     from prefdiff.trainers.base import AlignmentModule
 
     original = AlignmentModule.trainable_steps
@@ -157,11 +152,7 @@ def untrained_tail(count: int):
         keep[keep.nonzero().flatten()[-count:]] = False
         return original(self, replace(out, stochastic=keep), fraction, generator)
 
-    AlignmentModule.trainable_steps = trimmed
-    try:
-        yield
-    finally:
-        AlignmentModule.trainable_steps = original
+    return mock.patch.object(AlignmentModule, "trainable_steps", trimmed)
 
 
 if __name__ == "__main__":
