@@ -115,6 +115,7 @@ def test_cps_marks_its_last_step_deterministic():
     out = sampling.sample(velocity_model, scheduler, noise, None, num_steps=4, eta=0.7, sde="cps", generator=g,
                           return_trajectory=True)
     assert out.stochastic.tolist() == [True, True, True, False]
+    torch.testing.assert_close(out.noise_std, scheduler.sigmas[1:].float() * math.sin(0.7 * math.pi / 2))
     assert (out.log_probs[:, :3] != 0).all() and (out.log_probs[:, 3] == 0).all()
     last = out.latents[:, 3] - scheduler.sigmas[3] * velocity_model(out.latents[:, 3], out.timesteps[3].expand(2), None)
     torch.testing.assert_close(out.samples, last)
@@ -129,6 +130,7 @@ def test_recomputed_log_probs_reproduce_the_sampled_ones_and_the_window_is_respe
     out = sampling.sample(velocity_model, scheduler, noise, None, num_steps=6, eta=0.7, sde_window=(1, 3),
                           generator=g, return_trajectory=True)
     assert out.stochastic.tolist() == [False, True, True, False, False, False]
+    assert torch.equal(out.noise_std > 0, out.stochastic)
     assert (out.log_probs[:, ~out.stochastic] == 0).all() and (out.log_probs[:, out.stochastic] != 0).all()
     for j in range(6):
         lp, _, _ = sampling.step_log_prob(velocity_model, scheduler, out.latents[:, j], out.timesteps[j],

@@ -187,6 +187,19 @@ def test_step_log_prob_reproduces_trajectory_log_probs(unet_model):
     assert (swapped < out.log_probs[:, 0]).all()
 
 
+@pytest.mark.parametrize("eta", [1.0, 0.3])
+def test_the_sampler_records_the_noise_std_diffusers_ddim_draws_at_each_step(eta):
+    scheduler = make_scheduler()
+    out = sampling.sample(lambda x, t, c: 0.1 * x, scheduler, randn(2, 2, 6), None, num_steps=5, eta=eta,
+                          generator=seeded(0))
+    reference = make_scheduler()
+    reference.set_timesteps(5)
+    # DDIMScheduler.step draws eta * sqrt(_get_variance(t, t - 1000 // 5)); onto t < 0 it uses final_alpha_cumprod.
+    expected = torch.stack([eta * reference._get_variance(int(t), int(t) - 200).sqrt() for t in reference.timesteps])
+    assert_close(out.noise_std, expected.float())
+    assert out.noise_std[-1] == 0 and torch.equal(out.stochastic, out.noise_std > 0)
+
+
 def test_step_log_prob_has_grad(unet, unet_model):
     scheduler = make_scheduler()
     out = sampling.sample(unet_model, scheduler, randn(1, 3, 8, 8), None, num_steps=3,
@@ -614,12 +627,14 @@ def test_joined_chunks_keep_every_part_of_the_trajectory():
     def part(value, b):
         return SampleOutput(samples=torch.full((b, 2), value), timesteps=torch.tensor([9, 5]),
                             latents=torch.full((b, 3, 2), value), log_probs=torch.full((b, 2), value),
-                            means=torch.full((b, 2, 2), value), stochastic=torch.tensor([True, False]))
+                            means=torch.full((b, 2, 2), value), stochastic=torch.tensor([True, False]),
+                            noise_std=torch.tensor([0.5, 0.0]))
 
     joined = concat_outputs([part(1.0, 2), part(2.0, 1)])
     for name in ("samples", "latents", "log_probs", "means"):
         assert getattr(joined, name).shape[0] == 3 and float(getattr(joined, name)[2].flatten()[0]) == 2.0, name
     assert torch.equal(joined.stochastic, torch.tensor([True, False]))
+    assert torch.equal(joined.noise_std, torch.tensor([0.5, 0.0]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

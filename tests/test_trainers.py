@@ -266,6 +266,49 @@ def test_trainable_steps_are_a_fraction_of_the_stochastic_ones_and_at_least_one(
         assert len(steps) == len(set(steps)) == count and 7 not in steps, (fraction, steps)
 
 
+def test_a_std_floor_keeps_the_quiet_steps_out_and_says_when_it_keeps_none(base):
+    from types import SimpleNamespace
+
+    from prefdiff.trainers import PolicyGradientModule
+
+    module = PolicyGradientModule(base=base, reward="smoothness", **COMMON)
+    out = SimpleNamespace(stochastic=torch.tensor([True, True, True, True, False]),
+                          noise_std=torch.tensor([0.8, 0.3, 0.1, 0.009, 0.0]))
+    g = torch.Generator().manual_seed(0)
+    assert sorted(module.trainable_steps(out, 1.0, g, min_std=0.1)) == [0, 1, 2]  # the floor is inclusive
+    assert sorted(module.trainable_steps(out, 1.0, g, min_std=0.05)) == [0, 1, 2]
+    assert sorted(module.trainable_steps(out, 1.0, g)) == [0, 1, 2, 3]
+    assert len(module.trainable_steps(out, 0.5, g, min_std=0.2)) == 1  # the fraction is of what the floor keeps
+    with pytest.raises(UserError, match="largest is 0.8"):
+        module.trainable_steps(out, 1.0, g, min_std=0.9)
+    with pytest.raises(UserError, match="min_step_std must be >= 0"):
+        PolicyGradientModule(base=base, reward="smoothness", min_step_std=-0.1, **COMMON)
+
+
+@pytest.mark.parametrize("method", ["grpo", "d3po"])
+def test_min_step_std_reaches_the_steps_each_update_trains(base, method, monkeypatch):
+    # 4 DDIM steps (linear betas): the step onto t = 0 draws std ~0.01 and the others 0.1 or more; the
+    # last (onto alpha 1) draws nothing. With a floor of 0.05 only the first two are ever trained.
+    from prefdiff.trainers import METHODS
+
+    cls, fixed = METHODS[method]
+    extra = {"samples_per_condition": 2} if method == "grpo" else {}
+    module = cls(base=base, **COMMON, **fixed, **extra, reward="smoothness", eta=1.0, min_step_std=0.05)
+    trained, stds = [], []
+    chooser = module.trainable_steps
+
+    def recording(out, *args):
+        stds.append(out.noise_std)
+        steps = chooser(out, *args)
+        trained.append(sorted(steps))
+        return steps
+
+    monkeypatch.setattr(module, "trainable_steps", recording)
+    _fit(module, Conditions(8), steps=2, batch=2)
+    assert trained == [[0, 1]] * 2, trained
+    assert 0 < stds[0][2] < 0.05 <= stds[0][1] and stds[0][3] == 0, stds[0]
+
+
 def test_validation_logs_the_held_out_reward_and_keeps_the_first_batchs_samples(base, tmp_path):
     from prefdiff.trainers import PolicyGradientModule
 

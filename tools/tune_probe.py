@@ -5,14 +5,15 @@
 Each SPEC is ``method:{json}``, the json overriding the recipe's options for that method. It is
 evaluated as `prefdiff bench` evaluates: the recipe's held-out conditions and draws, a paired
 bootstrap interval against the base, with the training reward's change on the same draws beside it
-and on as many conditions of the training split. One JSON line per SPEC is appended to
+and on as many conditions of the training split, and the means of the terms the judge reports
+(driving's planner, traffic match and IoU). One JSON line per SPEC is appended to
 ``OUT/probe.jsonl``. Special forms:
 
 - ``"min_gap": g`` among a method's overrides keeps only the mined pairs whose reward gap is above
   ``g``;
 - ``"shuffled": true`` among a policy-gradient method's overrides permutes each batch's advantages
   at random (the control: an update of the same size and noise that knows nothing of the reward);
-- ``"drop_last_steps": m`` leaves the last m stochastic steps out of a policy-gradient update;
+- stop 49's ``"drop_last_steps": m`` control is now the modules' own ``min_step_std`` option;
 - ``recipe:{json}`` replaces recipe fields (``mine_conditions``, ...) for the SPECs after it.
 
 Tune on the tuning seeds (1, 4, 5, 6), never on a published one (0, 2, 3). The probe runs at one thread,
@@ -54,7 +55,7 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
     cond = repeat_condition(cond, k)
     noise = torch.randn((n * k, *infer_sample_shape(base)), generator=torch.Generator().manual_seed(seed + 777))
     base_samples = bench.generate(base, scheduler, cond, noise)
-    base_scores, _ = bench.score(bench.judge, base_samples, cond)
+    base_scores, base_terms = bench.score(bench.judge, base_samples, cond)
     # The training reward on the same held-out draws: a method that raises it while the judge stays
     # level is exploiting the reward; one that raises neither is not learning.
     base_rewards, _ = bench.score(bench.reward, base_samples, cond)
@@ -64,10 +65,13 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
     train_cond = repeat_condition(collate([train[int(i)] for i in torch.linspace(0, len(train) - 1, n)])["cond"], k)
     base_train, _ = bench.score(bench.reward, bench.generate(base, scheduler, train_cond, noise), train_cond)
 
-    def change(reward, draws, on, before) -> tuple[float, list[float]]:
-        """Mean change per condition against the base's scores ``before``, with its interval."""
-        diff = (bench.score(reward, draws, on)[0] - before).view(n, k).mean(1)
-        return round(float(diff.mean()), 4), [round(c, 4) for c in paired_bootstrap_ci(diff, seed=seed)]
+    def change(reward, draws, on, before) -> tuple[float, list[float], dict[str, float]]:
+        """Mean change per condition against the base's scores ``before``, with its interval, and the
+        means the reward reports beside its score (the judge's terms, say)."""
+        scores, terms = bench.score(reward, draws, on)
+        diff = (scores - before).view(n, k).mean(1)
+        return (round(float(diff.mean()), 4), [round(c, 4) for c in paired_bootstrap_ci(diff, seed=seed)],
+                rounded(terms))
 
     with open(out / "probe.jsonl", "a") as log:
         def record(row: dict) -> None:
@@ -75,7 +79,7 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
             print(row, flush=True)
 
         record({"seed": seed, "base": float(base_scores.mean()), "base_reward": float(base_rewards.mean()),
-                "base_train_reward": float(base_train.mean()),
+                "base_train_reward": float(base_train.mean()), "base_judge_terms": rounded(base_terms),
                 **({"base_drift": round(recipe.drift(base_samples[::k], real), 3)} if recipe.drift and real is not None
                    else {})})
         # Pair files append when written into a folder that holds some, so every mining and every
@@ -91,7 +95,6 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
                 continue
             min_gap = overrides.pop("min_gap", None)
             shuffle = overrides.pop("shuffled", False)
-            tail = overrides.pop("drop_last_steps", 0)
             cls, fixed = METHODS[method]
             if mined is None and cls.training_data(**fixed).mined:  # only the pair methods mine, as in bench
                 folder = out / f"mining-{minings}"
@@ -106,21 +109,21 @@ def main(domain: str, seed: int, cache: Path, out: Path, specs: list[str]) -> No
             bench.pair_file = pair_files.get(min_gap)
             bench.recipe = replace(recipe, methods={**recipe.methods,
                                                     method: {**recipe.methods.get(method, {}), **overrides}})
-            with contextlib.ExitStack() as patches:
-                if shuffle:
-                    patches.enter_context(shuffled_advantages(seed))
-                if tail:
-                    patches.enter_context(untrained_tail(tail))
+            with shuffled_advantages(seed) if shuffle else contextlib.nullcontext():
                 module, wall, _, _ = bench.align(method, base_dir, mined)
             samples = bench.generate(module.denoiser, scheduler, cond, noise)
             row = {"seed": seed, "method": method, "over": spec, "train_s": round(wall, 1)}
-            row["improvement"], row["ci"] = change(bench.judge, samples, cond, base_scores)
-            row["reward_change"], row["reward_ci"] = change(bench.reward, samples, cond, base_rewards)
-            row["train_reward_change"], row["train_reward_ci"] = change(
+            row["improvement"], row["ci"], row["judge_terms"] = change(bench.judge, samples, cond, base_scores)
+            row["reward_change"], row["reward_ci"], _ = change(bench.reward, samples, cond, base_rewards)
+            row["train_reward_change"], row["train_reward_ci"], _ = change(
                 bench.reward, bench.generate(module.denoiser, scheduler, train_cond, noise), train_cond, base_train)
             if recipe.drift and real is not None:
                 row["drift"] = round(recipe.drift(samples[::k], real), 3)
             record(row)
+
+
+def rounded(terms: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 4) for key, value in terms.items()}
 
 
 def shuffled_advantages(seed: int):
@@ -137,22 +140,6 @@ def shuffled_advantages(seed: int):
         return adv[torch.randperm(adv.shape[0], generator=generator).to(adv.device)]
 
     return mock.patch.object(PolicyGradientModule, "advantages", permuted)
-
-
-def untrained_tail(count: int):
-    """Leave the last ``count`` stochastic sampling steps out of the policy-gradient update (they are
-    still sampled). DDIM's step onto t = 1 draws noise of std ~0.01, too small to flip what a
-    thresholded reward sees, while its log-prob's gradient scales as 1 / std."""
-    from prefdiff.trainers.base import AlignmentModule
-
-    original = AlignmentModule.trainable_steps
-
-    def trimmed(self, out, fraction, generator):
-        keep = out.stochastic.clone()
-        keep[keep.nonzero().flatten()[-count:]] = False
-        return original(self, replace(out, stochastic=keep), fraction, generator)
-
-    return mock.patch.object(AlignmentModule, "trainable_steps", trimmed)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ class SampleOutput:
     stochastic: Tensor | None = None
     """``[S]`` bool: the steps that drew noise (a log-prob to train); a deterministic step,
     DDIM's last onto ``final_alpha_cumprod = 1`` or an ODE step, has log-prob 0 and no gradient."""
+    noise_std: Tensor | None = None
+    """``[S]`` float: the standard deviation of each step's noise (0 where ``stochastic`` is False). A
+    step's log-prob gradient grows as its std shrinks (``--model.min_step_std`` leaves the quietest out)."""
 
 
 def concat_outputs(outputs: list[SampleOutput]) -> SampleOutput:
@@ -39,7 +42,8 @@ def concat_outputs(outputs: list[SampleOutput]) -> SampleOutput:
         [getattr(o, name) for o in outputs])
     first = outputs[0]
     return SampleOutput(samples=join("samples"), timesteps=first.timesteps, latents=join("latents"),
-                        log_probs=join("log_probs"), means=join("means"), stochastic=first.stochastic)
+                        log_probs=join("log_probs"), means=join("means"), stochastic=first.stochastic,
+                        noise_std=first.noise_std)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, keep_mask: Tensor | None = None) -> Tensor:

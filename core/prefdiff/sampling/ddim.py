@@ -360,7 +360,7 @@ def sample_ddim(
     first_grad_step = model_grad.index(True) if any(model_grad) else len(timesteps)
 
     x = noise
-    latents, log_probs, means, stochastic = [x.detach()], [], [], []
+    latents, log_probs, means, stds = [x.detach()], [], [], []
     for i, t in enumerate(timesteps):
         t_batch = t.expand(x.shape[0])
         with_grad = i >= first_grad_step
@@ -378,7 +378,7 @@ def sample_ddim(
             x, log_prob, mean, std = ddim_step(
                 scheduler, eps, t_batch, x, eta, generator=generator, clip_sample=clip_sample, x0=x0
             )
-            stochastic.append((std > 0).all())  # a device flag: no host sync inside the loop
+            stds.append(std.reshape(-1)[0])  # one number per step (it depends on t only), left on the device
             if known is not None:
                 if i == len(timesteps) - 1:
                     known_now = known
@@ -391,9 +391,11 @@ def sample_ddim(
             log_probs.append(log_prob.detach())
             means.append(mean.detach())
 
-    noisy = torch.stack(stochastic).cpu()  # the loop's one host synchronisation
+    noise_std = torch.stack(stds).float().cpu()  # the loop's one host synchronisation
+    noisy = noise_std > 0
     if not return_trajectory:
-        return SampleOutput(samples=x, timesteps=timesteps, latents=None, log_probs=None, stochastic=noisy)
+        return SampleOutput(samples=x, timesteps=timesteps, latents=None, log_probs=None, stochastic=noisy,
+                            noise_std=noise_std)
     return SampleOutput(
         samples=x,
         timesteps=timesteps,
@@ -401,4 +403,5 @@ def sample_ddim(
         log_probs=torch.stack(log_probs, dim=1),
         means=torch.stack(means, dim=1),
         stochastic=noisy,
+        noise_std=noise_std,
     )

@@ -211,7 +211,7 @@ def sample_flow(
     first_grad_step = model_grad.index(True) if any(model_grad) else len(timesteps)
 
     x = noise
-    latents, log_probs, means = [x.detach()], [], []
+    latents, log_probs, means, stds = [x.detach()], [], [], []
     for i, t in enumerate(timesteps):
         t_batch = t.expand(x.shape[0])
         with_grad = i >= first_grad_step
@@ -226,6 +226,7 @@ def sample_flow(
                     v = predict_velocity(model, x, t_batch, cond, guidance_scale, uncond)
             x, log_prob, mean, std = flow_step(v, sigmas[i], sigmas[i + 1], x, eta if noisy[i] else 0.0, kind=sde,
                                                generator=generator)
+            stds.append(std.reshape(-1)[0])  # one number per step, left on the device
             if known is not None:
                 last = i == len(timesteps) - 1
                 known_now = known if last else add_flow_noise(known, randn_like(x, generator), sigmas[i + 1])
@@ -236,11 +237,13 @@ def sample_flow(
             log_probs.append(log_prob.detach())
             means.append(mean.detach())
     stochastic = torch.tensor(noisy, dtype=torch.bool)
+    noise_std = torch.stack(stds).float().cpu()  # the loop's one host synchronisation
     if not return_trajectory:
-        return SampleOutput(samples=x, timesteps=timesteps, latents=None, log_probs=None, stochastic=stochastic)
+        return SampleOutput(samples=x, timesteps=timesteps, latents=None, log_probs=None, stochastic=stochastic,
+                            noise_std=noise_std)
     return SampleOutput(samples=x, timesteps=timesteps, latents=torch.stack(latents, dim=1),
                         log_probs=torch.stack(log_probs, dim=1), means=torch.stack(means, dim=1),
-                        stochastic=stochastic)
+                        stochastic=stochastic, noise_std=noise_std)
 
 
 def flow_step_log_prob(model, scheduler, x_t: Tensor, t: Tensor, x_prev: Tensor, cond: Any, *, eta: float,

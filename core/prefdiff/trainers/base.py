@@ -503,14 +503,22 @@ class AlignmentModule(pl.LightningModule):
             options["sde"] = hp.sde or "sde"
         return options
 
-    def trainable_steps(self, out, fraction: float, generator: torch.Generator) -> list[int]:
-        """A random ``fraction`` (at least one) of the sampling steps that drew noise. A deterministic
-        step (DDIM's last onto alpha 1, an ODE step outside the SDE window) has log-prob 0 and no
-        gradient: training it would only dilute the update."""
+    def trainable_steps(self, out, fraction: float, generator: torch.Generator, min_std: float = 0.0) -> list[int]:
+        """A random ``fraction`` (at least one) of the sampling steps that drew noise of std ``min_std`` or
+        more. A deterministic step (DDIM's last onto alpha 1, an ODE step outside the SDE window) has
+        log-prob 0 and no gradient: training it would only dilute the update. A step's log-prob gradient
+        grows as 1 / std, so a floor keeps near-deterministic steps (DDIM's onto t = 1: std 0.009 at 10
+        steps) from dominating an update whose reward they barely move."""
         candidates = out.stochastic.nonzero().flatten()
         if len(candidates) == 0:
             raise UserError("no sampling step is stochastic, so there is no log-prob to train; set "
                             "--model.eta > 0 (and a non-empty --model.sde_window)")
+        if min_std > 0:
+            stds = out.noise_std[candidates]
+            if not (stds >= min_std).any():
+                raise UserError(f"no sampling step draws noise of std >= --model.min_step_std {min_std:g} (the "
+                                f"largest is {stds.max():.3g}); lower it, or raise --model.eta")
+            candidates = candidates[stds >= min_std]
         count = max(1, int(len(candidates) * fraction))
         return candidates[torch.randperm(len(candidates), generator=generator)[:count]].tolist()
 
@@ -639,6 +647,15 @@ class AlignmentModule(pl.LightningModule):
         np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32),
                              state["numpy_rng_pos"], 0, 0.0))
         self.reward_queries = int(state["reward_queries"])
+
+
+def check_step_selection(timestep_fraction: float, min_step_std: float) -> None:
+    """The options of :meth:`AlignmentModule.trainable_steps`, checked when a module that trains step
+    log-probs is built."""
+    if not 0 < timestep_fraction <= 1:
+        raise UserError(f"--model.timestep_fraction must be in (0, 1], got {timestep_fraction}")
+    if min_step_std < 0:
+        raise UserError(f"--model.min_step_std must be >= 0 (0 trains every stochastic step), got {min_step_std}")
 
 
 def _mid_epoch_stop_is_mid_epoch(checkpoint: dict[str, Any]) -> None:

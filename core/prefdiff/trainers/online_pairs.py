@@ -11,7 +11,7 @@ from prefdiff.errors import UserError
 from prefdiff.losses import d3po_loss
 from prefdiff.models import reference_mode
 from prefdiff.sampling import step_log_prob
-from prefdiff.trainers.base import AlignmentModule
+from prefdiff.trainers.base import AlignmentModule, check_step_selection
 
 
 class D3POModule(AlignmentModule):
@@ -21,6 +21,8 @@ class D3POModule(AlignmentModule):
 
     :param beta: DPO temperature on the log-prob ratios.
     :param timestep_fraction: fraction of the denoising steps trained per batch.
+    :param min_step_std: train only the steps whose noise std is at least this (0: every stochastic
+        step); see :meth:`~prefdiff.trainers.base.AlignmentModule.trainable_steps`.
     :param ratio_clip: clamp each step's ratio to the reference to ``[1 - eps, 1 + eps]`` before
         the loss, as the D3PO authors' code does (``eps`` 0.1 there): a step that has moved further
         gives no gradient. None (the default) is the paper's unclipped loss.
@@ -30,7 +32,7 @@ class D3POModule(AlignmentModule):
         trajectory its own x_T.
     """
 
-    def __init__(self, *args: Any, beta: float = 0.1, timestep_fraction: float = 1.0,
+    def __init__(self, *args: Any, beta: float = 0.1, timestep_fraction: float = 1.0, min_step_std: float = 0.0,
                  ratio_clip: float | None = None, shared_noise: bool = True,
                  **kwargs: Any) -> None:  # pragma: no mutate block
         super().__init__(*args, **kwargs)
@@ -38,8 +40,7 @@ class D3POModule(AlignmentModule):
             raise UserError(f"--model.beta must be > 0, got {beta}")
         if ratio_clip is not None and not 0 < ratio_clip < 1:
             raise UserError(f"--model.ratio_clip must be in (0, 1) (the D3PO authors use 0.1), got {ratio_clip}")
-        if not 0 < timestep_fraction <= 1:
-            raise UserError(f"--model.timestep_fraction must be in (0, 1], got {timestep_fraction}")
+        check_step_selection(timestep_fraction, min_step_std)
         if self.hparams.eta <= 0:
             raise UserError("D3PO needs stochastic steps for log-probs: set --model.eta > 0")
         self.automatic_optimization = False
@@ -56,7 +57,7 @@ class D3POModule(AlignmentModule):
         win, lose = torch.where(first_wins, idx, idx + 1), torch.where(first_wins, idx + 1, idx)
         order = torch.cat([win, lose])
         latents, cond_wl = out.latents[order], select(cond, order)
-        chosen = self.trainable_steps(out, self.hparams.timestep_fraction, generator)
+        chosen = self.trainable_steps(out, self.hparams.timestep_fraction, generator, self.hparams.min_step_std)
         half = n // 2
         kw = self.log_prob_options(cond_wl)
         for j in chosen:
