@@ -30,8 +30,9 @@ class SampleOutput:
     """``[S]`` bool: the steps that drew noise (a log-prob to train); a deterministic step,
     DDIM's last onto ``final_alpha_cumprod = 1`` or an ODE step, has log-prob 0 and no gradient."""
     noise_std: Tensor | None = None
-    """``[S]`` float: the standard deviation of each step's noise (0 where ``stochastic`` is False). A
-    step's log-prob gradient grows as its std shrinks (``--model.min_step_std`` leaves the quietest out)."""
+    """``[S]`` float, on the samples' device: the standard deviation of each step's noise (0 where
+    ``stochastic`` is False). A step's log-prob gradient grows as its std shrinks
+    (``--model.min_step_std`` leaves the quietest out)."""
 
 
 def concat_outputs(outputs: list[SampleOutput]) -> SampleOutput:

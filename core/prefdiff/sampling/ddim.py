@@ -391,8 +391,8 @@ def sample_ddim(
             log_probs.append(log_prob.detach())
             means.append(mean.detach())
 
-    noise_std = torch.stack(stds).float().cpu()  # the loop's one host synchronisation
-    noisy = noise_std > 0
+    noise_std = torch.stack(stds).float()
+    noisy = (noise_std > 0).cpu()  # the loop's one host synchronisation
     if not return_trajectory:
         return SampleOutput(samples=x, timesteps=timesteps, latents=None, log_probs=None, stochastic=noisy,
                             noise_std=noise_std)

@@ -237,7 +237,7 @@ def sample_flow(
             log_probs.append(log_prob.detach())
             means.append(mean.detach())
     stochastic = torch.tensor(noisy, dtype=torch.bool)
-    noise_std = torch.stack(stds).float().cpu()  # the loop's one host synchronisation
+    noise_std = torch.stack(stds).float()  # left on the device: the loop still never waits on it
     if not return_trajectory:
         return SampleOutput(samples=x, timesteps=timesteps, latents=None, log_probs=None, stochastic=stochastic,
                             noise_std=noise_std)

@@ -514,11 +514,12 @@ class AlignmentModule(pl.LightningModule):
             raise UserError("no sampling step is stochastic, so there is no log-prob to train; set "
                             "--model.eta > 0 (and a non-empty --model.sde_window)")
         if min_std > 0:
-            stds = out.noise_std[candidates]
-            if not (stds >= min_std).any():
+            stds = out.noise_std.cpu()[candidates]
+            loud = stds >= min_std
+            if not loud.any():
                 raise UserError(f"no sampling step draws noise of std >= --model.min_step_std {min_std:g} (the "
                                 f"largest is {stds.max():.3g}); lower it, or raise --model.eta")
-            candidates = candidates[stds >= min_std]
+            candidates = candidates[loud]
         count = max(1, int(len(candidates) * fraction))
         return candidates[torch.randperm(len(candidates), generator=generator)[:count]].tolist()
 
